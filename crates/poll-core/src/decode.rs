@@ -1,0 +1,186 @@
+//! Decoding a `getUpdates` response without allocating per field.
+//!
+//! The body is read once into an `Arc<str>`. The envelope (`ok`, `result`, `error_code`,
+//! ...) is parsed with `result` as a list of borrowed [`RawValue`]s, so the parser only
+//! validates and skips the updates; then each update is probed for its id, kind and key
+//! ([`crate::Update`]) and keeps a range of the shared body. One response costs one
+//! `Vec` of updates, not a tree of maps and strings as `serde_json::Value` would.
+//!
+//! A response that does not decode as a whole is an error (the transport retries it);
+//! an update that does not decode on its own is a [`DecodeFailure`] in the batch (the
+//! runtime reports it and acknowledges past it).
+
+use std::borrow::Cow;
+use std::sync::Arc;
+use std::time::Duration;
+
+use serde::Deserialize;
+use serde_json::value::RawValue;
+
+use crate::transport::{Batch, DecodeFailure};
+use crate::update::Update;
+
+/// How many bytes of an undecodable update a [`DecodeFailure`] keeps.
+const FAILURE_EXCERPT_BYTES: usize = 256;
+
+/// A decoded Bot API response to `getUpdates`.
+#[derive(Debug)]
+#[non_exhaustive]
+pub enum GetUpdatesResponse {
+    /// `ok: true`: the updates.
+    Updates(Batch),
+    /// `ok: false`: the error object.
+    Error {
+        /// `error_code`.
+        error_code: i64,
+        /// `description`.
+        description: String,
+        /// `parameters.retry_after`, for 429.
+        retry_after: Option<Duration>,
+    },
+}
+
+#[derive(Deserialize)]
+struct Envelope<'a> {
+    ok: bool,
+    #[serde(borrow)]
+    result: Option<Vec<&'a RawValue>>,
+    error_code: Option<i64>,
+    #[serde(borrow)]
+    description: Option<Cow<'a, str>>,
+    parameters: Option<Parameters>,
+}
+
+#[derive(Deserialize)]
+struct Parameters {
+    retry_after: Option<u64>,
+}
+
+impl GetUpdatesResponse {
+    /// Decodes a whole `getUpdates` response body.
+    ///
+    /// `first_id_hint` is the offset the request was made with; it is used only to give an
+    /// id to an update whose own `update_id` is unreadable when no neighbour has one.
+    ///
+    /// # Errors
+    /// The parser's error when the body is not a Bot API response (invalid JSON, not an
+    /// object, `ok: true` without a `result` array).
+    pub fn decode(body: Arc<str>, first_id_hint: Option<i64>) -> Result<GetUpdatesResponse, serde_json::Error> {
+        let envelope: Envelope<'_> = serde_json::from_str(&body)?;
+        if !envelope.ok {
+            return Ok(GetUpdatesResponse::Error {
+                error_code: envelope.error_code.unwrap_or(0),
+                description: envelope.description.map(Cow::into_owned).unwrap_or_default(),
+                retry_after: envelope
+                    .parameters
+                    .and_then(|p| p.retry_after)
+                    .map(Duration::from_secs),
+            });
+        }
+        let raws = envelope
+            .result
+            .ok_or_else(|| <serde_json::Error as serde::de::Error>::missing_field("result"))?;
+        let base = body.as_ptr() as usize;
+        let mut batch = Batch {
+            updates: Vec::with_capacity(raws.len()),
+            failures: Vec::new(),
+        };
+        // Failures without a readable id, by position, resolved once the neighbours are known.
+        let mut unresolved: Vec<(usize, usize)> = Vec::new();
+        let mut ids: Vec<Option<i64>> = Vec::with_capacity(raws.len());
+        for (pos, raw) in raws.iter().enumerate() {
+            let text = raw.get();
+            let start = text.as_ptr() as usize - base;
+            match Update::from_body(Arc::clone(&body), start, start + text.len()) {
+                Ok(update) => {
+                    ids.push(Some(update.id()));
+                    batch.updates.push(update);
+                }
+                Err(error) => {
+                    let read = error.update_id();
+                    ids.push(read);
+                    if read.is_none() {
+                        unresolved.push((pos, batch.failures.len()));
+                    }
+                    batch.failures.push(DecodeFailure {
+                        update_id: read.unwrap_or(0),
+                        id_inferred: read.is_none(),
+                        error,
+                        raw: excerpt(text),
+                    });
+                }
+            }
+        }
+        for (pos, failure) in unresolved {
+            let before = ids[..pos].iter().enumerate().rev().find_map(|(i, id)| id.map(|id| id + (pos - i) as i64));
+            let after = || ids[pos + 1..].iter().enumerate().find_map(|(i, id)| id.map(|id| id - (i + 1) as i64));
+            let inferred = before.or_else(after).or(first_id_hint.map(|o| o + pos as i64)).unwrap_or(0);
+            ids[pos] = Some(inferred);
+            batch.failures[failure].update_id = inferred;
+        }
+        Ok(GetUpdatesResponse::Updates(batch))
+    }
+}
+
+fn excerpt(text: &str) -> String {
+    if text.len() <= FAILURE_EXCERPT_BYTES {
+        return text.to_owned();
+    }
+    let mut cut = FAILURE_EXCERPT_BYTES;
+    while !text.is_char_boundary(cut) {
+        cut -= 1;
+    }
+    format!("{}…", &text[..cut])
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn decode(body: &str) -> Batch {
+        match GetUpdatesResponse::decode(Arc::from(body), Some(100)).unwrap() {
+            GetUpdatesResponse::Updates(b) => b,
+            other => panic!("{other:?}"),
+        }
+    }
+
+    #[test]
+    fn updates_share_the_body_and_keep_their_exact_text() {
+        let b = decode(r#"{"ok":true,"result":[{"update_id":1,"message":{"chat":{"id":5}}}, {"update_id":2,"poll":{}}]}"#);
+        assert_eq!(b.updates.len(), 2);
+        assert_eq!(b.updates[0].raw(), r#"{"update_id":1,"message":{"chat":{"id":5}}}"#);
+        assert_eq!(b.updates[1].raw(), r#"{"update_id":2,"poll":{}}"#);
+        assert_eq!(b.last_id(), Some(2));
+    }
+
+    #[test]
+    fn a_broken_update_is_a_failure_with_its_id_and_the_rest_decode() {
+        let b = decode(r#"{"ok":true,"result":[{"update_id":1,"poll":{}},{"update_id":2,"message":"garbage"},{"update_id":3,"poll":{}}]}"#);
+        assert_eq!(b.updates.iter().map(Update::id).collect::<Vec<_>>(), [1, 3]);
+        assert_eq!(b.failures.len(), 1);
+        assert_eq!((b.failures[0].update_id, b.failures[0].id_inferred), (2, false));
+    }
+
+    #[test]
+    fn ids_of_updates_without_a_readable_id_are_inferred_from_neighbours() {
+        let b = decode(r#"{"ok":true,"result":[{"poll":{}},{"update_id":8,"poll":{}},{"x":1},{"y":2}]}"#);
+        let ids: Vec<_> = b.failures.iter().map(|f| (f.update_id, f.id_inferred)).collect();
+        assert_eq!(ids, [(7, true), (9, true), (10, true)]);
+        let b = decode(r#"{"ok":true,"result":[7,8]}"#);
+        assert_eq!(b.failures.iter().map(|f| f.update_id).collect::<Vec<_>>(), [100, 101]);
+        assert_eq!(b.last_id(), Some(101));
+    }
+
+    #[test]
+    fn api_errors_and_invalid_bodies() {
+        let r = GetUpdatesResponse::decode(
+            Arc::from(r#"{"ok":false,"error_code":429,"description":"Too Many Requests: retry after 3","parameters":{"retry_after":3}}"#),
+            None,
+        )
+        .unwrap();
+        assert!(matches!(r, GetUpdatesResponse::Error { error_code: 429, retry_after: Some(d), .. } if d == Duration::from_secs(3)));
+        for bad in ["", "<html>502</html>", r#"{"ok":true,"result":[{"update_id":1}"#, r#"{"ok":true}"#, "[]", r#"{"ok":true,"result":{}}"#] {
+            assert!(GetUpdatesResponse::decode(Arc::from(bad), None).is_err(), "{bad}");
+        }
+    }
+}

@@ -1,0 +1,151 @@
+//! The [`Transport`] trait: what the runtime needs from a source of updates.
+//!
+//! Two families of sources exist and the trait serves both without special cases:
+//! - **cumulative** ones (Telegram's `getUpdates`): one offset confirms everything below
+//!   it and positions the next read, so unconfirmed updates are delivered again;
+//! - **individual** ones (a queue with consumer groups and per-message acks, such as Redis
+//!   Streams): each update is acknowledged on its own and is not delivered again to the
+//!   same consumer while it is pending.
+//!
+//! The runtime decides *what* is acknowledged (it knows the delivery mode and which
+//! handlers finished); the transport decides *how* ([`Transport::ack`]) and makes it
+//! durable on shutdown ([`Transport::flush`]). Retrying transient failures is the
+//! transport's job too: an error returned from [`Transport::fetch`] is final and stops the
+//! runtime.
+
+use std::future::Future;
+use std::sync::Arc;
+use std::time::Duration;
+
+use crate::update::{EnvelopeError, Update};
+
+/// How acknowledgements work for a transport.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+#[non_exhaustive]
+pub enum AckModel {
+    /// One offset confirms every update below it, and each fetch reads from the confirmed
+    /// offset on: updates fetched but not yet confirmed come back in the next fetch
+    /// (Telegram). `window` is the most a single fetch can return.
+    Cumulative {
+        /// The most updates one fetch returns (Telegram: 100).
+        window: usize,
+    },
+    /// Each update is acknowledged by its [`Update::receipt`]; pending updates are not
+    /// delivered again to this consumer (queues with explicit acks).
+    Individual {
+        /// The most updates one fetch returns.
+        window: usize,
+    },
+}
+
+impl AckModel {
+    /// The most updates one fetch can return.
+    pub fn window(self) -> usize {
+        match self {
+            AckModel::Cumulative { window } | AckModel::Individual { window } => window,
+        }
+    }
+}
+
+/// One fetch: at most `limit` updates, waiting up to `timeout` when none are available.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct FetchRequest {
+    /// The most updates to return; the transport clamps it to what it supports
+    /// (Telegram: 1..=100).
+    pub limit: usize,
+    /// How long the server may hold the request open when nothing is pending
+    /// (long polling). Zero means a short poll.
+    pub timeout: Duration,
+}
+
+/// What the runtime acknowledges, in the form both transport families understand.
+#[derive(Clone, Copy, Debug)]
+pub struct Ack<'a> {
+    /// Every update with an id below this one is finished (or given up): the cumulative
+    /// offset (Telegram's `offset`). `None` when nothing can be confirmed yet.
+    pub below: Option<i64>,
+    /// Receipts of the updates finished since the last ack, for transports that ack each
+    /// update on its own. Empty for Telegram.
+    pub receipts: &'a [Arc<str>],
+}
+
+/// The result of one fetch.
+#[derive(Debug, Default)]
+pub struct Batch {
+    /// Decoded updates, in delivery order.
+    pub updates: Vec<Update>,
+    /// Updates of the response that could not be decoded. The runtime reports them and
+    /// acknowledges past them, so one broken update never blocks the offset.
+    pub failures: Vec<DecodeFailure>,
+}
+
+impl Batch {
+    /// The highest update id in the batch, decodable or not.
+    pub fn last_id(&self) -> Option<i64> {
+        let decoded = self.updates.iter().map(Update::id);
+        let failed = self.failures.iter().map(|f| f.update_id);
+        decoded.chain(failed).max()
+    }
+
+    /// Number of updates in the response, decodable or not.
+    pub fn len(&self) -> usize {
+        self.updates.len() + self.failures.len()
+    }
+
+    /// Whether the response held no update at all.
+    pub fn is_empty(&self) -> bool {
+        self.len() == 0
+    }
+}
+
+/// One update of a response that could not be decoded.
+#[derive(Debug)]
+pub struct DecodeFailure {
+    /// The update's id. When the id itself is unreadable it is inferred from its position
+    /// (Telegram's ids are sequential: the previous id + 1, or the next id − 1);
+    /// `id_inferred` says so.
+    pub update_id: i64,
+    /// Whether `update_id` was inferred rather than read.
+    pub id_inferred: bool,
+    /// Why it failed.
+    pub error: EnvelopeError,
+    /// The update's JSON text, truncated to a few hundred bytes.
+    pub raw: String,
+}
+
+/// A source of updates that the runtime drives: fetch with a limit, acknowledge, flush.
+///
+/// Methods take `&self` so a transport can acknowledge while a fetch is in flight; the
+/// runtime never runs two fetches at once.
+pub trait Transport: Send + Sync + 'static {
+    /// The transport's error. Every error returned is final: retries happen inside.
+    type Error: std::error::Error + Send + Sync + 'static;
+
+    /// How acknowledgements work for this transport.
+    fn ack_model(&self) -> AckModel;
+
+    /// Fetches at most `request.limit` updates, long-polling up to `request.timeout`.
+    ///
+    /// # Errors
+    /// Only final errors (bad credentials, retries exhausted); transient failures are
+    /// retried inside.
+    ///
+    /// # Cancel safety
+    /// Must be cancel safe: dropping the future loses no update (an update counts as
+    /// delivered only once returned, and nothing is confirmed by a fetch alone).
+    fn fetch(&self, request: FetchRequest) -> impl Future<Output = Result<Batch, Self::Error>> + Send;
+
+    /// Records an acknowledgement. Transports may apply it lazily (Telegram sends the
+    /// offset with the next fetch) and must make it durable on [`Transport::flush`].
+    ///
+    /// # Errors
+    /// When the acknowledgement could not be recorded.
+    fn ack(&self, ack: Ack<'_>) -> impl Future<Output = Result<(), Self::Error>> + Send;
+
+    /// Makes every recorded acknowledgement durable (Telegram: one final
+    /// `getUpdates(offset, limit=1, timeout=0)`), so a restart replays nothing finished.
+    ///
+    /// # Errors
+    /// When the server could not be reached.
+    fn flush(&self) -> impl Future<Output = Result<(), Self::Error>> + Send;
+}
