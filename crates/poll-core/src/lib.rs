@@ -19,6 +19,7 @@
 mod backoff;
 mod decode;
 mod error;
+mod memory;
 mod telegram;
 mod token;
 mod transport;
@@ -26,6 +27,7 @@ mod update;
 
 pub use backoff::{Backoff, Sleep, SleepFuture, TokioSleep};
 pub use decode::GetUpdatesResponse;
+pub use memory::MemoryTransport;
 pub use error::{BodyExcerpt, TelegramError, BODY_EXCERPT_BYTES};
 pub use telegram::{
     TelegramStats, TelegramTransport, TelegramTransportBuilder, DEFAULT_API_URL, DEFAULT_MAX_BODY_BYTES, MAX_LIMIT,

@@ -149,3 +149,24 @@ pub trait Transport: Send + Sync + 'static {
     /// When the server could not be reached.
     fn flush(&self) -> impl Future<Output = Result<(), Self::Error>> + Send;
 }
+
+/// A shared transport is a transport (so a test or a supervisor can keep a handle to it).
+impl<T: Transport> Transport for Arc<T> {
+    type Error = T::Error;
+
+    fn ack_model(&self) -> AckModel {
+        (**self).ack_model()
+    }
+
+    fn fetch(&self, request: FetchRequest) -> impl Future<Output = Result<Batch, Self::Error>> + Send {
+        (**self).fetch(request)
+    }
+
+    fn ack(&self, ack: Ack<'_>) -> impl Future<Output = Result<(), Self::Error>> + Send {
+        (**self).ack(ack)
+    }
+
+    fn flush(&self) -> impl Future<Output = Result<(), Self::Error>> + Send {
+        (**self).flush()
+    }
+}

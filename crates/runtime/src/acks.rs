@@ -1,0 +1,181 @@
+//! Which updates are finished, and what may therefore be acknowledged.
+//!
+//! Telegram's `offset` confirms everything below it, and a fetch returns at most 100
+//! updates from the confirmed offset on. So:
+//! - in **eager** mode the offset is the last fetched id + 1 (a crash loses what was in
+//!   flight);
+//! - in **at-least-once** mode it is the lowest update not yet finished. Updates above it
+//!   come back in every fetch until the offset passes them; this tracker remembers every
+//!   id seen above the offset, so redelivered ones are dropped (each update is handled
+//!   once per process lifetime), and it tells the loop how many ids the server will send
+//!   again, so a fetch asks for exactly that many plus the new ones it can admit, and the
+//!   loop waits for a completion instead of re-polling a window it has fully seen.
+//!
+//! Every set here is bounded: ids are remembered only from the offset on, and the loop
+//! never fetches past the transport's window above the offset.
+
+use std::collections::BTreeSet;
+use std::sync::Arc;
+
+use crate::Delivery;
+
+#[derive(Debug)]
+pub(crate) struct AckTracker {
+    delivery: Delivery,
+    /// Whether the transport's acks are cumulative offsets (Telegram).
+    cumulative: bool,
+    /// Ids fetched and not yet finished (or given up).
+    unfinished: BTreeSet<i64>,
+    /// Every id seen at or above the current offset (cumulative, at-least-once only).
+    seen_above: BTreeSet<i64>,
+    /// The highest id ever seen.
+    seen_max: Option<i64>,
+    /// Receipts of finished updates not yet acknowledged (individual acks).
+    receipts: Vec<Arc<str>>,
+}
+
+/// What to do with a fetched update id.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum Seen {
+    /// New: handle it.
+    New,
+    /// Already handled or in progress in this process: drop it.
+    Again,
+}
+
+impl AckTracker {
+    pub(crate) fn new(delivery: Delivery, cumulative: bool) -> AckTracker {
+        AckTracker {
+            delivery,
+            cumulative,
+            unfinished: BTreeSet::new(),
+            seen_above: BTreeSet::new(),
+            seen_max: None,
+            receipts: Vec::new(),
+        }
+    }
+
+    fn tracks_window(&self) -> bool {
+        self.cumulative && self.delivery == Delivery::AtLeastOnce
+    }
+
+    /// Records a fetched id (decodable or not) and says whether it is new.
+    pub(crate) fn fetched(&mut self, id: i64, receipt: Option<&Arc<str>>) -> Seen {
+        if self.cumulative && self.seen_max.is_some_and(|max| id <= max) {
+            return Seen::Again;
+        }
+        self.seen_max = Some(self.seen_max.map_or(id, |m| m.max(id)));
+        self.unfinished.insert(id);
+        if self.tracks_window() {
+            self.seen_above.insert(id);
+        }
+        if self.delivery == Delivery::Eager {
+            if let Some(r) = receipt {
+                self.receipts.push(Arc::clone(r));
+            }
+        }
+        Seen::New
+    }
+
+    /// Records that `id` is finished (handled, failed or undecodable). Returns whether the
+    /// acknowledgeable offset moved.
+    pub(crate) fn finished(&mut self, id: i64, receipt: Option<&Arc<str>>) -> bool {
+        let before = self.unfinished.first().copied();
+        self.unfinished.remove(&id);
+        if self.delivery == Delivery::AtLeastOnce {
+            if let Some(r) = receipt {
+                self.receipts.push(Arc::clone(r));
+            }
+        }
+        let after = self.unfinished.first().copied();
+        if before != after {
+            if self.tracks_window() {
+                let below = self.below();
+                if let Some(below) = below {
+                    self.seen_above = self.seen_above.split_off(&below);
+                }
+            }
+            return true;
+        }
+        self.delivery == Delivery::AtLeastOnce && receipt.is_some()
+    }
+
+    /// The cumulative offset that may be acknowledged now.
+    pub(crate) fn below(&self) -> Option<i64> {
+        let next = self.seen_max.map(|m| m + 1);
+        match self.delivery {
+            Delivery::Eager => next,
+            Delivery::AtLeastOnce => self.unfinished.first().copied().or(next),
+        }
+    }
+
+    /// How many already-seen ids the next fetch will get again (the server still holds
+    /// them because the offset has not passed them).
+    pub(crate) fn redelivered_next(&self) -> usize {
+        if self.tracks_window() { self.seen_above.len() } else { 0 }
+    }
+
+    /// Takes the receipts to acknowledge.
+    pub(crate) fn take_receipts(&mut self) -> Vec<Arc<str>> {
+        std::mem::take(&mut self.receipts)
+    }
+
+    /// Ids fetched and not finished.
+    pub(crate) fn unfinished(&self) -> impl Iterator<Item = i64> + '_ {
+        self.unfinished.iter().copied()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn at_least_once_offset_never_passes_an_unfinished_update() {
+        let mut t = AckTracker::new(Delivery::AtLeastOnce, true);
+        for id in 10..15 {
+            assert_eq!(t.fetched(id, None), Seen::New);
+        }
+        assert_eq!(t.below(), Some(10));
+        assert!(!t.finished(12, None));
+        assert_eq!(t.below(), Some(10));
+        assert_eq!(t.redelivered_next(), 5);
+        assert!(t.finished(10, None));
+        assert_eq!(t.below(), Some(11));
+        assert_eq!(t.redelivered_next(), 4);
+        // A redelivered id is dropped, finished or not.
+        assert_eq!(t.fetched(12, None), Seen::Again);
+        assert_eq!(t.fetched(11, None), Seen::Again);
+        assert_eq!(t.fetched(15, None), Seen::New);
+        for id in [11, 13, 14, 15] {
+            t.finished(id, None);
+        }
+        assert_eq!(t.below(), Some(16));
+        assert_eq!(t.redelivered_next(), 0);
+    }
+
+    #[test]
+    fn eager_offset_follows_the_last_fetched_id() {
+        let mut t = AckTracker::new(Delivery::Eager, true);
+        t.fetched(5, None);
+        t.fetched(6, None);
+        assert_eq!(t.below(), Some(7));
+        assert_eq!(t.redelivered_next(), 0);
+        assert_eq!(t.unfinished().collect::<Vec<_>>(), [5, 6]);
+    }
+
+    #[test]
+    fn receipts_are_acked_when_finished_or_when_fetched() {
+        let r: Arc<str> = Arc::from("1-0");
+        let mut alo = AckTracker::new(Delivery::AtLeastOnce, false);
+        alo.fetched(1, Some(&r));
+        assert!(alo.take_receipts().is_empty());
+        alo.finished(1, Some(&r));
+        assert_eq!(alo.take_receipts().len(), 1);
+        let mut eager = AckTracker::new(Delivery::Eager, false);
+        eager.fetched(1, Some(&r));
+        assert_eq!(eager.take_receipts().len(), 1);
+        // Queues redeliver by design (a claimed entry): not filtered.
+        assert_eq!(alo.fetched(1, Some(&r)), Seen::New);
+    }
+}

@@ -1,0 +1,197 @@
+//! The runtime's knobs and their defaults, gathered by [`RuntimeBuilder`].
+
+use std::fmt;
+use std::sync::Arc;
+use std::time::Duration;
+
+use pollgate_admission::{AdmissionPolicy, Fixed};
+use pollgate_core::{Transport, Update};
+use tokio_util::sync::CancellationToken;
+
+use crate::handler::Handler;
+use crate::runtime::Runtime;
+
+/// When an update is acknowledged (DESIGN §4).
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub enum Delivery {
+    /// Acknowledged as soon as it is fetched (Telegram: offset = last fetched + 1), as the
+    /// common Bot API libraries do. Fetches pipeline freely; a crash loses the updates that
+    /// were in flight.
+    #[default]
+    Eager,
+    /// Acknowledged only once handled (Telegram: offset = the lowest update not yet
+    /// finished). A crash loses nothing; updates in flight at the crash are handled again
+    /// after the restart. With Telegram, concurrency is limited to the 100 ids from the
+    /// oldest unfinished update on, so one very slow update limits the window.
+    AtLeastOnce,
+}
+
+/// How the memory cost of an update is declared.
+#[derive(Clone)]
+pub(crate) enum Cost {
+    Factor(f64),
+    Fn(Arc<dyn Fn(&Update) -> u64 + Send + Sync>),
+}
+
+impl Cost {
+    pub(crate) fn of(&self, update: &Update) -> u64 {
+        match self {
+            Cost::Factor(f) => ((update.size() as f64) * f).ceil() as u64,
+            Cost::Fn(f) => f(update),
+        }
+    }
+}
+
+impl fmt::Debug for Cost {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            Cost::Factor(x) => write!(f, "payload size × {x}"),
+            Cost::Fn(_) => f.write_str("custom cost function"),
+        }
+    }
+}
+
+/// The default concurrency limit when no policy is given.
+pub const DEFAULT_CONCURRENCY: usize = 100;
+/// The default memory cost factor: an update's handler is assumed to hold 32 times the
+/// update's JSON size.
+pub const DEFAULT_COST_FACTOR: f64 = 32.0;
+
+#[derive(Debug, Clone)]
+pub(crate) struct Config {
+    pub(crate) delivery: Delivery,
+    pub(crate) ordered: bool,
+    pub(crate) max_queued: usize,
+    pub(crate) cost: Cost,
+    pub(crate) poll_timeout: Duration,
+    pub(crate) drain_deadline: Duration,
+    pub(crate) summary_every: Option<Duration>,
+}
+
+/// Builds a [`Runtime`]: see [`Runtime::builder`].
+#[must_use]
+pub struct RuntimeBuilder<T, H> {
+    pub(crate) transport: T,
+    pub(crate) handler: H,
+    pub(crate) policy: Option<Arc<dyn AdmissionPolicy>>,
+    pub(crate) shutdown: Option<CancellationToken>,
+    pub(crate) config: Config,
+}
+
+impl<T: fmt::Debug, H> fmt::Debug for RuntimeBuilder<T, H> {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("RuntimeBuilder")
+            .field("transport", &self.transport)
+            .field("policy", &self.policy)
+            .field("config", &self.config)
+            .finish_non_exhaustive()
+    }
+}
+
+impl<T: Transport, H: Handler> RuntimeBuilder<T, H> {
+    pub(crate) fn new(transport: T, handler: H) -> Self {
+        RuntimeBuilder {
+            transport,
+            handler,
+            policy: None,
+            shutdown: None,
+            config: Config {
+                delivery: Delivery::Eager,
+                ordered: false,
+                max_queued: 1024,
+                cost: Cost::Factor(DEFAULT_COST_FACTOR),
+                poll_timeout: Duration::from_secs(30),
+                drain_deadline: Duration::from_secs(30),
+                summary_every: None,
+            },
+        }
+    }
+
+    /// The admission policy (default: `Fixed::new(DEFAULT_CONCURRENCY)`).
+    pub fn policy(mut self, policy: impl AdmissionPolicy) -> Self {
+        self.policy = Some(Arc::new(policy));
+        self
+    }
+
+    /// An admission policy shared with other runtimes or kept by the caller to resize it.
+    pub fn shared_policy(mut self, policy: Arc<dyn AdmissionPolicy>) -> Self {
+        self.policy = Some(policy);
+        self
+    }
+
+    /// When updates are acknowledged (default [`Delivery::Eager`]).
+    pub fn delivery(mut self, delivery: Delivery) -> Self {
+        self.config.delivery = delivery;
+        self
+    }
+
+    /// Runs updates with the same ordering key one at a time, in update_id order
+    /// (default off). Updates without a key are not ordered.
+    pub fn ordered(mut self, ordered: bool) -> Self {
+        self.config.ordered = ordered;
+        self
+    }
+
+    /// With ordering, the most updates that may wait behind busy keys; fetching pauses
+    /// while that many wait (default 1024). They also count against a byte budget.
+    ///
+    /// # Panics
+    /// If `max` is 0.
+    pub fn max_queued(mut self, max: usize) -> Self {
+        assert!(max > 0, "max_queued must be at least 1");
+        self.config.max_queued = max;
+        self
+    }
+
+    /// Declares each update's memory cost as its JSON size times `factor`
+    /// (default [`DEFAULT_COST_FACTOR`]).
+    ///
+    /// # Panics
+    /// If `factor` is negative or not finite.
+    pub fn cost_factor(mut self, factor: f64) -> Self {
+        assert!(factor.is_finite() && factor >= 0.0, "cost factor must be finite and >= 0");
+        self.config.cost = Cost::Factor(factor);
+        self
+    }
+
+    /// Declares each update's memory cost with a function (bytes of working set its
+    /// handler will hold).
+    pub fn cost_fn(mut self, cost: impl Fn(&Update) -> u64 + Send + Sync + 'static) -> Self {
+        self.config.cost = Cost::Fn(Arc::new(cost));
+        self
+    }
+
+    /// The long-poll timeout of each fetch (default 30 s).
+    pub fn poll_timeout(mut self, timeout: Duration) -> Self {
+        self.config.poll_timeout = timeout;
+        self
+    }
+
+    /// The token that starts a graceful shutdown (default: a new one, see
+    /// [`Runtime::shutdown_token`]).
+    pub fn shutdown(mut self, token: CancellationToken) -> Self {
+        self.shutdown = Some(token);
+        self
+    }
+
+    /// How long a shutdown waits for running handlers before aborting them
+    /// (default 30 s).
+    pub fn drain_deadline(mut self, deadline: Duration) -> Self {
+        self.config.drain_deadline = deadline;
+        self
+    }
+
+    /// Logs a summary event (target `pollgate::summary`) this often (default never).
+    pub fn summary_every(mut self, every: Duration) -> Self {
+        self.config.summary_every = Some(every);
+        self
+    }
+
+    /// Builds the runtime.
+    pub fn build(self) -> Runtime<T, H> {
+        let policy = self
+            .policy
+            .unwrap_or_else(|| Arc::new(Fixed::new(DEFAULT_CONCURRENCY)) as Arc<dyn AdmissionPolicy>);
+        Runtime::new(self.transport, self.handler, policy, self.shutdown.unwrap_or_default(), self.config)
+    }
+}

@@ -1,0 +1,71 @@
+//! The handler: what runs for each update.
+//!
+//! Any `Fn(Update) -> impl Future<Output = Result<(), E>>` is a handler, so a closure is
+//! enough; implement [`Handler`] by hand to name the future type or keep state.
+//! A returned error is counted, logged with the update id and reported to the admission
+//! policy as a failure unrelated to load, unless it is (or wraps) [`Overloaded`], which
+//! tells the policy the handler is shedding load. A panic is caught, counted and
+//! reported as a panic. Neither ever stops the runtime.
+
+use std::fmt;
+use std::future::Future;
+
+use pollgate_core::Update;
+
+/// The error type handlers' errors are converted into.
+pub type BoxError = Box<dyn std::error::Error + Send + Sync + 'static>;
+
+/// Handles one update.
+pub trait Handler: Send + Sync + 'static {
+    /// The handler's error.
+    type Error: Into<BoxError> + Send + 'static;
+    /// The future that handles one update.
+    type Future: Future<Output = Result<(), Self::Error>> + Send + 'static;
+
+    /// Starts handling `update`.
+    fn handle(&self, update: Update) -> Self::Future;
+}
+
+impl<F, Fut, E> Handler for F
+where
+    F: Fn(Update) -> Fut + Send + Sync + 'static,
+    Fut: Future<Output = Result<(), E>> + Send + 'static,
+    E: Into<BoxError> + Send + 'static,
+{
+    type Error = E;
+    type Future = Fut;
+
+    fn handle(&self, update: Update) -> Fut {
+        self(update)
+    }
+}
+
+/// Return this error (or one whose source chain contains it) from a handler to tell the
+/// admission policy that the work failed because of load, such as a downstream service
+/// shedding requests. Other errors are treated as unrelated to load and never shrink a
+/// limit.
+#[derive(Debug, Clone, Default)]
+pub struct Overloaded {
+    /// What was overloaded.
+    pub reason: String,
+}
+
+impl fmt::Display for Overloaded {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "overloaded: {}", self.reason)
+    }
+}
+
+impl std::error::Error for Overloaded {}
+
+/// Whether `error` is, or was caused by, [`Overloaded`].
+pub(crate) fn is_overload(error: &(dyn std::error::Error + 'static)) -> bool {
+    let mut cur = Some(error);
+    while let Some(e) = cur {
+        if e.is::<Overloaded>() {
+            return true;
+        }
+        cur = e.source();
+    }
+    false
+}

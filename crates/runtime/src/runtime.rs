@@ -1,0 +1,437 @@
+//! The runtime: one dispatcher loop, one tracked task per running key chain or update.
+//!
+//! ```text
+//!   ┌──────────── dispatcher (one task) ─────────────┐
+//!   │ wait until policy.fetch_limit > 0              │
+//!   │ ack(offset / receipts) → fetch(limit)          │   handler tasks (TaskTracker)
+//!   │ for each update: drop if seen, else            │   ┌───────────────────────┐
+//!   │   key busy? → park with a byte reservation ────┼──▶│ run handler (caught)  │
+//!   │   else acquire a permit (FIFO) → spawn ────────┼──▶│ finish permit, ack    │
+//!   └────────────────────────────────────────────────┘   │ next of the same key? │
+//!                                                        └───────────────────────┘
+//! ```
+//! The dispatcher holds at most one fetched batch that is not yet admitted, and fetches
+//! the next one as soon as that batch is admitted and the policy has room, so the long
+//! poll overlaps running handlers (pipelining) without ever fetching more than can be
+//! admitted. No channel, queue or task set grows without bound: tasks are bounded by the
+//! policy, parked updates by `max_queued` and the byte budget, ack state by the
+//! transport's window.
+
+use std::fmt;
+use std::sync::Arc;
+use std::time::Duration;
+
+use parking_lot::Mutex;
+use pollgate_admission::{AdmissionPolicy, Gate};
+use pollgate_core::{Ack, FetchRequest, Transport, Update};
+use tokio::sync::Notify;
+use tokio_util::sync::CancellationToken;
+use tokio_util::task::TaskTracker;
+use tracing::{error, info, info_span, warn, Instrument};
+
+use crate::acks::{AckTracker, Seen};
+use crate::config::{Config, RuntimeBuilder};
+use crate::handler::Handler;
+use crate::ordering::{KeyQueues, Queued};
+use crate::stats::{Counters, Stats, StatsHandle};
+use crate::task;
+
+/// Composes a [`Transport`], an admission policy and a [`Handler`]; see the crate docs.
+pub struct Runtime<T, H> {
+    transport: T,
+    ctx: Arc<Ctx<H>>,
+    shutdown: CancellationToken,
+}
+
+impl<T: fmt::Debug, H> fmt::Debug for Runtime<T, H> {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("Runtime")
+            .field("transport", &self.transport)
+            .field("gate", &self.ctx.gate)
+            .field("config", &self.ctx.config)
+            .finish_non_exhaustive()
+    }
+}
+
+/// State shared by the dispatcher and the handler tasks.
+pub(crate) struct Ctx<H> {
+    pub(crate) handler: H,
+    pub(crate) gate: Gate,
+    pub(crate) config: Config,
+    pub(crate) counters: Arc<Counters>,
+    pub(crate) acks: Mutex<AckTracker>,
+    /// Wakes the dispatcher when the ack window or the key queues moved.
+    pub(crate) progress: Notify,
+    pub(crate) keys: Option<Mutex<KeyQueues>>,
+    /// Fires at the drain deadline: running handlers are dropped, waiting ones give up.
+    pub(crate) abort: CancellationToken,
+    pub(crate) tracker: TaskTracker,
+}
+
+impl<H> Ctx<H> {
+    /// Records that `id` is finished for acknowledgement.
+    pub(crate) fn finished(&self, id: i64, receipt: Option<&Arc<str>>) {
+        if self.acks.lock().finished(id, receipt) {
+            self.progress.notify_one();
+        }
+    }
+
+    /// Records the highest number of handlers seen running at once.
+    pub(crate) fn note_in_flight(&self) {
+        let now = self.gate.load().in_flight;
+        self.counters.max_in_flight.fetch_max(now, std::sync::atomic::Ordering::Relaxed);
+    }
+
+    /// Gives up on an update that will not run (abort or closed gate).
+    pub(crate) fn give_up(&self, update: &Update) {
+        Counters::bump(&self.counters.aborted);
+        warn!(update_id = update.id(), "update not handled: the runtime is shutting down");
+    }
+
+    /// Gives up on everything parked behind `key`.
+    pub(crate) fn abandon_key(&self, key: Option<i64>) {
+        if let (Some(keys), Some(key)) = (&self.keys, key) {
+            let parked = keys.lock().abandon(key);
+            for q in &parked {
+                self.give_up(&q.update);
+            }
+            self.progress.notify_one();
+        }
+    }
+}
+
+/// What a run did, returned by [`Runtime::run`].
+#[derive(Clone, Debug)]
+#[non_exhaustive]
+pub struct Summary {
+    /// The final counters.
+    pub stats: Stats,
+    /// Whether every admitted handler finished before the drain deadline.
+    pub drained: bool,
+    /// Updates fetched but not finished when the run ended (aborted at the deadline, or
+    /// never admitted). In at-least-once mode they are delivered again after a restart;
+    /// in eager mode they are lost.
+    pub unfinished: Vec<i64>,
+    /// The offset confirmed to the server on the way out (`None` when nothing was
+    /// fetched or the final confirmation failed).
+    pub confirmed_offset: Option<i64>,
+    /// Why the final confirmation failed, if it did.
+    pub flush_error: Option<String>,
+}
+
+/// Why [`Runtime::run`] stopped without being asked to.
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum RunError<E: std::error::Error + 'static> {
+    /// The transport returned a final error (bad token, retries exhausted, ...).
+    #[error("transport failed: {source}")]
+    Transport {
+        /// The transport's error.
+        #[source]
+        source: E,
+        /// What was done before (handlers already admitted were drained).
+        summary: Box<Summary>,
+    },
+}
+
+impl<T: Transport, H: Handler> Runtime<T, H> {
+    /// Starts building a runtime that fetches from `transport` and runs `handler` for each
+    /// update.
+    pub fn builder(transport: T, handler: H) -> RuntimeBuilder<T, H> {
+        RuntimeBuilder::new(transport, handler)
+    }
+
+    pub(crate) fn new(
+        transport: T,
+        handler: H,
+        policy: Arc<dyn AdmissionPolicy>,
+        shutdown: CancellationToken,
+        config: Config,
+    ) -> Self {
+        let cumulative = matches!(transport.ack_model(), pollgate_core::AckModel::Cumulative { .. });
+        let ctx = Ctx {
+            handler,
+            gate: Gate::with_shared(policy),
+            acks: Mutex::new(AckTracker::new(config.delivery, cumulative)),
+            keys: config.ordered.then(|| Mutex::new(KeyQueues::default())),
+            config,
+            counters: Arc::new(Counters::default()),
+            progress: Notify::new(),
+            abort: CancellationToken::new(),
+            tracker: TaskTracker::new(),
+        };
+        Runtime {
+            transport,
+            ctx: Arc::new(ctx),
+            shutdown,
+        }
+    }
+
+    /// A handle to read the runtime's [`Stats`] while it runs.
+    pub fn stats(&self) -> StatsHandle {
+        StatsHandle {
+            counters: Arc::clone(&self.ctx.counters),
+            gate: self.ctx.gate.clone(),
+        }
+    }
+
+    /// The token that starts a graceful shutdown when cancelled.
+    pub fn shutdown_token(&self) -> CancellationToken {
+        self.shutdown.clone()
+    }
+
+    /// The gate updates are admitted through (to read its load, or close it).
+    pub fn gate(&self) -> &Gate {
+        &self.ctx.gate
+    }
+
+    /// Runs until the shutdown token is cancelled, then drains and confirms; or until the
+    /// transport fails for good.
+    ///
+    /// On shutdown: fetching stops at once (a long poll in progress is dropped, which
+    /// loses nothing); updates already fetched are still admitted and handled; handlers
+    /// get until the drain deadline, then are dropped and reported in
+    /// [`Summary::unfinished`]; finally the offset is acknowledged and flushed (Telegram:
+    /// `getUpdates(offset, limit=1, timeout=0)`).
+    ///
+    /// # Errors
+    /// [`RunError::Transport`] when a fetch or an ack fails for good (after the transport's
+    /// own retries). Admitted handlers are still drained, but nothing is flushed.
+    pub async fn run(self) -> Result<Summary, RunError<T::Error>> {
+        let Runtime { transport, ctx, shutdown } = self;
+        let stop = shutdown.child_token();
+        let watchdog = tokio::spawn({
+            let (stop, abort, deadline) = (stop.clone(), ctx.abort.clone(), ctx.config.drain_deadline);
+            async move {
+                stop.cancelled().await;
+                tokio::time::sleep(deadline).await;
+                abort.cancel();
+            }
+        });
+        let reporter = ctx.config.summary_every.map(|every| tokio::spawn(report_every(every, stats_of(&ctx))));
+
+        let failure = dispatch_loop(&transport, &ctx, &stop).await.err();
+
+        stop.cancel();
+        ctx.tracker.close();
+        ctx.tracker.wait().await;
+        watchdog.abort();
+        if let Some(r) = reporter {
+            r.abort();
+        }
+        let drained = !ctx.abort.is_cancelled();
+        let (below, receipts, unfinished) = {
+            let mut acks = ctx.acks.lock();
+            (acks.below(), acks.take_receipts(), acks.unfinished().collect::<Vec<_>>())
+        };
+        if !unfinished.is_empty() {
+            let first: Vec<_> = unfinished.iter().take(20).collect();
+            match ctx.config.delivery {
+                crate::Delivery::Eager => error!(count = unfinished.len(), ?first, "updates lost: fetched but not finished (eager delivery)"),
+                crate::Delivery::AtLeastOnce => warn!(count = unfinished.len(), ?first, "updates not finished; they will be delivered again"),
+            }
+        }
+        let mut summary = Summary {
+            stats: stats_of(&ctx).snapshot(),
+            drained,
+            unfinished,
+            confirmed_offset: None,
+            flush_error: None,
+        };
+        if let Some(source) = failure {
+            return Err(RunError::Transport { source, summary: Box::new(summary) });
+        }
+        let flushed = async {
+            transport.ack(Ack { below, receipts: &receipts }).await?;
+            transport.flush().await
+        }
+        .instrument(info_span!("flush", offset = below))
+        .await;
+        match flushed {
+            Ok(()) => {
+                if let Some(b) = below {
+                    ctx.counters.set_acked(b);
+                }
+                summary.confirmed_offset = below;
+            }
+            Err(e) => {
+                error!(error = %e, "could not confirm the final offset; finished updates may be delivered again");
+                summary.flush_error = Some(e.to_string());
+            }
+        }
+        summary.stats = stats_of(&ctx).snapshot();
+        info!(handled = summary.stats.finished(), drained, offset = ?summary.confirmed_offset, "runtime stopped");
+        Ok(summary)
+    }
+}
+
+fn stats_of<H>(ctx: &Ctx<H>) -> StatsHandle {
+    StatsHandle {
+        counters: Arc::clone(&ctx.counters),
+        gate: ctx.gate.clone(),
+    }
+}
+
+async fn report_every(every: Duration, stats: StatsHandle) {
+    let mut tick = tokio::time::interval(every);
+    tick.tick().await;
+    loop {
+        tick.tick().await;
+        let s = stats.snapshot();
+        info!(
+            target: "pollgate::summary",
+            in_flight = s.in_flight,
+            queued = s.queued,
+            bytes = s.bytes,
+            limit_slots = ?s.limit.slots,
+            limit_bytes = ?s.limit.bytes,
+            completed = s.completed,
+            failed = s.failed,
+            panicked = s.panicked,
+            fetches = s.fetches,
+            offset = ?s.acked_offset,
+            rss = ?s.memory.map(|m| m.rss_bytes),
+            "pollgate summary"
+        );
+    }
+}
+
+/// An item of a batch, in id order: an update to run, or an undecodable one to skip.
+enum Item {
+    Run(Update),
+    Skip(pollgate_core::DecodeFailure),
+}
+
+impl Item {
+    fn id(&self) -> i64 {
+        match self {
+            Item::Run(u) => u.id(),
+            Item::Skip(f) => f.update_id,
+        }
+    }
+}
+
+async fn dispatch_loop<T: Transport, H: Handler>(
+    transport: &T,
+    ctx: &Arc<Ctx<H>>,
+    stop: &CancellationToken,
+) -> Result<(), T::Error> {
+    let window = transport.ack_model().window().max(1);
+    loop {
+        let limit = tokio::select! {
+            biased;
+            _ = stop.cancelled() => return Ok(()),
+            limit = fetch_limit(ctx, window) => match limit {
+                Some(l) => l,
+                None => return Ok(()),
+            },
+        };
+        let (below, receipts) = {
+            let mut acks = ctx.acks.lock();
+            (acks.below(), acks.take_receipts())
+        };
+        transport.ack(Ack { below, receipts: &receipts }).await?;
+        if let Some(b) = below {
+            ctx.counters.set_acked(b);
+        }
+        let request = FetchRequest {
+            limit,
+            timeout: ctx.config.poll_timeout,
+        };
+        let span = info_span!("fetch", limit, offset = below, received = tracing::field::Empty);
+        let batch = tokio::select! {
+            biased;
+            _ = stop.cancelled() => return Ok(()),
+            batch = transport.fetch(request).instrument(span.clone()) => batch?,
+        };
+        span.record("received", batch.len());
+        Counters::bump(&ctx.counters.fetches);
+        ctx.gate.on_batch(batch.len());
+
+        let mut items: Vec<Item> = batch.updates.into_iter().map(Item::Run).collect();
+        items.extend(batch.failures.into_iter().map(Item::Skip));
+        items.sort_by_key(Item::id);
+        for item in items {
+            match item {
+                Item::Skip(f) => {
+                    let mut acks = ctx.acks.lock();
+                    if acks.fetched(f.update_id, None) == Seen::New {
+                        Counters::bump(&ctx.counters.undecodable);
+                        error!(update_id = f.update_id, id_inferred = f.id_inferred, error = %f.error, raw = %f.raw, "undecodable update skipped");
+                        acks.finished(f.update_id, None);
+                    }
+                }
+                Item::Run(update) => {
+                    if ctx.acks.lock().fetched(update.id(), update.receipt()) == Seen::Again {
+                        Counters::bump(&ctx.counters.redelivered);
+                        continue;
+                    }
+                    Counters::bump(&ctx.counters.fetched);
+                    admit(ctx, update).await;
+                }
+            }
+        }
+    }
+}
+
+/// Waits until something may be fetched; returns the `limit` to ask for (new updates the
+/// policy admits plus the ones the server will send again), or `None` when the gate closed.
+async fn fetch_limit<H>(ctx: &Ctx<H>, window: usize) -> Option<usize> {
+    loop {
+        let progressed = ctx.progress.notified();
+        tokio::pin!(progressed);
+        progressed.as_mut().enable();
+        let again = ctx.acks.lock().redelivered_next();
+        let room_window = window.saturating_sub(again);
+        let room_queue = match ctx.keys {
+            Some(_) => ctx.config.max_queued.saturating_sub(ctx.gate.load().queued),
+            None => usize::MAX,
+        };
+        if room_window == 0 || room_queue == 0 {
+            progressed.await;
+            continue;
+        }
+        let admits = ctx.gate.fetch_ready().await.ok()?;
+        // The wait may have been long: re-read what the server will send again.
+        let again = ctx.acks.lock().redelivered_next();
+        let new = admits.min(room_queue).min(window.saturating_sub(again));
+        if new > 0 {
+            return Some(again + new);
+        }
+    }
+}
+
+/// Admits one new update: parks it behind its key, or waits for a permit and spawns it.
+async fn admit<H: Handler>(ctx: &Arc<Ctx<H>>, update: Update) {
+    let cost = ctx.config.cost.of(&update);
+    if let (Some(keys), Some(key)) = (&ctx.keys, update.key()) {
+        let mut parked = Some(update);
+        let claimed = keys.lock().claim_or_park(key, || Queued {
+            update: parked.take().expect("parked once"),
+            reservation: ctx.gate.reserve(cost),
+        });
+        let Some(update) = parked.filter(|_| claimed) else {
+            return;
+        };
+        return acquire_and_spawn(ctx, update, cost).await;
+    }
+    acquire_and_spawn(ctx, update, cost).await
+}
+
+async fn acquire_and_spawn<H: Handler>(ctx: &Arc<Ctx<H>>, update: Update, cost: u64) {
+    let permit = tokio::select! {
+        biased;
+        _ = ctx.abort.cancelled() => None,
+        permit = ctx.gate.acquire(cost) => permit.ok(),
+    };
+    match permit {
+        Some(permit) => {
+            ctx.note_in_flight();
+            ctx.tracker.spawn(task::run(Arc::clone(ctx), update, permit));
+        }
+        None => {
+            ctx.give_up(&update);
+            ctx.abandon_key(update.key());
+        }
+    }
+}

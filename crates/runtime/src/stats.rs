@@ -1,0 +1,134 @@
+//! Counters of a running runtime and their snapshot, [`Stats`].
+//!
+//! Counters are relaxed atomics bumped on the update path; a snapshot adds the gate's
+//! view (in flight, bytes, limit, memory) and costs one short lock.
+
+use std::sync::atomic::{AtomicI64, AtomicU64, AtomicUsize, Ordering};
+use std::sync::Arc;
+
+use pollgate_admission::{Gate, Limit, MemorySample};
+
+/// A snapshot of a runtime's state, readable while it runs ([`StatsHandle::snapshot`]).
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+#[non_exhaustive]
+pub struct Stats {
+    /// Handlers running now.
+    pub in_flight: usize,
+    /// Most handlers that ran at once so far.
+    pub max_in_flight: usize,
+    /// Updates waiting behind their ordering key.
+    pub queued: usize,
+    /// What the policy enforces now.
+    pub limit: Limit,
+    /// Declared bytes in use: running and queued updates.
+    pub bytes: u64,
+    /// Updates admitted to run.
+    pub admitted: u64,
+    /// Handlers that returned `Ok`.
+    pub completed: u64,
+    /// Handlers that returned an error.
+    pub failed: u64,
+    /// Handlers that panicked.
+    pub panicked: u64,
+    /// Handlers aborted at the drain deadline, or updates given up before they ran.
+    pub aborted: u64,
+    /// Updates that could not be decoded (reported and acknowledged past).
+    pub undecodable: u64,
+    /// Updates delivered again and dropped because this process had already seen them.
+    pub redelivered: u64,
+    /// Fetch calls made.
+    pub fetches: u64,
+    /// Updates received (new ones only).
+    pub fetched: u64,
+    /// The offset last passed to the transport's ack (`None` before the first).
+    pub acked_offset: Option<i64>,
+    /// The latest memory sample known to the policy.
+    pub memory: Option<MemorySample>,
+}
+
+impl Stats {
+    /// Updates finished one way or another: completed, failed or panicked.
+    pub fn finished(&self) -> u64 {
+        self.completed + self.failed + self.panicked
+    }
+}
+
+const NO_OFFSET: i64 = i64::MIN;
+
+#[derive(Debug)]
+pub(crate) struct Counters {
+    pub(crate) max_in_flight: AtomicUsize,
+    pub(crate) completed: AtomicU64,
+    pub(crate) failed: AtomicU64,
+    pub(crate) panicked: AtomicU64,
+    pub(crate) aborted: AtomicU64,
+    pub(crate) undecodable: AtomicU64,
+    pub(crate) redelivered: AtomicU64,
+    pub(crate) fetches: AtomicU64,
+    pub(crate) fetched: AtomicU64,
+    acked_offset: AtomicI64,
+}
+
+impl Default for Counters {
+    fn default() -> Counters {
+        Counters {
+            max_in_flight: AtomicUsize::new(0),
+            completed: AtomicU64::new(0),
+            failed: AtomicU64::new(0),
+            panicked: AtomicU64::new(0),
+            aborted: AtomicU64::new(0),
+            undecodable: AtomicU64::new(0),
+            redelivered: AtomicU64::new(0),
+            fetches: AtomicU64::new(0),
+            fetched: AtomicU64::new(0),
+            acked_offset: AtomicI64::new(NO_OFFSET),
+        }
+    }
+}
+
+impl Counters {
+    pub(crate) fn bump(counter: &AtomicU64) {
+        counter.fetch_add(1, Ordering::Relaxed);
+    }
+
+    pub(crate) fn set_acked(&self, offset: i64) {
+        self.acked_offset.store(offset, Ordering::Relaxed);
+    }
+}
+
+/// A cheap, cloneable handle to read a runtime's [`Stats`] while it runs and after.
+#[derive(Clone, Debug)]
+pub struct StatsHandle {
+    pub(crate) counters: Arc<Counters>,
+    pub(crate) gate: Gate,
+}
+
+impl StatsHandle {
+    /// Takes a snapshot.
+    pub fn snapshot(&self) -> Stats {
+        let g = self.gate.stats();
+        let c = &self.counters;
+        let r = |x: &AtomicU64| x.load(Ordering::Relaxed);
+        Stats {
+            in_flight: g.in_flight,
+            max_in_flight: c.max_in_flight.load(Ordering::Relaxed),
+            queued: g.queued,
+            limit: g.limit,
+            bytes: g.bytes,
+            admitted: g.admitted,
+            completed: r(&c.completed),
+            failed: r(&c.failed),
+            panicked: r(&c.panicked),
+            aborted: r(&c.aborted),
+            undecodable: r(&c.undecodable),
+            redelivered: r(&c.redelivered),
+            fetches: r(&c.fetches),
+            fetched: r(&c.fetched),
+            acked_offset: match c.acked_offset.load(Ordering::Relaxed) {
+                NO_OFFSET => None,
+                o => Some(o),
+            },
+            memory: g.memory,
+        }
+    }
+}

@@ -1,0 +1,151 @@
+//! Shared pieces of the runtime's integration tests: a handler that checks invariants
+//! itself, and a Telegram transport pointed at the mock server with fast retries.
+#![allow(dead_code, unreachable_pub)] // each test binary uses a different subset
+
+use std::collections::HashMap;
+use std::convert::Infallible;
+use std::future::Future;
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::Arc;
+use std::time::Duration;
+
+use mock_bot_api::{BacklogSpec, MockConfig, MockServer};
+use parking_lot::Mutex;
+use pollgate_core::{Backoff, Sleep, SleepFuture, TelegramTransport, Update};
+
+/// Waits at most 2 ms whatever the server asked (keeps fault tests fast; the exact waits
+/// are tested in poll-core with a recording sleeper).
+#[derive(Debug)]
+pub struct QuickSleep;
+
+impl Sleep for QuickSleep {
+    fn sleep(&self, d: Duration) -> SleepFuture {
+        Box::pin(tokio::time::sleep(d.min(Duration::from_millis(2))))
+    }
+}
+
+pub fn telegram(server: &MockServer) -> TelegramTransport {
+    TelegramTransport::builder(server.token())
+        .api_url(server.url())
+        .backoff(Backoff {
+            initial: Duration::from_millis(1),
+            factor: 2.0,
+            max: Duration::from_millis(5),
+            max_retries: None,
+        })
+        .sleep(QuickSleep)
+        .build()
+        .unwrap()
+}
+
+/// A started mock server with a generated backlog, and the backlog's ids.
+pub async fn server_with(updates: usize, chats: usize) -> (MockServer, Vec<i64>) {
+    let server = MockServer::start(MockConfig::default()).await.unwrap();
+    let ids = server.generate(&BacklogSpec {
+        updates,
+        text_bytes: 64,
+        chats,
+        seed: 7,
+    });
+    (server, ids.collect())
+}
+
+/// What the handler saw, checked by the handler itself while it runs.
+#[derive(Debug, Default)]
+pub struct Probe {
+    pub handled: Mutex<Vec<i64>>,
+    pub in_flight: AtomicUsize,
+    pub max_in_flight: AtomicUsize,
+    /// Times a handler started while `limit` others were already running.
+    pub over_limit: AtomicUsize,
+    pub limit: usize,
+    pub delay: Duration,
+    last_per_key: Mutex<HashMap<i64, i64>>,
+    running_keys: Mutex<HashMap<i64, usize>>,
+    pub order_violations: AtomicUsize,
+    crashed: std::sync::atomic::AtomicBool,
+}
+
+impl Probe {
+    pub fn new(limit: usize, delay: Duration) -> Arc<Probe> {
+        Arc::new(Probe {
+            limit,
+            delay,
+            ..Probe::default()
+        })
+    }
+
+    pub fn enter(&self, u: &Update) {
+        let now = self.in_flight.fetch_add(1, Ordering::SeqCst) + 1;
+        self.max_in_flight.fetch_max(now, Ordering::SeqCst);
+        if now > self.limit {
+            self.over_limit.fetch_add(1, Ordering::SeqCst);
+        }
+        if let Some(key) = u.key() {
+            let mut last = self.last_per_key.lock();
+            if last.get(&key).is_some_and(|&prev| prev >= u.id()) {
+                self.order_violations.fetch_add(1, Ordering::SeqCst);
+            }
+            last.insert(key, u.id());
+            let mut running = self.running_keys.lock();
+            let n = running.entry(key).or_default();
+            *n += 1;
+            if *n > 1 {
+                self.order_violations.fetch_add(1, Ordering::SeqCst);
+            }
+        }
+    }
+
+    /// Records a finished update; `false` after [`Probe::crash`] (the process is "dead":
+    /// nothing finishes any more).
+    pub fn exit(&self, u: &Update) -> bool {
+        let mut handled = self.handled.lock();
+        if self.crashed.load(Ordering::SeqCst) {
+            return false;
+        }
+        if let Some(key) = u.key() {
+            *self.running_keys.lock().entry(key).or_default() -= 1;
+        }
+        handled.push(u.id());
+        self.in_flight.fetch_sub(1, Ordering::SeqCst);
+        true
+    }
+
+    /// From now on no handler finishes (they hang), as if the process had died.
+    pub fn crash(&self) {
+        let _handled = self.handled.lock();
+        self.crashed.store(true, Ordering::SeqCst);
+    }
+
+    pub fn count(&self) -> usize {
+        self.handled.lock().len()
+    }
+
+    /// A handler that records into this probe and holds each update for `delay`.
+    pub fn handler(self: &Arc<Self>) -> impl Fn(Update) -> std::pin::Pin<Box<dyn Future<Output = Result<(), Infallible>> + Send>> + Send + Sync + 'static {
+        let probe = Arc::clone(self);
+        move |u: Update| {
+            let probe = Arc::clone(&probe);
+            Box::pin(async move {
+                probe.enter(&u);
+                tokio::time::sleep(probe.delay).await;
+                if !probe.exit(&u) {
+                    std::future::pending::<()>().await;
+                }
+                Ok(())
+            })
+        }
+    }
+}
+
+/// Polls `cond` every few milliseconds for up to `secs` seconds of real time.
+pub async fn wait_until(secs: u64, mut cond: impl FnMut() -> bool) -> bool {
+    let deadline = std::time::Instant::now() + Duration::from_secs(secs);
+    while std::time::Instant::now() < deadline {
+        if cond() {
+            return true;
+        }
+        tokio::time::sleep(Duration::from_millis(5)).await;
+    }
+    cond()
+}
