@@ -1,1 +1,56 @@
-//! placeholder
+//! A Telegram Bot API-compatible HTTP server on loopback, for pollgate's tests, examples
+//! and benchmarks.
+//!
+//! pollgate's promises (never fetch more than can be admitted, confirm offsets correctly,
+//! survive 429s, 5xx, broken JSON and conflicts) are about how a client talks to the real
+//! Bot API over HTTP. Testing them against a trait-level fake would skip the part that
+//! breaks in production, and testing against Telegram is neither repeatable nor fast. This
+//! crate is the middle ground: a real HTTP server with the official `getUpdates` semantics
+//! (offsets, limits, long polls, 409 on a competing poll), a deterministic generator of
+//! realistic backlogs, and fault injection on demand or at random.
+//!
+//! # Use in-process
+//! ```no_run
+//! # async fn demo() -> std::io::Result<()> {
+//! use mock_bot_api::{BacklogSpec, Fault, MockConfig, MockServer};
+//!
+//! let server = MockServer::start(MockConfig {
+//!     backlog: Some(BacklogSpec { updates: 10_000, ..BacklogSpec::default() }),
+//!     ..MockConfig::default()
+//! })
+//! .await?;
+//! let endpoint = format!("{}/bot{}/getUpdates", server.url(), server.token());
+//! server.inject(Fault::TooManyRequests { retry_after: 1 });
+//! // ... point the client at `endpoint`, then assert on `server.stats()`.
+//! server.shutdown().await;
+//! # Ok(()) }
+//! ```
+//!
+//! # Use from another process
+//! `cargo run -p mock-bot-api -- --port 8081 --updates 100000` serves until Ctrl-C. Besides
+//! `/bot{token}/{method}` it answers the control endpoints `GET /stats`,
+//! `POST /control/backlog`, `/control/push`, `/control/faults`, `/control/inject`,
+//! `/control/conflict_window`, `/control/reset` and `GET /control/sent` (bodies are JSON:
+//! [`BacklogSpec`], [`FaultRates`], [`Fault`]s with a `kind` tag).
+//!
+//! # Methods
+//! `getMe`, `getUpdates`, `deleteWebhook`, `getWebhookInfo`, `close`, `logOut`,
+//! `sendMessage`; parameters from the query string, url-encoded and multipart forms and JSON
+//! bodies. Unknown methods get 404, a wrong token 401, bad parameters 400, each with the
+//! Bot API's `{"ok":false,...}` envelope.
+
+mod api;
+mod config;
+mod control;
+mod faults;
+mod generator;
+mod params;
+mod reply;
+mod server;
+mod state;
+mod stats;
+
+pub use config::{BacklogSpec, DEFAULT_TOKEN, LiveSpec, MockConfig};
+pub use faults::{Fault, FaultRates};
+pub use server::MockServer;
+pub use stats::Stats;

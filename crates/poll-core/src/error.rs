@@ -8,7 +8,7 @@
 //! | [`TelegramError::RateLimited`] (429) | wait exactly `retry_after`, then retry |
 //! | [`TelegramError::Conflict`] (409: another `getUpdates` consumer) | backoff, logged at error level |
 //! | [`TelegramError::InvalidJson`] (the response as a whole) | backoff, retried |
-//! | [`TelegramError::BodyTooLarge`] | backoff, retried (the body is not buffered) |
+//! | [`TelegramError::BodyTooLarge`] | backoff, retried with half the `limit` (the body is not buffered) |
 //! | [`TelegramError::Unauthorized`] (401), [`TelegramError::NotFound`] (404), other 4xx API errors | final: returned, the runtime stops |
 //!
 //! Every text kept in an error has the bot token removed.

@@ -243,6 +243,7 @@ impl TelegramTransport {
     /// One `getUpdates` call with retries, as [`Transport::fetch`] describes.
     async fn get_updates(&self, limit: usize, timeout: Duration, max_retries: Option<u32>) -> Result<Batch, TelegramError> {
         let mut failures = 0u32;
+        let mut limit = limit;
         loop {
             let offset = self.offset();
             match self.get_updates_once(offset, limit, timeout).await {
@@ -257,6 +258,10 @@ impl TelegramTransport {
                 Err(e) => {
                     failures += 1;
                     self.stats.count_retry(&e);
+                    if matches!(e, TelegramError::BodyTooLarge { .. }) {
+                        // Ask for fewer updates: the same request would be refused again.
+                        limit = (limit.min(MAX_LIMIT) / 2).max(1);
+                    }
                     if max_retries.is_some_and(|max| failures > max) {
                         return Err(TelegramError::RetriesExhausted {
                             attempts: failures,

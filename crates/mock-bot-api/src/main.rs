@@ -1,0 +1,118 @@
+//! `mock-bot-api`: serve a mock Telegram Bot API on loopback until Ctrl-C.
+//!
+//! ```text
+//! cargo run -p mock-bot-api -- --port 8081 --updates 100000 --text-bytes 256 --chats 50
+//! cargo run -p mock-bot-api -- --rate 500 --live-updates 0 --server-error 0.05
+//! ```
+
+use std::time::Duration;
+
+use clap::Parser;
+use mock_bot_api::{BacklogSpec, DEFAULT_TOKEN, FaultRates, LiveSpec, MockConfig, MockServer};
+
+/// Serve a Telegram Bot API-compatible mock on 127.0.0.1 until Ctrl-C.
+#[derive(Debug, Parser)]
+#[command(name = "mock-bot-api", version)]
+struct Args {
+    /// Port to listen on (0 = any free port).
+    #[arg(long, default_value_t = 8081)]
+    port: u16,
+    /// Bot token clients must use.
+    #[arg(long, default_value = DEFAULT_TOKEN)]
+    token: String,
+    /// Updates in the backlog generated at start.
+    #[arg(long, default_value_t = 0)]
+    updates: usize,
+    /// Approximate text size of generated messages, in bytes.
+    #[arg(long, default_value_t = 64)]
+    text_bytes: usize,
+    /// Distinct chats generated updates are spread over.
+    #[arg(long, default_value_t = 10)]
+    chats: usize,
+    /// Seed of the generator and of random faults.
+    #[arg(long, default_value_t = 1)]
+    seed: u64,
+    /// Live mode: generate this many updates per second while clients poll.
+    #[arg(long)]
+    rate: Option<f64>,
+    /// Live mode: stop after this many updates (0 = never).
+    #[arg(long, default_value_t = 0)]
+    live_updates: usize,
+    /// Longest long-poll wait, in seconds.
+    #[arg(long, default_value_t = 50)]
+    max_poll_timeout: u64,
+    /// Probability of a 429 per getUpdates call.
+    #[arg(long, default_value_t = 0.0)]
+    too_many_requests: f64,
+    /// retry_after of random 429s, in seconds.
+    #[arg(long, default_value_t = 1)]
+    retry_after: u32,
+    /// Probability of a 500/502 HTML page per getUpdates call.
+    #[arg(long, default_value_t = 0.0)]
+    server_error: f64,
+    /// Probability of a truncated JSON body per getUpdates call.
+    #[arg(long, default_value_t = 0.0)]
+    malformed_json: f64,
+    /// Probability of one broken update in a batch per getUpdates call.
+    #[arg(long, default_value_t = 0.0)]
+    malformed_update: f64,
+    /// Probability of a dropped connection per getUpdates call.
+    #[arg(long, default_value_t = 0.0)]
+    drop_connection: f64,
+    /// Probability of a slow answer per getUpdates call.
+    #[arg(long, default_value_t = 0.0)]
+    slow: f64,
+    /// Delay of slow answers, in milliseconds.
+    #[arg(long, default_value_t = 200)]
+    slow_ms: u64,
+}
+
+#[tokio::main]
+async fn main() -> std::io::Result<()> {
+    tracing_subscriber::fmt()
+        .with_env_filter(
+            tracing_subscriber::EnvFilter::try_from_default_env()
+                .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info")),
+        )
+        .init();
+    let args = Args::parse();
+    let shape = |updates| BacklogSpec {
+        updates,
+        text_bytes: args.text_bytes,
+        chats: args.chats,
+        seed: args.seed,
+    };
+    let config = MockConfig {
+        port: args.port,
+        token: args.token.clone(),
+        backlog: (args.updates > 0).then(|| shape(args.updates)),
+        live: args.rate.map(|rate_per_sec| LiveSpec {
+            rate_per_sec,
+            spec: shape(args.live_updates),
+        }),
+        faults: FaultRates {
+            too_many_requests: args.too_many_requests,
+            retry_after_secs: args.retry_after,
+            server_error: args.server_error,
+            malformed_json: args.malformed_json,
+            malformed_update: args.malformed_update,
+            drop_connection: args.drop_connection,
+            slow: args.slow,
+            slow_ms: args.slow_ms,
+        },
+        seed: args.seed,
+        max_poll_timeout: Duration::from_secs(args.max_poll_timeout),
+    };
+    let server = MockServer::start(config).await?;
+    println!("url: {}", server.url());
+    println!("token: {}", server.token());
+    println!("pending: {}", server.pending());
+    tokio::signal::ctrl_c().await?;
+    let stats = server.stats();
+    println!(
+        "served {} updates ({} duplicates) in {} getUpdates calls",
+        stats.updates_served, stats.duplicates_served, stats.get_updates_calls
+    );
+    server.shutdown().await;
+    Ok(())
+}

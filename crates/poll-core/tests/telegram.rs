@@ -1,0 +1,240 @@
+//! The Telegram transport against the mock Bot API over real HTTP: one test per fault,
+//! each asserting its defined recovery. Waits go through a recording sleeper, so the
+//! exact delays are checked without spending them.
+
+use std::collections::BTreeSet;
+use std::sync::Arc;
+use std::time::Duration;
+
+use mock_bot_api::{BacklogSpec, Fault, MockConfig, MockServer};
+use parking_lot::Mutex;
+use pollgate_core::{
+    Ack, Backoff, FetchRequest, Sleep, SleepFuture, TelegramError, TelegramTransport, TelegramTransportBuilder,
+    Transport,
+};
+
+/// Records every requested wait and returns at once.
+#[derive(Debug, Clone, Default)]
+struct Recorder(Arc<Mutex<Vec<Duration>>>);
+
+impl Sleep for Recorder {
+    fn sleep(&self, d: Duration) -> SleepFuture {
+        self.0.lock().push(d);
+        Box::pin(std::future::ready(()))
+    }
+}
+
+impl Recorder {
+    fn waits(&self) -> Vec<Duration> {
+        self.0.lock().clone()
+    }
+}
+
+const BACKOFF: Backoff = Backoff {
+    initial: Duration::from_millis(100),
+    factor: 2.0,
+    max: Duration::from_secs(5),
+    max_retries: None,
+};
+
+async fn server(updates: usize) -> MockServer {
+    let s = MockServer::start(MockConfig::default()).await.unwrap();
+    s.generate(&BacklogSpec {
+        updates,
+        text_bytes: 32,
+        chats: 3,
+        seed: 1,
+    });
+    s
+}
+
+fn builder(s: &MockServer, sleep: &Recorder) -> TelegramTransportBuilder {
+    TelegramTransport::builder(s.token())
+        .api_url(s.url())
+        .backoff(BACKOFF)
+        .sleep(sleep.clone())
+}
+
+const ALL: FetchRequest = FetchRequest {
+    limit: 100,
+    timeout: Duration::ZERO,
+};
+
+/// Fetches until the server has nothing left, acking eagerly; returns every id received.
+async fn drain(t: &TelegramTransport) -> Vec<i64> {
+    let mut ids = Vec::new();
+    loop {
+        let batch = t.fetch(ALL).await.unwrap();
+        if batch.is_empty() {
+            return ids;
+        }
+        ids.extend(batch.updates.iter().map(|u| u.id()));
+        ids.extend(batch.failures.iter().map(|f| f.update_id));
+        t.ack(Ack { below: batch.last_id().map(|id| id + 1), receipts: &[] }).await.unwrap();
+    }
+}
+
+fn assert_all_once(ids: &[i64], n: usize) {
+    let set: BTreeSet<i64> = ids.iter().copied().collect();
+    assert_eq!(set.len(), ids.len(), "an update was received twice");
+    assert_eq!(set.len(), n, "an update was lost");
+}
+
+#[tokio::test]
+async fn rate_limit_waits_exactly_retry_after_then_nothing_is_lost() {
+    let s = server(250).await;
+    let sleep = Recorder::default();
+    let t = builder(&s, &sleep).build().unwrap();
+    s.inject(Fault::TooManyRequests { retry_after: 7 });
+    assert_all_once(&drain(&t).await, 250);
+    assert_eq!(sleep.waits(), [Duration::from_secs(7)]);
+    assert_eq!(t.stats().retries_rate_limited, 1);
+    assert_eq!(t.stats().rate_limit_wait_ms, 7000);
+}
+
+#[tokio::test]
+async fn server_errors_with_html_bodies_back_off_exponentially_with_jitter() {
+    let s = server(120).await;
+    let sleep = Recorder::default();
+    let t = builder(&s, &sleep).build().unwrap();
+    s.inject(Fault::ServerError { status: 502 });
+    s.inject(Fault::ServerError { status: 500 });
+    s.inject(Fault::ServerError { status: 502 });
+    assert_all_once(&drain(&t).await, 120);
+    let waits = sleep.waits();
+    assert_eq!(waits.len(), 3);
+    for (i, w) in waits.iter().enumerate() {
+        let nominal = BACKOFF.nominal(i as u32 + 1);
+        assert!(*w >= nominal / 2 && *w <= nominal, "wait {i}: {w:?} vs nominal {nominal:?}");
+    }
+    assert_eq!(t.stats().retries_server_error, 3);
+}
+
+#[tokio::test]
+async fn a_dropped_connection_is_a_network_error_and_is_retried() {
+    let s = server(150).await;
+    let sleep = Recorder::default();
+    let t = builder(&s, &sleep).build().unwrap();
+    s.inject(Fault::DropConnection);
+    assert_all_once(&drain(&t).await, 150);
+    assert_eq!(t.stats().retries_network, 1);
+    assert_eq!(sleep.waits().len(), 1);
+}
+
+#[tokio::test]
+async fn a_malformed_response_is_retried_and_nothing_is_lost() {
+    let s = server(150).await;
+    let sleep = Recorder::default();
+    let t = builder(&s, &sleep).build().unwrap();
+    s.inject(Fault::MalformedJson);
+    assert_all_once(&drain(&t).await, 150);
+    assert_eq!(t.stats().retries_invalid, 1);
+}
+
+#[tokio::test]
+async fn a_malformed_update_is_reported_with_its_id_and_skipped_past() {
+    let s = server(9).await;
+    let sleep = Recorder::default();
+    let t = builder(&s, &sleep).build().unwrap();
+    s.inject(Fault::MalformedUpdate);
+    let batch = t.fetch(ALL).await.unwrap();
+    assert_eq!(batch.updates.len(), 8);
+    assert_eq!(batch.failures.len(), 1);
+    let broken = &batch.failures[0];
+    assert!(!broken.id_inferred);
+    assert!(!batch.updates.iter().any(|u| u.id() == broken.update_id));
+    t.ack(Ack { below: batch.last_id().map(|id| id + 1), receipts: &[] }).await.unwrap();
+    assert!(t.fetch(ALL).await.unwrap().is_empty(), "acknowledged past the broken update");
+    assert!(sleep.waits().is_empty(), "nothing to retry");
+}
+
+#[tokio::test]
+async fn a_slow_response_is_waited_for_and_one_past_the_http_timeout_is_retried() {
+    let s = server(50).await;
+    let sleep = Recorder::default();
+    let t = builder(&s, &sleep).http_timeout_margin(Duration::from_millis(300)).build().unwrap();
+    s.inject(Fault::Slow { ms: 50 });
+    let first = t.fetch(FetchRequest { limit: 10, timeout: Duration::ZERO }).await.unwrap();
+    assert_eq!(first.updates.len(), 10);
+    assert!(sleep.waits().is_empty());
+    s.inject(Fault::Slow { ms: 5_000 });
+    let second = t.fetch(FetchRequest { limit: 10, timeout: Duration::ZERO }).await.unwrap();
+    assert_eq!(second.updates.len(), 10);
+    assert_eq!(t.stats().retries_network, 1, "the hung request timed out and was retried");
+}
+
+#[tokio::test]
+async fn a_conflict_window_is_retried_with_backoff() {
+    let s = server(30).await;
+    let sleep = Recorder::default();
+    let t = builder(&s, &sleep).build().unwrap();
+    s.inject_conflict_window(3);
+    assert_all_once(&drain(&t).await, 30);
+    assert_eq!(t.stats().retries_conflict, 3);
+    assert_eq!(sleep.waits().len(), 3);
+}
+
+#[tokio::test]
+async fn unauthorized_is_final_and_not_retried() {
+    let s = server(5).await;
+    let sleep = Recorder::default();
+    let t = builder(&s, &sleep).build().unwrap();
+    s.inject(Fault::Unauthorized);
+    let err = t.fetch(ALL).await.unwrap_err();
+    assert!(matches!(err, TelegramError::Unauthorized { .. }), "{err:?}");
+    assert!(err.is_fatal());
+    assert!(sleep.waits().is_empty());
+}
+
+#[tokio::test]
+async fn a_body_over_the_cap_is_refused_and_the_request_shrinks_until_it_fits() {
+    let s = server(100).await;
+    let sleep = Recorder::default();
+    let t = builder(&s, &sleep).max_body_bytes(16 << 10).build().unwrap();
+    let batch = t.fetch(ALL).await.unwrap();
+    assert!(!batch.is_empty() && batch.len() < 100, "{}", batch.len());
+    assert!(t.stats().retries_invalid >= 1);
+    assert!(s.stats().last_limit.unwrap() < 100);
+}
+
+#[tokio::test]
+async fn offset_limit_and_final_confirmation_follow_the_bot_api() {
+    let s = server(30).await;
+    let sleep = Recorder::default();
+    let t = builder(&s, &sleep).build().unwrap();
+    let b = t.fetch(FetchRequest { limit: 500, timeout: Duration::ZERO }).await.unwrap();
+    assert_eq!((b.len(), s.stats().last_limit), (30, Some(100)), "limit is clamped to 100");
+    let b = t.fetch(FetchRequest { limit: 0, timeout: Duration::ZERO }).await.unwrap();
+    assert_eq!((b.len(), s.stats().last_limit), (1, Some(1)), "limit is clamped to 1");
+    let tenth = b.updates[0].id() + 10;
+    t.ack(Ack { below: Some(tenth), receipts: &[] }).await.unwrap();
+    let b = t.fetch(FetchRequest { limit: 5, timeout: Duration::ZERO }).await.unwrap();
+    assert_eq!(b.updates[0].id(), tenth, "the next read starts at the acknowledged offset");
+    assert_eq!(s.pending(), 20);
+    t.ack(Ack { below: Some(tenth + 15), receipts: &[] }).await.unwrap();
+    t.ack(Ack { below: Some(tenth), receipts: &[] }).await.unwrap();
+    assert_eq!(t.offset(), Some(tenth + 15), "offsets never move back");
+    t.flush().await.unwrap();
+    assert_eq!(s.stats().last_limit, Some(1));
+    assert_eq!(s.stats().last_timeout, Some(0));
+    assert_eq!(s.pending(), 5, "flush confirmed the offset");
+}
+
+#[tokio::test]
+async fn a_long_poll_returns_when_updates_arrive() {
+    let s = server(0).await;
+    let sleep = Recorder::default();
+    let t = Arc::new(builder(&s, &sleep).build().unwrap());
+    let poll = tokio::spawn({
+        let t = Arc::clone(&t);
+        async move { t.fetch(FetchRequest { limit: 100, timeout: Duration::from_secs(30) }).await }
+    });
+    let deadline = std::time::Instant::now() + Duration::from_secs(10);
+    while s.stats().in_flight_polls == 0 && std::time::Instant::now() < deadline {
+        tokio::time::sleep(Duration::from_millis(2)).await;
+    }
+    s.push_updates([serde_json::json!({"message": {"message_id": 1, "chat": {"id": 5, "type": "private"}, "date": 0, "text": "hi"}})]);
+    let batch = poll.await.unwrap().unwrap();
+    assert_eq!(batch.updates.len(), 1);
+    assert_eq!(batch.updates[0].key(), Some(5));
+}
