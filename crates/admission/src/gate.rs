@@ -1,0 +1,444 @@
+//! The [`Gate`]: who may run now, in arrival order.
+//!
+//! The gate is the *mechanism* half of admission control (the policy is the algorithm). It
+//! owns the in-flight accounting and a FIFO queue of waiters, and asks its
+//! [`AdmissionPolicy`] whether the head of the queue may start. Everything lives behind one
+//! `parking_lot` mutex: the uncontended path of `acquire` + release is one lock each, the
+//! policy's `admits` call, and no allocation.
+//!
+//! Releases hand capacity over under the lock: a release grants permits to waiters in FIFO
+//! order while the policy admits the head, and wakes exactly those. So there is no
+//! thundering herd, and no waiter is left asleep while capacity it could use is free. While
+//! anyone waits, newcomers queue behind, so a large update at the head is not starved by a
+//! stream of small ones.
+
+use std::collections::BTreeMap;
+use std::fmt;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU8, Ordering};
+use std::task::Waker;
+
+use parking_lot::{Mutex, MutexGuard};
+
+use crate::error::{Closed, TryAcquireError};
+use crate::permit::{Permit, Reservation};
+use crate::policy::{AdmissionPolicy, Limit, LimitSignal, Load, MemorySample};
+use crate::wait::{Acquire, Watch, WatchMode};
+
+/// A waiter's fate, written under the gate's lock and read by its future.
+pub(crate) const WAITING: u8 = 0;
+pub(crate) const GRANTED: u8 = 1;
+pub(crate) const CLOSED: u8 = 2;
+
+/// Admission control for one stream of work: hands out [`Permit`]s when its policy admits.
+///
+/// A `Gate` is cheap to clone (an `Arc` inside); clones share the same accounting. Several
+/// gates may share one policy ([`Gate::with_shared`]).
+///
+/// # Examples
+///
+/// ## Bound concurrency
+///
+/// Four handlers at most; the fifth waits for a release.
+///
+/// ```
+/// use std::time::Duration;
+/// use pollgate_admission::{Fixed, Gate, Outcome};
+///
+/// # #[tokio::main(flavor = "current_thread", start_paused = true)]
+/// # async fn main() {
+/// let gate = Gate::new(Fixed::new(4));
+/// let mut handlers = Vec::new();
+/// for id in 0..10u64 {
+///     let permit = gate.acquire(1).await.expect("gate open");
+///     handlers.push(tokio::spawn(async move {
+///         tokio::time::sleep(Duration::from_millis(10 * id)).await;
+///         permit.finish(Outcome::Success, Duration::from_millis(10 * id));
+///     }));
+///     assert!(gate.load().in_flight <= 4);
+/// }
+/// for handler in handlers {
+///     handler.await.unwrap();
+/// }
+/// assert_eq!(gate.load().in_flight, 0);
+/// # }
+/// ```
+///
+/// ## Fetch only what can be admitted
+///
+/// The runtime's loop: wait until the policy allows a fetch, fetch at most that many, then
+/// admit each update.
+///
+/// ```
+/// use pollgate_admission::{Fixed, Gate};
+///
+/// # #[tokio::main(flavor = "current_thread", start_paused = true)]
+/// # async fn main() {
+/// let gate = Gate::new(Fixed::new(8));
+/// let held = gate.acquire(1).await.unwrap();
+/// let n = gate.fetch_ready().await.unwrap();
+/// assert_eq!(n, 7); // never fetch more than can start
+/// # drop(held);
+/// # }
+/// ```
+#[derive(Clone)]
+pub struct Gate {
+    shared: Arc<Shared>,
+}
+
+/// Counters and limits of a gate at one instant.
+#[derive(Clone, Copy, Debug, Default)]
+pub struct GateStats {
+    /// What the policy enforces now.
+    pub limit: Limit,
+    /// Running permits.
+    pub in_flight: usize,
+    /// Bytes held by running permits and reservations.
+    pub bytes: u64,
+    /// Outstanding reservations.
+    pub queued: usize,
+    /// `acquire` calls waiting in the queue.
+    pub waiters: usize,
+    /// Permits granted since the gate was built.
+    pub admitted: u64,
+    /// Permits released since the gate was built.
+    pub completed: u64,
+    /// The policy's latest memory sample, if it takes any.
+    pub memory: Option<MemorySample>,
+}
+
+impl Gate {
+    /// Creates a gate that owns its policy.
+    pub fn new(policy: impl AdmissionPolicy) -> Gate {
+        Self::with_shared(Arc::new(policy))
+    }
+
+    /// Creates a gate around a policy that other gates may share.
+    ///
+    /// The policy's [`attach`](AdmissionPolicy::attach) is called with this gate's signal.
+    pub fn with_shared(policy: Arc<dyn AdmissionPolicy>) -> Gate {
+        let shared = Arc::new(Shared {
+            measures_latency: policy.measures_latency(),
+            policy,
+            state: Mutex::new(State::default()),
+        });
+        shared.policy.attach(LimitSignal::new(Arc::downgrade(&shared)));
+        Gate { shared }
+    }
+
+    /// The policy this gate asks.
+    pub fn policy(&self) -> &Arc<dyn AdmissionPolicy> {
+        &self.shared.policy
+    }
+
+    /// Waits until the policy admits an update of this `cost`, and returns its permit.
+    ///
+    /// Waiters are served first come, first served: while anyone waits, a newcomer queues
+    /// behind even if it would fit, so a large update is not starved by small ones.
+    ///
+    /// # Errors
+    ///
+    /// [`Closed`] when the gate is closed, before or while waiting.
+    ///
+    /// # Cancel safety
+    ///
+    /// Dropping the future gives up its place in the queue. If the permit had already been
+    /// granted to it, the capacity is returned (and reported as [`Outcome::Cancelled`]).
+    ///
+    /// [`Outcome::Cancelled`]: crate::Outcome::Cancelled
+    pub async fn acquire(&self, cost: u64) -> Result<Permit, Closed> {
+        Acquire::new(&self.shared, cost, None).await
+    }
+
+    /// Returns a permit if the policy admits `cost` right now and nobody is waiting.
+    ///
+    /// Never waits and never jumps the queue.
+    ///
+    /// # Errors
+    ///
+    /// [`TryAcquireError::Closed`] when the gate is closed; [`TryAcquireError::NoCapacity`]
+    /// when the policy refuses or others wait.
+    pub fn try_acquire(&self, cost: u64) -> Result<Permit, TryAcquireError> {
+        let mut state = self.shared.state.lock();
+        if state.closed {
+            return Err(TryAcquireError::Closed);
+        }
+        if state.waiters.is_empty() && self.shared.policy.admits(&state.load(), cost) {
+            state.grant(cost, false);
+            drop(state);
+            Ok(Permit::new(self.shared.clone(), cost))
+        } else {
+            Err(TryAcquireError::NoCapacity)
+        }
+    }
+
+    /// Counts `cost` bytes as held by an update that is in memory but not running yet.
+    ///
+    /// The reservation shows in [`Load::queued`] and [`Load::bytes`], holds no slot, never
+    /// waits and is never refused (the update is already in memory; refusing would not free
+    /// it). Turn it into a permit with [`acquire_reserved`](Self::acquire_reserved); dropping
+    /// it returns the bytes.
+    pub fn reserve(&self, cost: u64) -> Reservation {
+        let mut state = self.shared.state.lock();
+        state.queued += 1;
+        state.bytes += cost;
+        drop(state);
+        Reservation::new(self.shared.clone(), cost)
+    }
+
+    /// Turns a reservation into a running permit, waiting in FIFO order like
+    /// [`acquire`](Self::acquire).
+    ///
+    /// The reservation's bytes stay counted throughout, exactly once; the [`Load`] the policy
+    /// sees for this candidate excludes its own bytes and reservation.
+    ///
+    /// # Errors
+    ///
+    /// [`Closed`] when the gate is closed; the reservation is dropped (its bytes returned).
+    ///
+    /// # Cancel safety
+    ///
+    /// As for [`acquire`](Self::acquire); dropping the future also drops the reservation.
+    pub async fn acquire_reserved(&self, reservation: Reservation) -> Result<Permit, Closed> {
+        debug_assert!(
+            Arc::ptr_eq(reservation.shared(), &self.shared),
+            "a reservation must be used with the gate that made it"
+        );
+        let cost = reservation.cost();
+        Acquire::new(&self.shared, cost, Some(reservation)).await
+    }
+
+    /// What the gate holds now.
+    pub fn load(&self) -> Load {
+        self.shared.state.lock().load()
+    }
+
+    /// How many updates may be fetched now, per the policy (`0`: wait).
+    pub fn fetch_limit(&self) -> usize {
+        let state = self.shared.state.lock();
+        self.shared.policy.fetch_limit(&state.load())
+    }
+
+    /// Waits until [`fetch_limit`](Self::fetch_limit) is above zero and returns it.
+    ///
+    /// The limit is re-checked on every release, reservation drop, cancelled waiter and limit
+    /// signal; a change between the check and the wait cannot be missed.
+    ///
+    /// # Errors
+    ///
+    /// [`Closed`] when the gate is closed.
+    ///
+    /// # Cancel safety
+    ///
+    /// Cancel safe: nothing is taken until it returns.
+    pub async fn fetch_ready(&self) -> Result<usize, Closed> {
+        Watch::new(&self.shared, WatchMode::FetchReady).await
+    }
+
+    /// Resolves at the next capacity change: a release, a reservation drop, a cancelled
+    /// waiter, a limit signal or [`close`](Self::close). Resolves at once when closed.
+    pub async fn changed(&self) {
+        let _ = Watch::new(&self.shared, WatchMode::Changed).await;
+    }
+
+    /// Forwards a batch boundary to the policy ([`AdmissionPolicy::on_batch`]).
+    pub fn on_batch(&self, fetched: usize) {
+        self.shared.policy.on_batch(fetched);
+    }
+
+    /// Re-checks waiters now, after the policy's limit went up.
+    ///
+    /// This is what [`LimitSignal::notify`] does.
+    pub fn notify_limit_changed(&self) {
+        self.shared.notify_limit_changed();
+    }
+
+    /// Closes the gate: every waiter and every later `acquire` gets [`Closed`].
+    ///
+    /// Permits already granted stay valid and release normally; reservations still count.
+    pub fn close(&self) {
+        let mut state = self.shared.state.lock();
+        if state.closed {
+            return;
+        }
+        state.closed = true;
+        let mut wake = Vec::with_capacity(state.waiters.len());
+        for (_, waiter) in std::mem::take(&mut state.waiters) {
+            waiter.status.store(CLOSED, Ordering::Release);
+            wake.extend(waiter.waker);
+        }
+        State::finish_change(state, wake);
+    }
+
+    /// Whether [`close`](Self::close) was called.
+    pub fn is_closed(&self) -> bool {
+        self.shared.state.lock().closed
+    }
+
+    /// A snapshot of counters and limits.
+    pub fn stats(&self) -> GateStats {
+        let state = self.shared.state.lock();
+        let mut stats = GateStats {
+            limit: Limit::default(),
+            in_flight: state.in_flight,
+            bytes: state.bytes,
+            queued: state.queued,
+            waiters: state.waiters.len(),
+            admitted: state.admitted,
+            completed: state.completed,
+            memory: None,
+        };
+        drop(state);
+        stats.limit = self.shared.policy.limit();
+        stats.memory = self.shared.policy.memory_sample();
+        stats
+    }
+}
+
+impl fmt::Debug for Gate {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        self.shared.fmt(f)
+    }
+}
+
+/// What a gate and its permits share.
+pub(crate) struct Shared {
+    pub(crate) policy: Arc<dyn AdmissionPolicy>,
+    /// `policy.measures_latency()`, asked once.
+    pub(crate) measures_latency: bool,
+    pub(crate) state: Mutex<State>,
+}
+
+impl Shared {
+    pub(crate) fn notify_limit_changed(&self) {
+        let mut state = self.state.lock();
+        let mut wake = Vec::new();
+        state.grant_waiters(&*self.policy, &mut wake);
+        State::finish_change(state, wake);
+    }
+
+    /// Returns a permit's slot and bytes, then serves waiters.
+    pub(crate) fn release(&self, cost: u64) {
+        let mut state = self.state.lock();
+        debug_assert!(state.in_flight > 0 && state.bytes >= cost);
+        state.in_flight -= 1;
+        state.bytes -= cost;
+        state.completed += 1;
+        let mut wake = Vec::new();
+        state.grant_waiters(&*self.policy, &mut wake);
+        State::finish_change(state, wake);
+    }
+
+    /// Returns a reservation's bytes, then serves waiters.
+    pub(crate) fn unreserve(&self, cost: u64) {
+        let mut state = self.state.lock();
+        debug_assert!(state.queued > 0 && state.bytes >= cost);
+        state.queued -= 1;
+        state.bytes -= cost;
+        let mut wake = Vec::new();
+        state.grant_waiters(&*self.policy, &mut wake);
+        State::finish_change(state, wake);
+    }
+}
+
+impl fmt::Debug for Shared {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        let state = self.state.lock();
+        f.debug_struct("Gate")
+            .field("policy", &self.policy)
+            .field("load", &state.load())
+            .field("closed", &state.closed)
+            .finish()
+    }
+}
+
+/// One queued `acquire`.
+pub(crate) struct Waiter {
+    pub(crate) cost: u64,
+    /// Whether the candidate's bytes are already counted by a reservation.
+    pub(crate) reserved: bool,
+    pub(crate) waker: Option<Waker>,
+    pub(crate) status: Arc<AtomicU8>,
+}
+
+/// Everything behind the gate's lock.
+#[derive(Default)]
+pub(crate) struct State {
+    pub(crate) in_flight: usize,
+    pub(crate) bytes: u64,
+    pub(crate) queued: usize,
+    pub(crate) closed: bool,
+    pub(crate) admitted: u64,
+    pub(crate) completed: u64,
+    /// Source of waiter and watcher ids; ids increase, so map order is arrival order.
+    pub(crate) next_id: u64,
+    /// The FIFO queue of `acquire` calls.
+    pub(crate) waiters: BTreeMap<u64, Waiter>,
+    /// Bumped at every capacity change; `changed()` compares against it.
+    pub(crate) generation: u64,
+    /// Wakers of `changed()` / `fetch_ready()` futures.
+    pub(crate) watchers: BTreeMap<u64, Waker>,
+}
+
+impl State {
+    pub(crate) fn load(&self) -> Load {
+        Load {
+            in_flight: self.in_flight,
+            bytes: self.bytes,
+            queued: self.queued,
+            waiting: self.waiters.len(),
+        }
+    }
+
+    /// The load a candidate sees: without its own reservation and its place in the queue.
+    pub(crate) fn load_for(&self, cost: u64, reserved: bool, queued_self: bool) -> Load {
+        Load {
+            in_flight: self.in_flight,
+            bytes: self.bytes - if reserved { cost } else { 0 },
+            queued: self.queued - usize::from(reserved),
+            waiting: self.waiters.len() - usize::from(queued_self),
+        }
+    }
+
+    pub(crate) fn next_id(&mut self) -> u64 {
+        self.next_id += 1;
+        self.next_id
+    }
+
+    /// Accounts for one granted permit.
+    pub(crate) fn grant(&mut self, cost: u64, reserved: bool) {
+        self.in_flight += 1;
+        if reserved {
+            self.queued -= 1;
+        } else {
+            self.bytes += cost;
+        }
+        self.admitted += 1;
+    }
+
+    /// Grants permits to waiters in FIFO order while the policy admits the head.
+    pub(crate) fn grant_waiters(&mut self, policy: &dyn AdmissionPolicy, wake: &mut Vec<Waker>) {
+        while let Some(head) = self.waiters.first_key_value().map(|(_, w)| w) {
+            let load = self.load_for(head.cost, head.reserved, true);
+            if !policy.admits(&load, head.cost) {
+                break;
+            }
+            let (_, waiter) = self.waiters.pop_first().expect("head exists");
+            self.grant(waiter.cost, waiter.reserved);
+            waiter.status.store(GRANTED, Ordering::Release);
+            wake.extend(waiter.waker);
+        }
+    }
+
+    /// Records a capacity change, releases the lock and wakes `wake` plus every watcher.
+    pub(crate) fn finish_change(mut guard: MutexGuard<'_, Self>, mut wake: Vec<Waker>) {
+        guard.generation = guard.generation.wrapping_add(1);
+        if !guard.watchers.is_empty() {
+            wake.extend(std::mem::take(&mut guard.watchers).into_values());
+        }
+        drop(guard);
+        for waker in wake {
+            waker.wake();
+        }
+    }
+}

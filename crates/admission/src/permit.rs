@@ -1,0 +1,128 @@
+//! [`Permit`] and [`Reservation`]: RAII guards that give capacity back when dropped.
+//!
+//! A permit travels with the work it admits and is released by being dropped — on success,
+//! on error, on panic (unwinding drops it) and on cancellation. [`Permit::finish`] is the
+//! polite way: it reports the outcome and latency to the policy first. A plain drop reports
+//! [`Outcome::Cancelled`] so that a policy can tell aborted work from finished work.
+
+use std::fmt;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use crate::gate::Shared;
+use crate::policy::{Completion, Outcome};
+
+/// The right to run one update; returns its capacity to the gate when dropped.
+///
+/// Dropping a permit without [`finish`](Self::finish) reports [`Outcome::Cancelled`] with
+/// the time since it was granted (zero when the policy does not
+/// [measure latency](crate::AdmissionPolicy::measures_latency)).
+#[must_use = "the update is admitted only while the permit is held"]
+pub struct Permit {
+    shared: Option<Arc<Shared>>,
+    cost: u64,
+    /// When it was granted, if the policy measures latency.
+    granted_at: Option<Instant>,
+}
+
+impl Permit {
+    pub(crate) fn new(shared: Arc<Shared>, cost: u64) -> Self {
+        let granted_at = shared.measures_latency.then(Instant::now);
+        Self {
+            shared: Some(shared),
+            cost,
+            granted_at,
+        }
+    }
+
+    /// The cost this permit was acquired with.
+    pub fn cost(&self) -> u64 {
+        self.cost
+    }
+
+    /// Reports the outcome to the policy ([`on_complete`]), then releases the capacity.
+    ///
+    /// [`on_complete`]: crate::AdmissionPolicy::on_complete
+    pub fn finish(mut self, outcome: Outcome, latency: Duration) {
+        if let Some(shared) = self.shared.take() {
+            complete(&shared, self.cost, outcome, latency);
+        }
+    }
+}
+
+fn complete(shared: &Shared, cost: u64, outcome: Outcome, latency: Duration) {
+    shared.policy.on_complete(&Completion { cost, outcome, latency });
+    shared.release(cost);
+}
+
+impl Drop for Permit {
+    fn drop(&mut self) {
+        if let Some(shared) = self.shared.take() {
+            complete(
+                &shared,
+                self.cost,
+                Outcome::Cancelled,
+                self.granted_at.map_or(Duration::ZERO, |at| at.elapsed()),
+            );
+        }
+    }
+}
+
+impl fmt::Debug for Permit {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("Permit")
+            .field("cost", &self.cost)
+            .field("granted_at", &self.granted_at)
+            .finish()
+    }
+}
+
+/// Bytes counted for an update that is in memory but not running (for example waiting
+/// behind its ordering key). Holds no slot; dropping it returns the bytes.
+///
+/// Made by [`Gate::reserve`](crate::Gate::reserve), consumed by
+/// [`Gate::acquire_reserved`](crate::Gate::acquire_reserved).
+#[must_use = "the bytes are counted only while the reservation is held"]
+pub struct Reservation {
+    shared: Option<Arc<Shared>>,
+    cost: u64,
+}
+
+impl Reservation {
+    pub(crate) fn new(shared: Arc<Shared>, cost: u64) -> Self {
+        Self {
+            shared: Some(shared),
+            cost,
+        }
+    }
+
+    /// The bytes this reservation holds.
+    pub fn cost(&self) -> u64 {
+        self.cost
+    }
+
+    pub(crate) fn shared(&self) -> &Arc<Shared> {
+        self.shared.as_ref().expect("reservation is live")
+    }
+
+    /// Hands the reservation's bytes over to a permit (the gate already moved the
+    /// reservation to `in_flight` under its lock).
+    pub(crate) fn into_permit(mut self) -> Permit {
+        let shared = self.shared.take().expect("reservation is live");
+        Permit::new(shared, self.cost)
+    }
+}
+
+impl Drop for Reservation {
+    fn drop(&mut self) {
+        if let Some(shared) = self.shared.take() {
+            shared.unreserve(self.cost);
+        }
+    }
+}
+
+impl fmt::Debug for Reservation {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("Reservation").field("cost", &self.cost).finish()
+    }
+}

@@ -1,0 +1,399 @@
+//! [`BudgetController`]: the pure arithmetic that moves `RssAdaptive`'s byte budget.
+//!
+//! No clock, no threads, no probe: it turns `(rss, in-use bytes, time)` samples into a
+//! budget, so every rule is tested with made-up samples.
+//!
+//! # The rules
+//!
+//! RSS is compared with an *anchor*: the last sample that moved by more than the noise
+//! tolerance (1% of the target by default). A sample above the anchor by more than the
+//! tolerance is **rising**, below it **falling**, else **flat**; "flat for" is the time
+//! since the anchor last moved. With `high = high_mark × target`, `low = low_mark × target`:
+//!
+//! | RSS                | condition                                              | budget |
+//! |--------------------|--------------------------------------------------------|--------|
+//! | ≥ high             | rising, and `settle` since the last shrink              | × `shrink_factor`, from `min(budget, in use)` |
+//! | ≥ high             | not rising, budget at the floor, used, flat for `hold`   | + probe step |
+//! | ≥ high             | otherwise (high but flat: retained memory is reused)     | hold |
+//! | < low              | used (`in use ≥ budget / 2`), `settle` since last change | × `grow_factor` |
+//! | between the marks  | not rising, fully used (`≥ 90%`), flat for `hold`        | + probe step (sticky-RSS escape) |
+//! | between the marks  | otherwise                                              | hold |
+//!
+//! "Used" is the no-growth-while-under-used rule: a budget that is not being used says
+//! nothing about whether more would fit, so it never grows. Probes are spaced by `hold`
+//! and the probe step is `probe_step × max_budget`. The result is clamped to
+//! `[min_budget, max_budget]`.
+//!
+//! Why the escapes: allocators keep freed memory resident (measured after a 1 GiB burst:
+//! 20–100% of the peak stays resident with glibc, jemalloc and mimalloc alike), so after a
+//! burst RSS can sit above the high mark, or between the marks, for ever while the memory
+//! is actually free for reuse. Without a probe the budget would stay at the floor
+//! indefinitely; with one, the budget grows slowly while RSS stays flat, and shrinks again
+//! as soon as RSS rises past the high mark.
+
+/// Knobs of the [`BudgetController`]. Fractions are of the target RSS unless noted.
+#[non_exhaustive]
+#[derive(Clone, Debug, PartialEq)]
+pub struct ControllerConfig {
+    /// The resident memory to stay under, in bytes.
+    pub target: u64,
+    /// The smallest budget (bytes).
+    pub min_budget: u64,
+    /// The largest budget (bytes).
+    pub max_budget: u64,
+    /// Above `high_mark × target`, rising RSS shrinks the budget (default 0.90).
+    pub high_mark: f64,
+    /// Below `low_mark × target`, a used budget grows (default 0.75).
+    pub low_mark: f64,
+    /// Multiplier applied when shrinking (default 0.7).
+    pub shrink_factor: f64,
+    /// Multiplier applied when growing below the low mark (default 1.1).
+    pub grow_factor: f64,
+    /// Additive probe, as a fraction of `max_budget` (default 0.05).
+    pub probe_step: f64,
+    /// Noise tolerance, as a fraction of the target (default 0.01).
+    pub noise: f64,
+    /// Minimum time between two shrinks or two multiplicative grows, so RSS can react
+    /// (default 50 ms).
+    pub settle_ms: u64,
+    /// How long RSS must stay flat before a probe, and the spacing of probes
+    /// (default 500 ms).
+    pub hold_ms: u64,
+}
+
+impl ControllerConfig {
+    /// Defaults for a target and a budget range.
+    ///
+    /// # Panics
+    ///
+    /// When `min_budget` is 0 or greater than `max_budget`.
+    pub fn new(target: u64, min_budget: u64, max_budget: u64) -> Self {
+        assert!(
+            min_budget > 0 && min_budget <= max_budget,
+            "ControllerConfig: need 0 < min_budget ({min_budget}) <= max_budget ({max_budget})"
+        );
+        Self {
+            target,
+            min_budget,
+            max_budget,
+            high_mark: 0.90,
+            low_mark: 0.75,
+            shrink_factor: 0.7,
+            grow_factor: 1.1,
+            probe_step: 0.05,
+            noise: 0.01,
+            settle_ms: 50,
+            hold_ms: 500,
+        }
+    }
+
+    /// The high mark in bytes.
+    pub fn high_bytes(&self) -> u64 {
+        scale(self.target, self.high_mark)
+    }
+
+    /// The low mark in bytes.
+    pub fn low_bytes(&self) -> u64 {
+        scale(self.target, self.low_mark)
+    }
+}
+
+fn scale(bytes: u64, factor: f64) -> u64 {
+    // Sizes stay far below 2^53, where f64 is exact enough; `as` saturates.
+    (bytes as f64 * factor).round() as u64
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum Trend {
+    Rising,
+    Flat,
+    Falling,
+}
+
+/// Turns RSS samples into a byte budget. See the [module docs](self) for the rules.
+///
+/// # Examples
+///
+/// ```
+/// use pollgate_admission::rss::{BudgetController, ControllerConfig};
+///
+/// const MIB: u64 = 1 << 20;
+/// let config = ControllerConfig::new(1000 * MIB, 50 * MIB, 800 * MIB);
+/// let mut controller = BudgetController::new(config, 200 * MIB);
+/// assert_eq!(controller.budget(), 720 * MIB); // (1000 − 200) × 0.9
+///
+/// // RSS climbs past the high mark (900 MiB) while the budget is in use: shrink.
+/// controller.on_sample(850 * MIB, 700 * MIB, 0);
+/// let shrunk = controller.on_sample(950 * MIB, 700 * MIB, 10);
+/// assert_eq!(shrunk, 490 * MIB); // 700 × 0.7
+/// ```
+#[derive(Clone, Debug)]
+pub struct BudgetController {
+    config: ControllerConfig,
+    budget: u64,
+    anchor: Option<(u64, u64)>,
+    last_shrink_ms: Option<u64>,
+    last_grow_ms: Option<u64>,
+    last_probe_ms: Option<u64>,
+}
+
+impl BudgetController {
+    /// Starts at `(target − rss) × 0.9`, clamped to the budget range.
+    pub fn new(config: ControllerConfig, rss_at_start: u64) -> Self {
+        let budget = scale(config.target.saturating_sub(rss_at_start), 0.9).clamp(config.min_budget, config.max_budget);
+        Self {
+            config,
+            budget,
+            anchor: None,
+            last_shrink_ms: None,
+            last_grow_ms: None,
+            last_probe_ms: None,
+        }
+    }
+
+    /// The current budget in bytes.
+    pub fn budget(&self) -> u64 {
+        self.budget
+    }
+
+    /// The configuration.
+    pub fn config(&self) -> &ControllerConfig {
+        &self.config
+    }
+
+    /// Feeds one sample and returns the new budget.
+    ///
+    /// `rss` is the resident set size, `in_use` the bytes the gate holds (running permits
+    /// plus reservations), `now_ms` a monotonic time in milliseconds.
+    pub fn on_sample(&mut self, rss: u64, in_use: u64, now_ms: u64) -> u64 {
+        let c = &self.config;
+        let noise = scale(c.target, c.noise);
+        let (trend, flat_for) = match self.anchor {
+            Some((anchor, _)) if rss > anchor.saturating_add(noise) => (Trend::Rising, 0),
+            Some((anchor, _)) if rss.saturating_add(noise) < anchor => (Trend::Falling, 0),
+            Some((_, since)) => (Trend::Flat, now_ms.saturating_sub(since)),
+            None => (Trend::Flat, 0),
+        };
+        if trend != Trend::Flat || self.anchor.is_none() {
+            self.anchor = Some((rss, now_ms));
+        }
+
+        let since = |t: Option<u64>, gap: u64| t.is_none_or(|t| now_ms.saturating_sub(t) >= gap);
+        let used = in_use >= self.budget / 2;
+        let fully_used = in_use >= scale(self.budget, 0.9);
+        let probe_due =
+            flat_for >= c.hold_ms && since(self.last_probe_ms, c.hold_ms) && since(self.last_shrink_ms, c.hold_ms);
+        let probe_step = scale(c.max_budget, c.probe_step).max(1);
+
+        let mut budget = self.budget;
+        if rss >= c.high_bytes() {
+            if trend == Trend::Rising {
+                if since(self.last_shrink_ms, c.settle_ms) {
+                    budget = scale(budget.min(in_use.max(c.min_budget)), c.shrink_factor);
+                    self.last_shrink_ms = Some(now_ms);
+                }
+            } else if budget <= c.min_budget && used && probe_due {
+                budget = budget.saturating_add(probe_step);
+                self.last_probe_ms = Some(now_ms);
+            }
+        } else if rss < c.low_bytes() {
+            if used && since(self.last_grow_ms, c.settle_ms) {
+                budget = scale(budget, c.grow_factor).max(budget.saturating_add(1));
+                self.last_grow_ms = Some(now_ms);
+            }
+        } else if trend != Trend::Rising && fully_used && rss < c.target && probe_due {
+            budget = budget.saturating_add(probe_step);
+            self.last_probe_ms = Some(now_ms);
+        }
+        self.budget = budget.clamp(c.min_budget, c.max_budget);
+        self.budget
+    }
+
+    /// Whether the "release memory" hook should run: RSS is above the high mark while the
+    /// gate uses well under half of the budget (memory is retained, not used).
+    pub fn wants_release(&self, rss: u64, in_use: u64) -> bool {
+        rss >= self.config.high_bytes() && in_use < self.budget / 2
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const MIB: u64 = 1 << 20;
+
+    /// Target 1000 MiB: high 900, low 750; budget 10..=800 MiB.
+    fn controller(rss_at_start: u64) -> BudgetController {
+        BudgetController::new(ControllerConfig::new(1000 * MIB, 10 * MIB, 800 * MIB), rss_at_start)
+    }
+
+    #[test]
+    fn initial_budget_is_nine_tenths_of_headroom_clamped() {
+        assert_eq!(controller(200 * MIB).budget(), 720 * MIB);
+        assert_eq!(controller(0).budget(), 800 * MIB, "clamped to max");
+        assert_eq!(controller(2000 * MIB).budget(), 10 * MIB, "clamped to min");
+    }
+
+    #[test]
+    fn overshoot_shrinks_repeatedly_until_below_the_high_mark() {
+        let mut c = controller(100 * MIB);
+        let mut rss = 880 * MIB;
+        let mut t = 0;
+        c.on_sample(rss, c.budget(), t);
+        // RSS keeps rising by 20 MiB per 50 ms while the budget is fully used.
+        for _ in 0..8 {
+            t += 50;
+            rss += 20 * MIB;
+            let before = c.budget();
+            let after = c.on_sample(rss, before, t);
+            assert!(after < before, "rising above high must shrink at {t} ms");
+        }
+        assert!(c.budget() < 100 * MIB, "{}", c.budget() / MIB);
+        // The shrinks bite: RSS falls below the high mark and the budget stops shrinking.
+        let settled = c.budget();
+        for _ in 0..9 {
+            t += 50;
+            assert_eq!(c.on_sample(850 * MIB, settled, t), settled);
+        }
+    }
+
+    #[test]
+    fn shrinking_stops_at_the_floor() {
+        let mut c = controller(100 * MIB);
+        let mut rss = 900 * MIB;
+        for t in (0..2_000).step_by(50) {
+            rss += 20 * MIB;
+            c.on_sample(rss, u64::MAX, t);
+        }
+        assert_eq!(c.budget(), 10 * MIB);
+    }
+
+    #[test]
+    fn shrinks_at_most_once_per_settle_interval() {
+        let mut c = controller(100 * MIB);
+        c.on_sample(880 * MIB, 700 * MIB, 0);
+        let first = c.on_sample(920 * MIB, 700 * MIB, 5);
+        assert_eq!(first, 490 * MIB);
+        let held = c.on_sample(960 * MIB, 490 * MIB, 10);
+        assert_eq!(held, first, "RSS lags admission: wait for it to settle");
+        let second = c.on_sample(1000 * MIB, 490 * MIB, 60);
+        assert_eq!(second, 343 * MIB);
+    }
+
+    #[test]
+    fn high_but_flat_holds() {
+        let mut c = controller(100 * MIB);
+        c.on_sample(950 * MIB, 700 * MIB, 0);
+        for t in (5..400).step_by(5) {
+            assert_eq!(c.on_sample(950 * MIB, 700 * MIB, t), 800 * MIB);
+        }
+    }
+
+    #[test]
+    fn recovery_grows_back_to_max_when_used() {
+        let mut c = controller(950 * MIB);
+        assert_eq!(c.budget(), 45 * MIB);
+        let mut t = 0;
+        while c.budget() < 800 * MIB {
+            let budget = c.budget();
+            c.on_sample(300 * MIB, budget, t);
+            t += 50;
+            assert!(t < 10_000, "never reached max: {}", c.budget());
+        }
+        assert_eq!(c.budget(), 800 * MIB, "clamped to max");
+    }
+
+    #[test]
+    fn no_growth_while_under_used() {
+        let mut c = controller(950 * MIB);
+        let budget = c.budget();
+        for t in (0..5_000).step_by(5) {
+            // Low RSS, but the gate uses less than half of the budget.
+            assert_eq!(c.on_sample(100 * MIB, budget / 2 - 1, t), budget);
+        }
+        // Between the marks, flat, but not fully used: no probe either.
+        for t in (5_000..10_000).step_by(5) {
+            assert_eq!(c.on_sample(800 * MIB, budget / 2, t), budget);
+        }
+    }
+
+    #[test]
+    fn sticky_rss_between_the_marks_is_escaped_by_probing() {
+        // After a burst, RSS stays at 850 MiB (retained by the allocator) and the budget
+        // sits at the floor. The gate uses all of it.
+        let mut c = controller(2000 * MIB);
+        assert_eq!(c.budget(), 10 * MIB);
+        let mut t = 0;
+        let mut probes = 0;
+        while t <= 10_000 {
+            let before = c.budget();
+            let after = c.on_sample(850 * MIB, before, t);
+            if after > before {
+                probes += 1;
+                assert!(after - before <= 40 * MIB, "additive probe of 5% of max");
+            }
+            t += 5;
+        }
+        assert!(probes >= 10, "budget stuck at the floor: {probes} probes");
+        assert!(c.budget() > 400 * MIB);
+
+        // Now the extra budget really makes RSS grow past the high mark: shrink again.
+        c.on_sample(920 * MIB, c.budget(), t);
+        let before = c.budget();
+        let after = c.on_sample(960 * MIB, before, t + 60);
+        assert!(after < before);
+    }
+
+    #[test]
+    fn sticky_rss_above_high_at_the_floor_is_probed_too() {
+        let mut c = controller(2000 * MIB);
+        let floor = c.budget();
+        let mut t = 0;
+        while t < 499 {
+            assert_eq!(c.on_sample(950 * MIB, floor, t), floor, "hold first");
+            t += 5;
+        }
+        let mut grown = false;
+        while t <= 1_000 {
+            grown |= c.on_sample(950 * MIB, c.budget(), t) > floor;
+            t += 5;
+        }
+        assert!(grown, "retained memory above high must not pin the floor for ever");
+    }
+
+    #[test]
+    fn sticky_rss_with_tiny_use_holds_but_wants_release() {
+        let mut c = controller(100 * MIB);
+        let budget = c.budget();
+        for t in (0..5_000).step_by(5) {
+            assert_eq!(c.on_sample(950 * MIB, MIB, t), budget);
+        }
+        assert!(c.wants_release(950 * MIB, MIB));
+        assert!(!c.wants_release(950 * MIB, budget));
+        assert!(!c.wants_release(500 * MIB, MIB));
+    }
+
+    #[test]
+    fn noise_is_not_a_trend() {
+        let mut c = controller(100 * MIB);
+        c.on_sample(950 * MIB, 700 * MIB, 0);
+        // ±5 MiB wobble (< 1% of 1000 MiB) above high: flat, so hold.
+        for (i, t) in (5..1000).step_by(5).enumerate() {
+            let rss = if i % 2 == 0 { 955 * MIB } else { 946 * MIB };
+            assert_eq!(c.on_sample(rss, 700 * MIB, t), 800 * MIB);
+        }
+    }
+
+    #[test]
+    fn budget_is_always_clamped() {
+        let mut c = controller(100 * MIB);
+        let mut t = 0;
+        for rss in [0, u64::MAX / 4, 0, u64::MAX / 2, 1, u64::MAX] {
+            for _ in 0..50 {
+                let b = c.on_sample(rss, u64::MAX, t);
+                assert!((10 * MIB..=800 * MIB).contains(&b), "{b}");
+                t += 50;
+            }
+        }
+    }
+}

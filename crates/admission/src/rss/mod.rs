@@ -1,0 +1,611 @@
+//! [`RssAdaptive`]: keep the process's resident memory under a target.
+//!
+//! # When to choose it
+//!
+//! When the thing you must not exceed is the machine's (or the container's) memory, and
+//! declared costs are only estimates: handlers allocate more than they said, allocators keep
+//! freed memory, other parts of the process grow. It is the policy for "drain any backlog
+//! as fast as memory allows, never OOM".
+//!
+//! # How it works, and why this way
+//!
+//! RSS alone fails both ways, as measured for this design:
+//!
+//! * **Retention.** After a 1 GiB burst, 20–100% of the peak stays resident with glibc,
+//!   jemalloc and mimalloc alike. A policy that admits only while RSS is low would stop for
+//!   good after the first burst, although that memory is free for reuse.
+//! * **Lag.** RSS rises *after* admission, while handlers fill their buffers. A policy that
+//!   admits while RSS is low admits a whole backlog before the first byte shows.
+//!
+//! So it works on top of a byte budget ([`ByteBudget`](crate::ByteBudget)'s rules): the sum
+//! of declared in-flight costs is the immediate gate — it reacts at once, before RSS does —
+//! and RSS feedback moves that budget: shrink multiplicatively while RSS is above a high mark
+//! *and still rising*, hold while it is high but flat (retained memory being reused), grow
+//! below a low mark, never grow while the budget is under-used, and probe slowly upwards when
+//! RSS stays flat for long (sticky retained memory). The arithmetic lives in the pure
+//! [`BudgetController`], whose docs give the exact rules.
+//!
+//! The hot path (`admits`, `fetch_limit`) reads the budget from an atomic: it costs what
+//! [`Fixed`](crate::Fixed)'s does. RSS is read by a [`MemoryProbe`] (default
+//! [`SysinfoProbe`], about 11 µs) on a dedicated OS thread `pollgate-rss`, every 5 ms by
+//! default — 5 to 10 ms is the useful range: faster burns CPU for no information (RSS
+//! moves by page faults), slower lets a burst overshoot. A tokio task would not do: it runs
+//! 5–19 ms late when handlers are CPU-bound. The thread stops when the policy is dropped.
+//! [`RssAdaptiveBuilder::build_manual`] starts no thread; samples then arrive through
+//! [`AdmissionPolicy::on_memory`].
+//!
+//! # Failure modes
+//!
+//! * Memory outside the gate (caches, other tasks) counts in RSS; the budget shrinks to make
+//!   room, down to `min_budget`, below which it cannot help.
+//! * An update larger than the budget still runs, alone (the byte-budget progress rule).
+//! * The in-use bytes the controller sees are summed over every attached gate at each
+//!   sample; memory held outside any gate is only visible through RSS.
+//!
+//! # Knobs
+//!
+//! The target, `min_budget` / `max_budget`, the high and low marks, the sampling interval,
+//! the probe, and an optional, rate-limited *release hook* called when RSS is above the high
+//! mark while less than half of the budget is used — the moment to hand retained memory
+//! back to the OS: `malloc_trim(0)` for glibc, `mallctl("arena.<i>.purge")` for jemalloc,
+//! `mi_collect(true)` for mimalloc. (Or set `MALLOC_ARENA_MAX=2` / use jemalloc with
+//! `background_thread:true,dirty_decay_ms:1000`, which retain less in the first place.)
+//! Where a cgroup memory limit is visible, [`RssAdaptive::from_cgroup`] derives the target
+//! from it.
+//!
+//! # Examples
+//!
+//! ## With the sampler thread
+//!
+//! ```
+//! use pollgate_admission::{Gate, RssAdaptive};
+//!
+//! # #[tokio::main(flavor = "current_thread", start_paused = true)]
+//! # async fn main() {
+//! let policy = RssAdaptive::builder(8 << 30) // stay under 8 GiB resident
+//!     .expected_cost(256 << 10)
+//!     .build();
+//! let gate = Gate::new(policy);
+//! let permit = gate.acquire(1 << 20).await.unwrap();
+//! assert!(gate.stats().limit.bytes.is_some());
+//! # drop(permit);
+//! # }
+//! ```
+//!
+//! ## Feeding samples yourself
+//!
+//! Runtimes that already sample memory (and tests) use manual mode and `on_memory`.
+//!
+//! ```
+//! use pollgate_admission::{AdmissionPolicy, Gate, MemorySample, RssAdaptive};
+//! use std::sync::Arc;
+//!
+//! const MIB: u64 = 1 << 20;
+//! let policy = Arc::new(
+//!     RssAdaptive::builder(1000 * MIB)
+//!         .min_budget(10 * MIB)
+//!         .max_budget(800 * MIB)
+//!         .probe(|| Some(100 * MIB)) // RSS at start
+//!         .build_manual(),
+//! );
+//! let gate = Gate::with_shared(policy.clone());
+//! assert_eq!(policy.budget(), 800 * MIB);
+//!
+//! let busy = gate.try_acquire(790 * MIB).unwrap();
+//! policy.on_memory(MemorySample { rss_bytes: 880 * MIB, at_ms: 0 });
+//! policy.on_memory(MemorySample { rss_bytes: 950 * MIB, at_ms: 5 }); // above high, rising
+//! assert!(policy.budget() < 800 * MIB);
+//! # drop(busy);
+//! ```
+
+mod cgroup;
+pub mod controller;
+mod probe;
+mod sampler;
+
+use std::fmt;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::time::{Duration, Instant};
+
+use parking_lot::Mutex;
+
+pub use cgroup::cgroup_memory_limit;
+pub use controller::{BudgetController, ControllerConfig};
+pub use probe::{MemoryProbe, ProcStatusProbe, SysinfoProbe};
+
+use self::sampler::Sampler;
+use crate::byte_budget::{CostEstimate, admits_within, fetch_within};
+use crate::policy::{AdmissionPolicy, Completion, Limit, LimitSignal, Listeners, Load, MemorySample};
+
+const MIB: u64 = 1 << 20;
+
+/// A byte budget moved by resident-memory feedback. See the [module docs](self).
+#[derive(Debug)]
+pub struct RssAdaptive {
+    core: Arc<Core>,
+    sampler: Option<Sampler>,
+}
+
+impl RssAdaptive {
+    /// Starts a builder for a resident-memory target in bytes.
+    pub fn builder(target_rss_bytes: u64) -> RssAdaptiveBuilder {
+        RssAdaptiveBuilder::new(target_rss_bytes)
+    }
+
+    /// A builder whose target is 80% of this process's cgroup memory limit; `None` when no
+    /// limit is visible (see [`cgroup_memory_limit`]).
+    pub fn from_cgroup() -> Option<RssAdaptiveBuilder> {
+        cgroup_memory_limit().map(|limit| Self::builder(target_from_limit(limit)))
+    }
+
+    /// The current byte budget.
+    pub fn budget(&self) -> u64 {
+        self.core.budget.load(Ordering::Relaxed)
+    }
+
+    /// The latest RSS sample, if any arrived.
+    pub fn last_sample(&self) -> Option<MemorySample> {
+        *self.core.last_sample.lock()
+    }
+
+    /// The resident-memory target in bytes.
+    pub fn target(&self) -> u64 {
+        self.core.controller.lock().config().target
+    }
+
+    /// Whether a sampler thread runs (built with [`RssAdaptiveBuilder::build`]).
+    pub fn has_sampler(&self) -> bool {
+        self.sampler.is_some()
+    }
+}
+
+fn target_from_limit(limit: u64) -> u64 {
+    limit / 10 * 8
+}
+
+impl AdmissionPolicy for RssAdaptive {
+    fn measures_latency(&self) -> bool {
+        false
+    }
+
+    fn fetch_limit(&self, load: &Load) -> usize {
+        fetch_within(self.budget(), &self.core.estimate, load)
+    }
+
+    #[inline]
+    fn admits(&self, load: &Load, cost: u64) -> bool {
+        self.core.estimate.seed(cost);
+        admits_within(self.budget(), load, cost)
+    }
+
+    fn limit(&self) -> Limit {
+        Limit {
+            slots: None,
+            bytes: Some(self.budget()),
+        }
+    }
+
+    fn on_complete(&self, completion: &Completion) {
+        self.core.estimate.record(completion.cost);
+    }
+
+    fn on_memory(&self, sample: MemorySample) {
+        self.core.apply(sample);
+    }
+
+    fn memory_sample(&self) -> Option<MemorySample> {
+        self.last_sample()
+    }
+
+    fn attach(&self, signal: LimitSignal) {
+        self.core.listeners.add(signal);
+    }
+}
+
+/// What the policy and its sampler thread share.
+pub(crate) struct Core {
+    budget: AtomicU64,
+    /// Bytes the attached gates held at the last sample (permits plus reservations).
+    in_use: AtomicU64,
+    estimate: CostEstimate,
+    controller: Mutex<BudgetController>,
+    last_sample: Mutex<Option<MemorySample>>,
+    listeners: Listeners,
+    release: Option<ReleaseHook>,
+}
+
+struct ReleaseHook {
+    min_interval_ms: u64,
+    last_ms: Mutex<Option<u64>>,
+    hook: Box<dyn Fn() + Send + Sync>,
+}
+
+impl Core {
+    /// Runs the controller on one sample and publishes the result.
+    pub(crate) fn apply(&self, sample: MemorySample) {
+        // Read from the attached gates here, off the hot path.
+        let in_use = self.listeners.bytes_in_use();
+        self.in_use.store(in_use, Ordering::Relaxed);
+        let (old, new, release) = {
+            let mut controller = self.controller.lock();
+            let old = controller.budget();
+            let new = controller.on_sample(sample.rss_bytes, in_use, sample.at_ms);
+            (old, new, controller.wants_release(sample.rss_bytes, in_use))
+        };
+        self.budget.store(new, Ordering::Relaxed);
+        *self.last_sample.lock() = Some(sample);
+        if new != old {
+            tracing::debug!(
+                rss = sample.rss_bytes,
+                in_use,
+                old_budget = old,
+                new_budget = new,
+                "rss-adaptive budget changed"
+            );
+        }
+        if new > old {
+            self.listeners.notify_all();
+        }
+        if release {
+            self.maybe_release(sample.at_ms);
+        }
+    }
+
+    fn maybe_release(&self, now_ms: u64) {
+        let Some(release) = &self.release else {
+            return;
+        };
+        {
+            let mut last = release.last_ms.lock();
+            if last.is_some_and(|t| now_ms.saturating_sub(t) < release.min_interval_ms) {
+                return;
+            }
+            *last = Some(now_ms);
+        }
+        tracing::debug!("rss-adaptive: calling the release hook");
+        (release.hook)();
+    }
+}
+
+impl fmt::Debug for Core {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("RssAdaptive")
+            .field("budget", &self.budget.load(Ordering::Relaxed))
+            .field("in_use", &self.in_use.load(Ordering::Relaxed))
+            .field("estimate", &self.estimate.get())
+            .field("last_sample", &*self.last_sample.lock())
+            .field("release_hook", &self.release.is_some())
+            .finish_non_exhaustive()
+    }
+}
+
+/// Configures an [`RssAdaptive`]. Made by [`RssAdaptive::builder`].
+///
+/// Unset budgets are derived from one probe reading at build time (the baseline RSS):
+/// `max_budget = target − baseline` (at least 1 MiB and at least `min_budget`),
+/// `min_budget = max_budget / 16`, at least 1 MiB (at most `max_budget`).
+#[must_use = "a builder does nothing until built"]
+pub struct RssAdaptiveBuilder {
+    target: u64,
+    min_budget: Option<u64>,
+    max_budget: Option<u64>,
+    high_mark: f64,
+    low_mark: f64,
+    settle: Duration,
+    hold: Duration,
+    sample_every: Duration,
+    expected_cost: Option<u64>,
+    probe: Option<Box<dyn MemoryProbe>>,
+    release: Option<(Duration, Box<dyn Fn() + Send + Sync>)>,
+}
+
+impl RssAdaptiveBuilder {
+    fn new(target: u64) -> Self {
+        Self {
+            target,
+            min_budget: None,
+            max_budget: None,
+            high_mark: 0.90,
+            low_mark: 0.75,
+            settle: Duration::from_millis(50),
+            hold: Duration::from_millis(500),
+            sample_every: Duration::from_millis(5),
+            expected_cost: None,
+            probe: None,
+            release: None,
+        }
+    }
+
+    /// The smallest budget, in bytes.
+    pub fn min_budget(mut self, bytes: u64) -> Self {
+        self.min_budget = Some(bytes);
+        self
+    }
+
+    /// The largest budget, in bytes.
+    pub fn max_budget(mut self, bytes: u64) -> Self {
+        self.max_budget = Some(bytes);
+        self
+    }
+
+    /// The high mark as a fraction of the target (default 0.90).
+    pub fn high_mark(mut self, fraction: f64) -> Self {
+        self.high_mark = fraction;
+        self
+    }
+
+    /// The low mark as a fraction of the target (default 0.75).
+    pub fn low_mark(mut self, fraction: f64) -> Self {
+        self.low_mark = fraction;
+        self
+    }
+
+    /// Minimum time between two shrinks (or two grows), so RSS can react (default 50 ms).
+    pub fn settle(mut self, interval: Duration) -> Self {
+        self.settle = interval;
+        self
+    }
+
+    /// How long RSS must stay flat before the budget probes upwards (default 500 ms).
+    pub fn hold(mut self, period: Duration) -> Self {
+        self.hold = period;
+        self
+    }
+
+    /// How often the sampler thread reads RSS (default 5 ms; 5–10 ms is the useful range).
+    pub fn sample_every(mut self, interval: Duration) -> Self {
+        self.sample_every = interval;
+        self
+    }
+
+    /// Seeds the per-update cost estimate used by `fetch_limit`.
+    pub fn expected_cost(mut self, bytes: u64) -> Self {
+        self.expected_cost = Some(bytes);
+        self
+    }
+
+    /// Where RSS is read from (default [`SysinfoProbe`]).
+    pub fn probe(mut self, probe: impl MemoryProbe) -> Self {
+        self.probe = Some(Box::new(probe));
+        self
+    }
+
+    /// A hook that returns retained memory to the OS (for example glibc's `malloc_trim(0)`),
+    /// called at most once per `min_interval` when RSS is above the high mark while less
+    /// than half of the budget is in use.
+    pub fn release_hook(mut self, min_interval: Duration, hook: impl Fn() + Send + Sync + 'static) -> Self {
+        self.release = Some((min_interval, Box::new(hook)));
+        self
+    }
+
+    /// Builds the policy and starts the sampler thread `pollgate-rss`.
+    ///
+    /// # Panics
+    ///
+    /// On invalid configuration (see [`build_manual`](Self::build_manual)), a zero
+    /// `sample_every`, or when the OS cannot start a thread.
+    pub fn build(self) -> RssAdaptive {
+        assert!(
+            !self.sample_every.is_zero(),
+            "RssAdaptive: sample_every must be greater than zero"
+        );
+        let every = self.sample_every;
+        let (core, probe) = self.into_core();
+        let sampler = Sampler::spawn(core.clone(), probe, every, Instant::now());
+        RssAdaptive {
+            core,
+            sampler: Some(sampler),
+        }
+    }
+
+    /// Builds the policy without a sampler thread: samples arrive through
+    /// [`AdmissionPolicy::on_memory`], which runs the same controller.
+    ///
+    /// The probe is still read once, for the baseline RSS.
+    ///
+    /// # Panics
+    ///
+    /// When the target is 0; unless `0 < low_mark < high_mark <= 1`; when
+    /// `min_budget` is 0 or greater than `max_budget`.
+    pub fn build_manual(self) -> RssAdaptive {
+        let (core, _probe) = self.into_core();
+        RssAdaptive { core, sampler: None }
+    }
+
+    fn into_core(self) -> (Arc<Core>, Box<dyn MemoryProbe>) {
+        assert!(self.target > 0, "RssAdaptive: the target RSS must be above 0");
+        assert!(
+            0.0 < self.low_mark && self.low_mark < self.high_mark && self.high_mark <= 1.0,
+            "RssAdaptive: need 0 < low_mark ({}) < high_mark ({}) <= 1",
+            self.low_mark,
+            self.high_mark
+        );
+        let mut probe = self.probe.unwrap_or_else(|| Box::new(SysinfoProbe::new()));
+        let baseline = probe.sample().unwrap_or(0);
+        let max_budget = self.max_budget.unwrap_or_else(|| {
+            (self.target.saturating_sub(baseline))
+                .max(MIB)
+                .max(self.min_budget.unwrap_or(0))
+        });
+        let min_budget = self
+            .min_budget
+            .unwrap_or_else(|| (max_budget / 16).max(MIB).min(max_budget));
+        assert!(
+            min_budget > 0 && min_budget <= max_budget,
+            "RssAdaptive: need 0 < min_budget ({min_budget}) <= max_budget ({max_budget})"
+        );
+        let mut config = ControllerConfig::new(self.target, min_budget, max_budget);
+        config.high_mark = self.high_mark;
+        config.low_mark = self.low_mark;
+        config.settle_ms = duration_ms(self.settle);
+        config.hold_ms = duration_ms(self.hold);
+        let controller = BudgetController::new(config, baseline);
+        let estimate = CostEstimate::default();
+        if let Some(cost) = self.expected_cost {
+            estimate.set(cost);
+        }
+        let core = Arc::new(Core {
+            budget: AtomicU64::new(controller.budget()),
+            in_use: AtomicU64::new(0),
+            estimate,
+            controller: Mutex::new(controller),
+            last_sample: Mutex::new(None),
+            listeners: Listeners::default(),
+            release: self.release.map(|(interval, hook)| ReleaseHook {
+                min_interval_ms: duration_ms(interval),
+                last_ms: Mutex::new(None),
+                hook,
+            }),
+        });
+        (core, probe)
+    }
+}
+
+fn duration_ms(d: Duration) -> u64 {
+    u64::try_from(d.as_millis()).unwrap_or(u64::MAX)
+}
+
+impl fmt::Debug for RssAdaptiveBuilder {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("RssAdaptiveBuilder")
+            .field("target", &self.target)
+            .field("min_budget", &self.min_budget)
+            .field("max_budget", &self.max_budget)
+            .field("high_mark", &self.high_mark)
+            .field("low_mark", &self.low_mark)
+            .field("sample_every", &self.sample_every)
+            .field("custom_probe", &self.probe.is_some())
+            .field("release_hook", &self.release.is_some())
+            .finish_non_exhaustive()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::sync::atomic::AtomicUsize;
+
+    fn manual(rss_at_start: u64) -> RssAdaptive {
+        RssAdaptive::builder(1000 * MIB)
+            .min_budget(10 * MIB)
+            .max_budget(800 * MIB)
+            .probe(move || Some(rss_at_start))
+            .build_manual()
+    }
+
+    #[test]
+    fn defaults_derive_from_the_baseline() {
+        let policy = RssAdaptive::builder(1000 * MIB)
+            .probe(|| Some(200 * MIB))
+            .build_manual();
+        let controller = policy.core.controller.lock();
+        assert_eq!(controller.config().max_budget, 800 * MIB);
+        assert_eq!(controller.config().min_budget, 50 * MIB);
+        assert_eq!(controller.budget(), 720 * MIB);
+    }
+
+    #[test]
+    fn tiny_targets_still_get_a_usable_range() {
+        let policy = RssAdaptive::builder(MIB).probe(|| Some(10 * MIB)).build_manual();
+        let controller = policy.core.controller.lock();
+        assert_eq!(controller.config().max_budget, MIB);
+        assert_eq!(controller.config().min_budget, MIB);
+    }
+
+    #[test]
+    #[should_panic(expected = "low_mark")]
+    fn marks_are_validated() {
+        let _ = RssAdaptive::builder(MIB).high_mark(0.5).low_mark(0.6).build_manual();
+    }
+
+    #[test]
+    #[should_panic(expected = "min_budget")]
+    fn budgets_are_validated() {
+        let _ = RssAdaptive::builder(MIB)
+            .min_budget(10)
+            .max_budget(5)
+            .probe(|| None)
+            .build_manual();
+    }
+
+    #[test]
+    fn admits_like_a_byte_budget_reading_the_moving_budget() {
+        let policy = Arc::new(manual(100 * MIB));
+        let gate = crate::Gate::with_shared(policy.clone());
+        let _held = gate.try_acquire(800 * MIB).unwrap(); // the controller sees 800 in use
+        let busy = Load {
+            in_flight: 1,
+            bytes: 700 * MIB,
+            ..Load::default()
+        };
+        assert!(policy.admits(&busy, 100 * MIB));
+        policy.on_memory(MemorySample {
+            rss_bytes: 880 * MIB,
+            at_ms: 0,
+        });
+        policy.on_memory(MemorySample {
+            rss_bytes: 950 * MIB,
+            at_ms: 10,
+        });
+        assert_eq!(policy.budget(), 560 * MIB, "800 in use × 0.7");
+        assert!(!policy.admits(&busy, 100 * MIB));
+        assert!(policy.admits(&Load::default(), 5_000 * MIB), "runs alone");
+        assert_eq!(policy.last_sample().unwrap().rss_bytes, 950 * MIB);
+    }
+
+    #[test]
+    fn release_hook_is_rate_limited() {
+        let calls = Arc::new(AtomicUsize::new(0));
+        let policy = RssAdaptive::builder(1000 * MIB)
+            .min_budget(10 * MIB)
+            .max_budget(800 * MIB)
+            .probe(|| Some(100 * MIB))
+            .release_hook(Duration::from_millis(100), {
+                let calls = calls.clone();
+                move || {
+                    calls.fetch_add(1, Ordering::Relaxed);
+                }
+            })
+            .build_manual();
+        // RSS retained at 950 MiB while nothing is in use.
+        for at_ms in (0..1000).step_by(5) {
+            policy.on_memory(MemorySample {
+                rss_bytes: 950 * MIB,
+                at_ms,
+            });
+        }
+        assert_eq!(calls.load(Ordering::Relaxed), 10);
+    }
+
+    #[test]
+    fn sampler_thread_samples_and_stops_on_drop() {
+        let reads = Arc::new(AtomicUsize::new(0));
+        let policy = RssAdaptive::builder(1000 * MIB)
+            .max_budget(800 * MIB)
+            .sample_every(Duration::from_millis(1))
+            .probe({
+                let reads = reads.clone();
+                move || {
+                    reads.fetch_add(1, Ordering::Relaxed);
+                    Some(100 * MIB)
+                }
+            })
+            .build();
+        assert!(policy.has_sampler());
+        let deadline = Instant::now() + Duration::from_secs(5);
+        while policy.last_sample().is_none() {
+            assert!(Instant::now() < deadline, "sampler never sampled");
+            std::thread::sleep(Duration::from_millis(1));
+        }
+        drop(policy);
+        let after_drop = reads.load(Ordering::Relaxed);
+        std::thread::sleep(Duration::from_millis(20));
+        assert_eq!(reads.load(Ordering::Relaxed), after_drop, "thread stopped");
+    }
+
+    #[test]
+    fn cgroup_target_is_eighty_percent() {
+        assert_eq!(target_from_limit(1000), 800);
+    }
+}
