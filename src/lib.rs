@@ -1,1 +1,18 @@
 #![doc = include_str!("../README.md")]
+//!
+//! # Crate map
+//! - [`core`] (`pollgate-core`): the [`Transport`] trait, the [`Update`] envelope and the
+//!   Telegram transport.
+//! - [`admission`] (`pollgate-admission`): the [`AdmissionPolicy`] trait, the gate and the
+//!   built-in policies.
+//! - [`runtime`] (`pollgate-runtime`): the [`Runtime`] that composes them.
+
+pub use pollgate_admission as admission;
+pub use pollgate_core as core;
+pub use pollgate_runtime as runtime;
+
+pub use pollgate_admission::{
+    all_of, AdmissionPolicy, Barrier, ByteBudget, Fixed, Gate, Limit, Load, MemoryProbe, Outcome, RssAdaptive,
+};
+pub use pollgate_core::{MemoryTransport, TelegramError, TelegramTransport, Transport, Update, UpdateKind};
+pub use pollgate_runtime::{CancellationToken, Delivery, Handler, RunError, Runtime, Stats, Summary};

@@ -1,0 +1,199 @@
+//! One policy run, in its own process so its peak RSS is its own.
+//!
+//! Prints JSON lines on stdout: `{"event":"progress",...}` every 100 ms, then
+//! `{"event":"result",...}`. Dies at once when its parent does (stdin closes), as a
+//! process killed with the parent would.
+
+use std::io::{Read, Write};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use pollgate::core::TelegramTransport;
+use pollgate::{all_of, AdmissionPolicy, Barrier, ByteBudget, Delivery, Fixed, Load, RssAdaptive, RunError, Runtime};
+
+use crate::cli::{Args, DeliveryArg, PolicySpec};
+use crate::custom_policy::TokenBucket;
+use crate::proc_mem::rss_and_peak;
+use crate::report::RunResult;
+use crate::workload::{handle, Recorder, Workload};
+
+/// The baseline that reproduces the problem: fetch 100 per call as fast as the server
+/// answers and start every update at once.
+#[derive(Debug)]
+struct Unbounded;
+
+impl AdmissionPolicy for Unbounded {
+    fn fetch_limit(&self, _load: &Load) -> usize {
+        usize::MAX
+    }
+
+    fn admits(&self, _load: &Load, _cost: u64) -> bool {
+        true
+    }
+}
+
+fn exit_with_parent() {
+    std::thread::Builder::new()
+        .name("parent-watch".into())
+        .spawn(|| {
+            let mut sink = [0u8; 64];
+            let mut stdin = std::io::stdin();
+            while matches!(stdin.read(&mut sink), Ok(n) if n > 0) {}
+            std::process::exit(137);
+        })
+        .expect("spawn the parent watcher");
+}
+
+fn emit(value: serde_json::Value) {
+    let mut out = std::io::stdout().lock();
+    let _ = writeln!(out, "{value}");
+    let _ = out.flush();
+}
+
+/// Runs the child; returns the process exit code.
+pub(crate) fn main(args: Args) -> u8 {
+    exit_with_parent();
+    let rt = tokio::runtime::Builder::new_multi_thread().enable_all().build().expect("tokio runtime");
+    match rt.block_on(run(args)) {
+        Ok(result) => {
+            let mut v = serde_json::to_value(&result).expect("serialisable");
+            v["event"] = "result".into();
+            emit(v);
+            0
+        }
+        Err(e) => {
+            eprintln!("flood: {e}");
+            1
+        }
+    }
+}
+
+async fn run(args: Args) -> Result<RunResult, String> {
+    let spec = args.policies[0];
+    let api_url = args.api_url.clone().ok_or("--child needs --api-url")?;
+    let token = args.token.clone().ok_or("--child needs --token")?;
+    let work = args.work_bytes();
+    let workload = Workload {
+        bytes: work as usize,
+        hold: Duration::from_millis(args.work_ms),
+        slow_frac: args.slow_frac,
+        slow_x: args.slow_x,
+    };
+    let recorder = Recorder::new(workload, args.updates, args.ordered, args.ledger.as_deref())
+        .map_err(|e| format!("cannot open the ledger: {e}"))?;
+    let transport = TelegramTransport::builder(token)
+        .api_url(api_url)
+        .build()
+        .map_err(|e| format!("cannot build the transport: {e}"))?;
+    let (baseline, _) = rss_and_peak();
+
+    let (policy, bound, budget): (Arc<dyn AdmissionPolicy>, u64, Option<u64>) = match spec {
+        PolicySpec::Unbounded => (Arc::new(Unbounded), args.updates as u64, None),
+        PolicySpec::Fixed(c) => (Arc::new(Fixed::new(c)), c as u64, None),
+        PolicySpec::Barrier(n) => (Arc::new(Barrier::new(n)), n as u64, None),
+        PolicySpec::Bytes(b) => (Arc::new(ByteBudget::new(b).expected_cost(work)), b / work, Some(b)),
+        PolicySpec::Rss(b) => (
+            Arc::new(RssAdaptive::builder(b).expected_cost(work).build()),
+            b.saturating_sub(baseline) / work,
+            Some(b),
+        ),
+        PolicySpec::Custom { budget, rate } => (
+            Arc::new(all_of(
+                ByteBudget::new(budget).expected_cost(work),
+                TokenBucket::new(rate, (rate / 10.0).max(1.0)),
+            )),
+            budget / work,
+            Some(budget),
+        ),
+    };
+    let delivery = match args.delivery {
+        DeliveryArg::Eager => Delivery::Eager,
+        DeliveryArg::AtLeastOnce => Delivery::AtLeastOnce,
+    };
+    let rec = Arc::clone(&recorder);
+    let runtime = Runtime::builder(transport, move |u| handle(Arc::clone(&rec), u))
+        .shared_policy(policy)
+        .cost_fn(move |_| work)
+        .delivery(delivery)
+        .ordered(args.ordered)
+        .poll_timeout(Duration::from_secs(1))
+        .build();
+    let stats = runtime.stats();
+    let shutdown = runtime.shutdown_token();
+
+    let started = Instant::now();
+    let mut run = tokio::spawn(runtime.run());
+    let target = args.updates as u64;
+    let (mut last_fetched, mut last_arrival) = (0, Instant::now());
+    let mut last_progress = Instant::now();
+    let mut tick = tokio::time::interval(Duration::from_millis(10));
+    let drain = loop {
+        tokio::select! {
+            _ = tick.tick() => {}
+            _ = &mut run => break started.elapsed(),
+        }
+        let handled = recorder.handled();
+        if handled >= target {
+            break started.elapsed();
+        }
+        let s = stats.snapshot();
+        if s.fetched != last_fetched {
+            (last_fetched, last_arrival) = (s.fetched, Instant::now());
+        } else if last_arrival.elapsed() >= Duration::from_secs(5) && s.in_flight == 0 && s.queued == 0 {
+            break started.elapsed();
+        }
+        if last_progress.elapsed() >= Duration::from_millis(100) {
+            last_progress = Instant::now();
+            emit(serde_json::json!({
+                "event": "progress",
+                "handled": handled,
+                "in_flight": s.in_flight,
+                "rss_bytes": rss_and_peak().0,
+            }));
+        }
+    };
+    shutdown.cancel();
+    let summary = match run.await {
+        Ok(Ok(summary)) => summary,
+        Ok(Err(RunError::Transport { source, .. })) => return Err(format!("transport failed: {source}")),
+        Ok(Err(e)) => return Err(e.to_string()),
+        Err(e) => return Err(format!("the runtime task failed: {e}")),
+    };
+    let (_, peak) = rss_and_peak();
+    let r = recorder.summary();
+    let drain_s = drain.as_secs_f64();
+    let bound = bound.max(1) as f64;
+    let mut ideal_s = args.updates as f64 * r.mean_nominal_ms / 1e3 / bound;
+    if let PolicySpec::Custom { rate, .. } = spec {
+        ideal_s = ideal_s.max(args.updates as f64 / rate);
+    }
+    Ok(RunResult {
+        policy: spec.to_string(),
+        updates: args.updates as u64,
+        handled: r.unique,
+        duplicates: r.duplicates,
+        order_violations: r.order_violations,
+        drain_s,
+        peak_rss_bytes: peak,
+        baseline_rss_bytes: baseline,
+        p50_ms: r.p50_ms,
+        p99_ms: r.p99_ms,
+        ideal_s,
+        efficiency: if drain_s > 0.0 { ideal_s / drain_s } else { 0.0 },
+        fetch_calls: summary.stats.fetches,
+        max_in_flight: summary.stats.max_in_flight as u64,
+        concurrency_bound: bound as u64,
+        budget_bytes: budget,
+        failed: summary.stats.failed + summary.stats.panicked,
+        undecodable: summary.stats.undecodable,
+        delivery: format!("{delivery:?}"),
+        ordered: args.ordered,
+        text_bytes: args.text_bytes as u64,
+        chats: args.chats as u64,
+        work_kib: args.work_kib,
+        work_ms: args.work_ms,
+        slow_frac: args.slow_frac,
+        slow_x: args.slow_x,
+        mean_handler_ms: r.mean_nominal_ms,
+    })
+}

@@ -1,0 +1,269 @@
+//! The command-line contract (scripts and docs rely on it; keep it exact).
+
+use std::fmt;
+use std::path::PathBuf;
+use std::str::FromStr;
+
+use clap::{Parser, ValueEnum};
+
+/// Drain a Telegram-like backlog once per admission policy and compare memory and time.
+///
+/// With no arguments: starts an embedded mock Bot API server with 20000 updates and drains
+/// it once per policy (unbounded, fixed:512, barrier:512, bytes:128MiB, rss:160MiB,
+/// custom), each in a fresh child process, then prints a table and writes a plot.
+#[derive(Debug, Clone, Parser)]
+#[command(name = "flood", version)]
+pub(crate) struct Args {
+    /// A policy to run: unbounded, fixed:C, barrier:N, bytes:SIZE, rss:SIZE,
+    /// custom[:SIZE[:RATE]]. Repeat for several; default: all six.
+    #[arg(long = "policy", value_name = "SPEC")]
+    pub(crate) policies: Vec<PolicySpec>,
+    /// Updates in the backlog (with --api-url: stop after this many).
+    #[arg(long, value_name = "N", default_value_t = 20_000)]
+    pub(crate) updates: usize,
+    /// Approximate text size of each message, in bytes.
+    #[arg(long = "text-bytes", value_name = "S", default_value_t = 1024)]
+    pub(crate) text_bytes: usize,
+    /// Distinct chats in the backlog.
+    #[arg(long, value_name = "K", default_value_t = 100)]
+    pub(crate) chats: usize,
+    /// KiB of memory each handler touches and holds.
+    #[arg(long = "work-kib", value_name = "W", default_value_t = 256)]
+    pub(crate) work_kib: u64,
+    /// Milliseconds each handler holds its memory.
+    #[arg(long = "work-ms", value_name = "T", default_value_t = 200)]
+    pub(crate) work_ms: u64,
+    /// Fraction of updates that are stragglers (0..=1).
+    #[arg(long = "slow-frac", value_name = "F", default_value_t = 0.0)]
+    pub(crate) slow_frac: f64,
+    /// How many times longer a straggler takes.
+    #[arg(long = "slow-x", value_name = "X", default_value_t = 20.0)]
+    pub(crate) slow_x: f64,
+    /// When updates are acknowledged.
+    #[arg(long, value_enum, default_value_t = DeliveryArg::Eager)]
+    pub(crate) delivery: DeliveryArg,
+    /// Handle updates of the same chat one at a time, in order.
+    #[arg(long)]
+    pub(crate) ordered: bool,
+    /// Drain this Bot API-compatible server instead of the embedded one.
+    #[arg(long = "api-url", value_name = "URL", requires = "token")]
+    pub(crate) api_url: Option<String>,
+    /// The bot token for --api-url.
+    #[arg(long, value_name = "TOKEN", requires = "api_url")]
+    pub(crate) token: Option<String>,
+    /// Append each handled update_id to this file, one per line, before the update
+    /// counts as finished.
+    #[arg(long, value_name = "PATH")]
+    pub(crate) ledger: Option<PathBuf>,
+    /// Print one JSON object per policy run on stdout (and nothing else there).
+    #[arg(long)]
+    pub(crate) json: bool,
+    /// Seed of the generated backlog.
+    #[arg(long, default_value_t = 1, hide = true)]
+    pub(crate) seed: u64,
+    /// Internal: run one policy in this process (the parent starts children with it).
+    #[arg(long, hide = true)]
+    pub(crate) child: bool,
+}
+
+/// `--delivery`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
+pub(crate) enum DeliveryArg {
+    /// Acknowledge on fetch.
+    Eager,
+    /// Acknowledge once handled.
+    AtLeastOnce,
+}
+
+impl Args {
+    /// Checks what clap cannot; the message goes to the user with exit code 2.
+    pub(crate) fn validate(&self) -> Result<(), String> {
+        if self.updates == 0 {
+            return Err("--updates must be at least 1".into());
+        }
+        if self.chats == 0 {
+            return Err("--chats must be at least 1".into());
+        }
+        if !(0.0..=1.0).contains(&self.slow_frac) {
+            return Err(format!("--slow-frac must be within 0..=1, got {}", self.slow_frac));
+        }
+        if !(self.slow_x.is_finite() && self.slow_x >= 1.0) {
+            return Err(format!("--slow-x must be at least 1, got {}", self.slow_x));
+        }
+        if self.child && self.policies.len() != 1 {
+            return Err("--child runs exactly one --policy".into());
+        }
+        for p in &self.policies {
+            if let PolicySpec::Rss(b) = p {
+                if *b < 16 << 20 {
+                    return Err(format!("rss:{} is below the 16MiB a process needs to start", Size(*b)));
+                }
+            }
+        }
+        Ok(())
+    }
+
+    /// The policies to run (the default set when none is given).
+    pub(crate) fn policies(&self) -> Vec<PolicySpec> {
+        if !self.policies.is_empty() {
+            return self.policies.clone();
+        }
+        vec![
+            PolicySpec::Unbounded,
+            PolicySpec::Fixed(512),
+            PolicySpec::Barrier(512),
+            PolicySpec::Bytes(128 << 20),
+            PolicySpec::Rss(160 << 20),
+            PolicySpec::Custom { budget: 128 << 20, rate: 5000.0 },
+        ]
+    }
+
+    /// Bytes each handler holds.
+    pub(crate) fn work_bytes(&self) -> u64 {
+        self.work_kib * 1024
+    }
+}
+
+/// One `--policy` value.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub(crate) enum PolicySpec {
+    /// Fetch 100 per call as fast as possible and spawn a task per update (aiogram's
+    /// default behaviour): the problem.
+    Unbounded,
+    /// At most C at once.
+    Fixed(usize),
+    /// Batches of N, each drained before the next fetch.
+    Barrier(usize),
+    /// Declared bytes in flight at most B.
+    Bytes(u64),
+    /// Resident memory target B (baseline included).
+    Rss(u64),
+    /// The token bucket of `examples/custom_policy.rs` with a byte budget.
+    Custom {
+        /// The byte budget.
+        budget: u64,
+        /// Admissions per second.
+        rate: f64,
+    },
+}
+
+const EXPECTED: &str = "expected unbounded, fixed:C, barrier:N, bytes:SIZE, rss:SIZE or custom[:SIZE[:RATE]] \
+                        (SIZE like 128MiB)";
+
+impl FromStr for PolicySpec {
+    type Err = String;
+
+    fn from_str(s: &str) -> Result<PolicySpec, String> {
+        let mut parts = s.split(':');
+        let name = parts.next().unwrap_or_default();
+        let arg = parts.next();
+        let extra = parts.next();
+        let count = |v: Option<&str>| -> Result<usize, String> {
+            let v = v.ok_or_else(|| format!("'{s}' needs a value; {EXPECTED}"))?;
+            match v.parse::<usize>() {
+                Ok(n) if n > 0 => Ok(n),
+                _ => Err(format!("'{v}' in '{s}' is not a positive count")),
+            }
+        };
+        let size = |v: Option<&str>| -> Result<u64, String> {
+            let v = v.ok_or_else(|| format!("'{s}' needs a size; {EXPECTED}"))?;
+            v.parse::<Size>().map(|b| b.0).map_err(|e| format!("'{s}': {e}"))
+        };
+        let spec = match name {
+            "unbounded" if arg.is_none() => PolicySpec::Unbounded,
+            "fixed" => PolicySpec::Fixed(count(arg)?),
+            "barrier" => PolicySpec::Barrier(count(arg)?),
+            "bytes" => PolicySpec::Bytes(size(arg)?),
+            "rss" => PolicySpec::Rss(size(arg)?),
+            "custom" => {
+                let budget = if arg.is_some() { size(arg)? } else { 128 << 20 };
+                let rate = match extra {
+                    Some(r) => r
+                        .parse::<f64>()
+                        .ok()
+                        .filter(|r| r.is_finite() && *r > 0.0)
+                        .ok_or_else(|| format!("'{r}' in '{s}' is not a positive rate"))?,
+                    None => 5000.0,
+                };
+                return Ok(PolicySpec::Custom { budget, rate });
+            }
+            _ => return Err(format!("unknown policy '{s}'; {EXPECTED}")),
+        };
+        if extra.is_some() {
+            return Err(format!("too many ':' in '{s}'; {EXPECTED}"));
+        }
+        Ok(spec)
+    }
+}
+
+impl fmt::Display for PolicySpec {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            PolicySpec::Unbounded => f.write_str("unbounded"),
+            PolicySpec::Fixed(c) => write!(f, "fixed:{c}"),
+            PolicySpec::Barrier(n) => write!(f, "barrier:{n}"),
+            PolicySpec::Bytes(b) => write!(f, "bytes:{}", Size(*b)),
+            PolicySpec::Rss(b) => write!(f, "rss:{}", Size(*b)),
+            PolicySpec::Custom { budget, rate } => write!(f, "custom:{}:{rate}", Size(*budget)),
+        }
+    }
+}
+
+/// A byte size with an optional binary or decimal suffix: `64MiB`, `1GiB`, `512KiB`,
+/// `100MB`, `4096`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) struct Size(pub u64);
+
+impl FromStr for Size {
+    type Err = String;
+
+    fn from_str(s: &str) -> Result<Size, String> {
+        let t = s.trim();
+        let split = t.find(|c: char| !(c.is_ascii_digit() || c == '.')).unwrap_or(t.len());
+        let (num, unit) = t.split_at(split);
+        let value: f64 = num.parse().map_err(|_| format!("'{s}' is not a size like 128MiB"))?;
+        let mult: u64 = match unit.trim().to_ascii_lowercase().as_str() {
+            "" | "b" => 1,
+            "k" | "kib" => 1 << 10,
+            "m" | "mib" => 1 << 20,
+            "g" | "gib" => 1 << 30,
+            "kb" => 1_000,
+            "mb" => 1_000_000,
+            "gb" => 1_000_000_000,
+            other => return Err(format!("unknown size unit '{other}' in '{s}' (use B, KiB, MiB, GiB, KB, MB, GB)")),
+        };
+        let bytes = value * mult as f64;
+        if !(bytes >= 1.0 && bytes < u64::MAX as f64) {
+            return Err(format!("'{s}' is not a positive size"));
+        }
+        Ok(Size(bytes as u64))
+    }
+}
+
+impl fmt::Display for Size {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        let b = self.0;
+        for (unit, shift) in [("GiB", 30), ("MiB", 20), ("KiB", 10)] {
+            if b >= 1 << shift && b % (1 << shift) == 0 {
+                return write!(f, "{}{unit}", b >> shift);
+            }
+        }
+        write!(f, "{b}")
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn specs_and_sizes_round_trip() {
+        for s in ["unbounded", "fixed:512", "barrier:64", "bytes:128MiB", "rss:160MiB", "custom:64MiB:300"] {
+            assert_eq!(s.parse::<PolicySpec>().unwrap().to_string(), s);
+        }
+        assert_eq!("1.5GiB".parse::<Size>().unwrap().0, 3 << 29);
+        assert!("fixed:0".parse::<PolicySpec>().is_err());
+        assert!("bytes:12XB".parse::<PolicySpec>().is_err());
+        assert!("lifo:3".parse::<PolicySpec>().is_err());
+    }
+}

@@ -1,0 +1,164 @@
+//! Orchestration: start the embedded mock server (unless `--api-url`), run each policy
+//! in a fresh child process against the same backlog, show progress, print the table
+//! (or one JSON object per run) and write the plot.
+
+use std::process::Stdio;
+use std::time::Duration;
+
+use indicatif::{MultiProgress, ProgressBar, ProgressStyle};
+use mock_bot_api::{BacklogSpec, MockConfig, MockServer};
+use tokio::io::{AsyncBufReadExt, BufReader};
+use tokio::process::Command;
+
+use crate::cli::{Args, DeliveryArg, PolicySpec};
+use crate::report::{table, RunResult};
+
+/// Runs the comparison; returns the process exit code.
+pub(crate) fn main(args: Args) -> u8 {
+    let rt = tokio::runtime::Builder::new_multi_thread().enable_all().build().expect("tokio runtime");
+    match rt.block_on(run(args)) {
+        Ok(()) => 0,
+        Err(e) => {
+            eprintln!("flood: {e}");
+            1
+        }
+    }
+}
+
+async fn run(args: Args) -> Result<(), String> {
+    let server = match args.api_url {
+        Some(_) => None,
+        None => Some(
+            MockServer::start(MockConfig::default())
+                .await
+                .map_err(|e| format!("cannot start the embedded mock Bot API server: {e}"))?,
+        ),
+    };
+    let (url, token) = match &server {
+        Some(s) => (s.url(), s.token().to_owned()),
+        None => (args.api_url.clone().unwrap_or_default(), args.token.clone().unwrap_or_default()),
+    };
+    let policies = args.policies();
+    if !args.json {
+        let source = if server.is_some() { format!("embedded mock server at {url}") } else { url.clone() };
+        println!(
+            "flood: {} updates ({} B text, {} chats) from {source}; handler holds {} KiB for {} ms{}; {} run(s)",
+            args.updates,
+            args.text_bytes,
+            args.chats,
+            args.work_kib,
+            args.work_ms,
+            if args.slow_frac > 0.0 { format!(" ({}% take {}x)", args.slow_frac * 100.0, args.slow_x) } else { String::new() },
+            policies.len()
+        );
+    }
+    let bars = MultiProgress::new();
+    let mut results = Vec::new();
+    for spec in policies {
+        if let Some(s) = &server {
+            s.reset();
+            s.generate(&BacklogSpec {
+                updates: args.updates,
+                text_bytes: args.text_bytes,
+                chats: args.chats,
+                seed: args.seed,
+            });
+        }
+        let result = run_child(&args, spec, &url, &token, &bars).await?;
+        if args.json {
+            println!("{}", serde_json::to_string(&result).expect("serialisable"));
+        }
+        results.push(result);
+    }
+    if !args.json {
+        println!("\n{}", table(&results));
+    }
+    if results.len() > 1 {
+        let path = crate::plot::default_path();
+        match crate::plot::write(&path, &results) {
+            Ok(()) => eprintln!("plot written to {}", path.display()),
+            Err(e) => eprintln!("flood: could not write the plot: {e}"),
+        }
+    }
+    if let Some(s) = server {
+        s.shutdown().await;
+    }
+    Ok(())
+}
+
+async fn run_child(args: &Args, spec: PolicySpec, url: &str, token: &str, bars: &MultiProgress) -> Result<RunResult, String> {
+    let exe = std::env::current_exe().map_err(|e| format!("cannot find this executable: {e}"))?;
+    let mut cmd = Command::new(exe);
+    cmd.arg("--child")
+        .args(["--policy", &spec.to_string()])
+        .args(["--api-url", url, "--token", token])
+        .args(["--updates", &args.updates.to_string()])
+        .args(["--text-bytes", &args.text_bytes.to_string()])
+        .args(["--chats", &args.chats.to_string()])
+        .args(["--work-kib", &args.work_kib.to_string()])
+        .args(["--work-ms", &args.work_ms.to_string()])
+        .args(["--slow-frac", &args.slow_frac.to_string()])
+        .args(["--slow-x", &args.slow_x.to_string()])
+        .args(["--delivery", if args.delivery == DeliveryArg::Eager { "eager" } else { "at-least-once" }]);
+    if args.ordered {
+        cmd.arg("--ordered");
+    }
+    if let Some(ledger) = &args.ledger {
+        cmd.arg("--ledger").arg(ledger);
+    }
+    cmd.stdin(Stdio::piped()).stdout(Stdio::piped()).stderr(Stdio::inherit()).kill_on_drop(true);
+    let mut child = cmd.spawn().map_err(|e| format!("cannot start a child process: {e}"))?;
+    let _stdin = child.stdin.take(); // the child exits when this closes
+    let stdout = child.stdout.take().expect("piped stdout");
+
+    let bar = bars.add(ProgressBar::new(args.updates as u64));
+    bar.set_style(
+        ProgressStyle::with_template("{prefix:>20} [{bar:30}] {pos:>7}/{len:7} {per_sec:>10} {msg}")
+            .expect("valid template")
+            .progress_chars("=> "),
+    );
+    bar.set_prefix(spec.to_string());
+    bar.enable_steady_tick(Duration::from_millis(200));
+
+    let mut lines = BufReader::new(stdout).lines();
+    let mut result = None;
+    while let Ok(Some(line)) = lines.next_line().await {
+        let Ok(mut v) = serde_json::from_str::<serde_json::Value>(&line) else {
+            continue;
+        };
+        match v["event"].as_str() {
+            Some("progress") => {
+                bar.set_position(v["handled"].as_u64().unwrap_or(0));
+                bar.set_message(format!(
+                    "in flight {:>5}  RSS {:>5} MiB",
+                    v["in_flight"].as_u64().unwrap_or(0),
+                    v["rss_bytes"].as_u64().unwrap_or(0) >> 20
+                ));
+            }
+            Some("result") => {
+                if let Some(o) = v.as_object_mut() {
+                    o.remove("event");
+                }
+                result = serde_json::from_value::<RunResult>(v).ok();
+            }
+            _ => {}
+        }
+    }
+    let status = child.wait().await.map_err(|e| format!("waiting for the child: {e}"))?;
+    match (status.success(), result) {
+        (true, Some(r)) => {
+            bar.set_position(r.handled);
+            bar.finish_with_message(format!(
+                "{:.2} s, peak RSS {} MiB, efficiency {:.2}",
+                r.drain_s,
+                r.peak_rss_bytes >> 20,
+                r.efficiency
+            ));
+            Ok(r)
+        }
+        _ => {
+            bar.abandon_with_message("failed");
+            Err(format!("the {spec} run failed ({status})"))
+        }
+    }
+}
