@@ -119,7 +119,10 @@ impl AdmissionPolicy for TokenBucket {
                     }
                 })
                 .expect("spawn the token-bucket ticker");
-            Ticker { stop, thread: Some(thread) }
+            Ticker {
+                stop,
+                thread: Some(thread),
+            }
         });
     }
 }
@@ -127,11 +130,15 @@ impl AdmissionPolicy for TokenBucket {
 #[allow(dead_code)] // flood.rs includes this file for `TokenBucket` only
 #[tokio::main]
 async fn main() {
-    use pollgate::{all_of, ByteBudget, MemoryTransport, Runtime, Update};
+    use pollgate::{ByteBudget, MemoryTransport, Runtime, Update, all_of};
 
     // 300 updates in memory; handlers hold 1 MiB each for 10 ms.
     let updates = (1..=300).map(|id| {
-        Update::from_json(&format!(r#"{{"update_id":{id},"message":{{"chat":{{"id":{}}}}}}}"#, id % 7)).unwrap()
+        Update::from_json(&format!(
+            r#"{{"update_id":{id},"message":{{"chat":{{"id":{}}}}}}}"#,
+            id % 7
+        ))
+        .unwrap()
     });
     let transport = Arc::new(MemoryTransport::with_updates(updates));
     let policy = all_of(ByteBudget::new(64 << 20), TokenBucket::new(200.0, 20.0));
@@ -154,7 +161,10 @@ async fn main() {
     }
     let took = started.elapsed();
     shutdown.cancel();
-    let summary = run.await.expect("runtime task").expect("in-memory transport never fails");
+    let summary = run
+        .await
+        .expect("runtime task")
+        .expect("in-memory transport never fails");
     println!(
         "handled {} updates in {:.2} s ({:.0}/s; the cap is 200/s after a burst of 20), at most {} at once",
         summary.stats.finished(),

@@ -12,7 +12,7 @@ pub use pollgate_core as core;
 pub use pollgate_runtime as runtime;
 
 pub use pollgate_admission::{
-    all_of, AdmissionPolicy, Barrier, ByteBudget, Fixed, Gate, Limit, Load, MemoryProbe, Outcome, RssAdaptive,
+    AdmissionPolicy, Barrier, ByteBudget, Fixed, Gate, Limit, Load, MemoryProbe, Outcome, RssAdaptive, all_of,
 };
 pub use pollgate_core::{MemoryTransport, TelegramError, TelegramTransport, Transport, Update, UpdateKind};
 pub use pollgate_runtime::{CancellationToken, Delivery, Handler, RunError, Runtime, Stats, Summary};

@@ -9,13 +9,13 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use pollgate::core::TelegramTransport;
-use pollgate::{all_of, AdmissionPolicy, Barrier, ByteBudget, Delivery, Fixed, Load, RssAdaptive, RunError, Runtime};
+use pollgate::{AdmissionPolicy, Barrier, ByteBudget, Delivery, Fixed, Load, RssAdaptive, RunError, Runtime, all_of};
 
 use crate::cli::{Args, DeliveryArg, PolicySpec};
 use crate::custom_policy::TokenBucket;
 use crate::proc_mem::rss_and_peak;
 use crate::report::RunResult;
-use crate::workload::{handle, Recorder, Workload};
+use crate::workload::{Recorder, Workload, handle};
 
 /// The baseline that reproduces the problem: fetch 100 per call as fast as the server
 /// answers and start every update at once.
@@ -53,7 +53,10 @@ fn emit(value: serde_json::Value) {
 /// Runs the child; returns the process exit code.
 pub(crate) fn main(args: Args) -> u8 {
     exit_with_parent();
-    let rt = tokio::runtime::Builder::new_multi_thread().enable_all().build().expect("tokio runtime");
+    let rt = tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+        .expect("tokio runtime");
     match rt.block_on(run(args)) {
         Ok(result) => {
             let mut v = serde_json::to_value(&result).expect("serialisable");

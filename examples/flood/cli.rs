@@ -114,7 +114,10 @@ impl Args {
             PolicySpec::Barrier(512),
             PolicySpec::Bytes(128 << 20),
             PolicySpec::Rss(160 << 20),
-            PolicySpec::Custom { budget: 128 << 20, rate: 5000.0 },
+            PolicySpec::Custom {
+                budget: 128 << 20,
+                rate: 5000.0,
+            },
         ]
     }
 
@@ -230,7 +233,11 @@ impl FromStr for Size {
             "kb" => 1_000,
             "mb" => 1_000_000,
             "gb" => 1_000_000_000,
-            other => return Err(format!("unknown size unit '{other}' in '{s}' (use B, KiB, MiB, GiB, KB, MB, GB)")),
+            other => {
+                return Err(format!(
+                    "unknown size unit '{other}' in '{s}' (use B, KiB, MiB, GiB, KB, MB, GB)"
+                ));
+            }
         };
         let bytes = value * mult as f64;
         if !(bytes >= 1.0 && bytes < u64::MAX as f64) {
@@ -258,7 +265,14 @@ mod tests {
 
     #[test]
     fn specs_and_sizes_round_trip() {
-        for s in ["unbounded", "fixed:512", "barrier:64", "bytes:128MiB", "rss:160MiB", "custom:64MiB:300"] {
+        for s in [
+            "unbounded",
+            "fixed:512",
+            "barrier:64",
+            "bytes:128MiB",
+            "rss:160MiB",
+            "custom:64MiB:300",
+        ] {
             assert_eq!(s.parse::<PolicySpec>().unwrap().to_string(), s);
         }
         assert_eq!("1.5GiB".parse::<Size>().unwrap().0, 3 << 29);

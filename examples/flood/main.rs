@@ -28,7 +28,13 @@ use clap::{CommandFactory, Parser};
 fn main() -> ExitCode {
     let args = cli::Args::parse();
     if let Err(message) = args.validate() {
-        cli::Args::command().error(clap::error::ErrorKind::ValueValidation, message).exit();
+        cli::Args::command()
+            .error(clap::error::ErrorKind::ValueValidation, message)
+            .exit();
     }
-    ExitCode::from(if args.child { child::main(args) } else { parent::main(args) })
+    ExitCode::from(if args.child {
+        child::main(args)
+    } else {
+        parent::main(args)
+    })
 }

@@ -11,11 +11,14 @@ use tokio::io::{AsyncBufReadExt, BufReader};
 use tokio::process::Command;
 
 use crate::cli::{Args, DeliveryArg, PolicySpec};
-use crate::report::{table, RunResult};
+use crate::report::{RunResult, table};
 
 /// Runs the comparison; returns the process exit code.
 pub(crate) fn main(args: Args) -> u8 {
-    let rt = tokio::runtime::Builder::new_multi_thread().enable_all().build().expect("tokio runtime");
+    let rt = tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+        .expect("tokio runtime");
     match rt.block_on(run(args)) {
         Ok(()) => 0,
         Err(e) => {
@@ -36,11 +39,18 @@ async fn run(args: Args) -> Result<(), String> {
     };
     let (url, token) = match &server {
         Some(s) => (s.url(), s.token().to_owned()),
-        None => (args.api_url.clone().unwrap_or_default(), args.token.clone().unwrap_or_default()),
+        None => (
+            args.api_url.clone().unwrap_or_default(),
+            args.token.clone().unwrap_or_default(),
+        ),
     };
     let policies = args.policies();
     if !args.json {
-        let source = if server.is_some() { format!("embedded mock server at {url}") } else { url.clone() };
+        let source = if server.is_some() {
+            format!("embedded mock server at {url}")
+        } else {
+            url.clone()
+        };
         println!(
             "flood: {} updates ({} B text, {} chats) from {source}; handler holds {} KiB for {} ms{}; {} run(s)",
             args.updates,
@@ -48,7 +58,11 @@ async fn run(args: Args) -> Result<(), String> {
             args.chats,
             args.work_kib,
             args.work_ms,
-            if args.slow_frac > 0.0 { format!(" ({}% take {}x)", args.slow_frac * 100.0, args.slow_x) } else { String::new() },
+            if args.slow_frac > 0.0 {
+                format!(" ({}% take {}x)", args.slow_frac * 100.0, args.slow_x)
+            } else {
+                String::new()
+            },
             policies.len()
         );
     }
@@ -86,7 +100,13 @@ async fn run(args: Args) -> Result<(), String> {
     Ok(())
 }
 
-async fn run_child(args: &Args, spec: PolicySpec, url: &str, token: &str, bars: &MultiProgress) -> Result<RunResult, String> {
+async fn run_child(
+    args: &Args,
+    spec: PolicySpec,
+    url: &str,
+    token: &str,
+    bars: &MultiProgress,
+) -> Result<RunResult, String> {
     let exe = std::env::current_exe().map_err(|e| format!("cannot find this executable: {e}"))?;
     let mut cmd = Command::new(exe);
     cmd.arg("--child")
@@ -99,14 +119,31 @@ async fn run_child(args: &Args, spec: PolicySpec, url: &str, token: &str, bars: 
         .args(["--work-ms", &args.work_ms.to_string()])
         .args(["--slow-frac", &args.slow_frac.to_string()])
         .args(["--slow-x", &args.slow_x.to_string()])
-        .args(["--delivery", if args.delivery == DeliveryArg::Eager { "eager" } else { "at-least-once" }]);
+        .args([
+            "--delivery",
+            if args.delivery == DeliveryArg::Eager {
+                "eager"
+            } else {
+                "at-least-once"
+            },
+        ]);
     if args.ordered {
         cmd.arg("--ordered");
     }
     if let Some(ledger) = &args.ledger {
         cmd.arg("--ledger").arg(ledger);
     }
-    cmd.stdin(Stdio::piped()).stdout(Stdio::piped()).stderr(Stdio::inherit()).kill_on_drop(true);
+    if std::env::var_os("MALLOC_ARENA_MAX").is_none() {
+        // glibc keeps one heap arena per thread and never reuses one arena's free memory
+        // in another, which inflates a budgeted process's peak RSS by up to a quarter
+        // (docs/policies.md). This is the setting docs/tuning.md recommends; set the
+        // variable yourself to measure something else.
+        cmd.env("MALLOC_ARENA_MAX", "1");
+    }
+    cmd.stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::inherit())
+        .kill_on_drop(true);
     let mut child = cmd.spawn().map_err(|e| format!("cannot start a child process: {e}"))?;
     let _stdin = child.stdin.take(); // the child exits when this closes
     let stdout = child.stdout.take().expect("piped stdout");

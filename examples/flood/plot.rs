@@ -8,8 +8,14 @@ use crate::report::RunResult;
 
 /// `target/flood.svg` when run from a cargo workspace, else `flood.svg`.
 pub(crate) fn default_path() -> PathBuf {
-    let target = std::env::var_os("CARGO_TARGET_DIR").map(PathBuf::from).unwrap_or_else(|| PathBuf::from("target"));
-    if target.is_dir() { target.join("flood.svg") } else { PathBuf::from("flood.svg") }
+    let target = std::env::var_os("CARGO_TARGET_DIR")
+        .map(PathBuf::from)
+        .unwrap_or_else(|| PathBuf::from("target"));
+    if target.is_dir() {
+        target.join("flood.svg")
+    } else {
+        PathBuf::from("flood.svg")
+    }
 }
 
 /// Draws two bar charts side by side.
@@ -18,7 +24,10 @@ pub(crate) fn write(path: &Path, results: &[RunResult]) -> Result<(), Box<dyn st
     root.fill(&WHITE)?;
     let (left, right) = root.split_horizontally(600);
     let names: Vec<String> = results.iter().map(|r| r.policy.clone()).collect();
-    let rss: Vec<f64> = results.iter().map(|r| r.peak_rss_bytes as f64 / (1u64 << 20) as f64).collect();
+    let rss: Vec<f64> = results
+        .iter()
+        .map(|r| r.peak_rss_bytes as f64 / (1u64 << 20) as f64)
+        .collect();
     let drain: Vec<f64> = results.iter().map(|r| r.drain_s).collect();
     bars(&left, "peak RSS (MiB, VmHWM)", &names, &rss, &BLUE)?;
     bars(&right, "drain time (s)", &names, &drain, &RED)?;

@@ -6,8 +6,8 @@ use std::collections::HashMap;
 use std::fs::File;
 use std::io::{self, Write};
 use std::path::Path;
-use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::{Duration, Instant};
 
 use parking_lot::Mutex;
@@ -28,7 +28,11 @@ impl Workload {
     pub(crate) fn hold_for(&self, id: i64) -> Duration {
         let h = (id as u64).wrapping_mul(0x9E37_79B9_7F4A_7C15) >> 11;
         let unit = h as f64 / (1u64 << 53) as f64;
-        if unit < self.slow_frac { self.hold.mul_f64(self.slow_x) } else { self.hold }
+        if unit < self.slow_frac {
+            self.hold.mul_f64(self.slow_x)
+        } else {
+            self.hold
+        }
     }
 }
 
@@ -55,7 +59,12 @@ struct Seen {
 
 impl Recorder {
     /// Everything is allocated up front, so the baseline RSS includes it.
-    pub(crate) fn new(workload: Workload, expected: usize, ordered: bool, ledger: Option<&Path>) -> io::Result<Arc<Recorder>> {
+    pub(crate) fn new(
+        workload: Workload,
+        expected: usize,
+        ordered: bool,
+        ledger: Option<&Path>,
+    ) -> io::Result<Arc<Recorder>> {
         let ledger = match ledger {
             Some(p) => Some(std::fs::OpenOptions::new().create(true).append(true).open(p)?),
             None => None,

@@ -14,14 +14,20 @@
 //!
 //! # Knobs
 //!
-//! The batch size (Telegram caps a fetch at 100).
+//! The batch size. Telegram caps one fetch at 100 updates; a larger batch is filled by
+//! several fetches in a row (the runtime reports each through `on_batch`) before the
+//! barrier closes. With Telegram's at-least-once mode the acknowledgement window (100 ids
+//! past the oldest unfinished update) also bounds how far a batch can fill.
 //!
 //! # Semantics
 //!
-//! `fetch_limit` is the batch size when nothing runs, waits or is reserved
-//! (`in_flight + queued + waiting == 0`), else 0. `admits` allows up to `batch` running
-//! permits. The runtime admits a fetched batch before it asks for the next fetch, so the
-//! empty load between a fetch and the first admission is never mistaken for "done".
+//! A batch *opens* when nothing runs, waits or is reserved
+//! (`in_flight + queued + waiting == 0`). While open, `fetch_limit` is what is left of it:
+//! `batch − max(fetched into it, held now)`. It *closes* when `batch` updates were fetched
+//! into it, or when a fetch returns nothing (the backlog is drained); then `fetch_limit` is
+//! 0 until everything is done. `admits` allows up to `batch` running permits. The runtime
+//! admits a fetched batch before it asks for the next fetch, so the empty load between a
+//! fetch and the first admission is never mistaken for "done".
 //!
 //! # Examples
 //!
@@ -32,6 +38,7 @@
 //! # async fn main() {
 //! let gate = Gate::new(Barrier::new(3));
 //! assert_eq!(gate.fetch_ready().await, Ok(3));
+//! gate.on_batch(3); // the runtime reports each fetch
 //! let batch: Vec<_> = (0..3).map(|_| gate.try_acquire(1).unwrap()).collect();
 //! assert_eq!(gate.fetch_limit(), 0);
 //! drop(batch); // the whole batch is done
@@ -39,12 +46,18 @@
 //! # }
 //! ```
 
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
+
 use crate::policy::{AdmissionPolicy, Limit, Load};
 
 /// Fetches a new batch only when the previous one is done. See the [module docs](self).
-#[derive(Debug, Clone, Copy)]
+#[derive(Debug)]
 pub struct Barrier {
     batch: usize,
+    /// Updates fetched into the open batch.
+    filled: AtomicUsize,
+    /// The batch is full or the backlog ran dry: no fetch until everything is done.
+    closed: AtomicBool,
 }
 
 impl Barrier {
@@ -55,7 +68,11 @@ impl Barrier {
     /// When `batch` is 0.
     pub fn new(batch: usize) -> Self {
         assert!(batch > 0, "Barrier::new: the batch size must be at least 1");
-        Self { batch }
+        Self {
+            batch,
+            filled: AtomicUsize::new(0),
+            closed: AtomicBool::new(false),
+        }
     }
 
     /// The batch size.
@@ -70,10 +87,29 @@ impl AdmissionPolicy for Barrier {
     }
 
     fn fetch_limit(&self, load: &Load) -> usize {
-        if load.in_flight + load.queued + load.waiting == 0 {
-            self.batch
-        } else {
-            0
+        let held = load.in_flight + load.queued + load.waiting;
+        if held == 0 && (self.closed.load(Ordering::Acquire) || self.filled.load(Ordering::Acquire) >= self.batch) {
+            // Everything of the last batch is done: open the next one.
+            self.filled.store(0, Ordering::Release);
+            self.closed.store(false, Ordering::Release);
+        }
+        if self.closed.load(Ordering::Acquire) {
+            return 0;
+        }
+        let used = self.filled.load(Ordering::Acquire).max(held);
+        self.batch.saturating_sub(used)
+    }
+
+    fn on_batch(&self, fetched: usize) {
+        if fetched == 0 {
+            if self.filled.load(Ordering::Acquire) > 0 {
+                self.closed.store(true, Ordering::Release);
+            }
+            return;
+        }
+        let filled = self.filled.fetch_add(fetched, Ordering::AcqRel) + fetched;
+        if filled >= self.batch {
+            self.closed.store(true, Ordering::Release);
         }
     }
 
@@ -97,6 +133,7 @@ mod tests {
     fn fetches_only_when_everything_is_done() {
         let barrier = Barrier::new(5);
         assert_eq!(barrier.fetch_limit(&Load::default()), 5);
+        barrier.on_batch(5);
         for load in [
             Load {
                 in_flight: 1,
@@ -113,6 +150,47 @@ mod tests {
         ] {
             assert_eq!(barrier.fetch_limit(&load), 0, "{load:?}");
         }
+    }
+
+    #[test]
+    fn a_batch_larger_than_one_fetch_fills_over_several_then_closes() {
+        let barrier = Barrier::new(250);
+        let running = |n| Load {
+            in_flight: n,
+            ..Load::default()
+        };
+        assert_eq!(barrier.fetch_limit(&Load::default()), 250);
+        barrier.on_batch(100);
+        assert_eq!(barrier.fetch_limit(&running(100)), 150);
+        barrier.on_batch(100);
+        assert_eq!(
+            barrier.fetch_limit(&running(180)),
+            50,
+            "finished ones do not reopen room"
+        );
+        barrier.on_batch(50);
+        assert_eq!(barrier.fetch_limit(&running(200)), 0, "full: closed");
+        assert_eq!(barrier.fetch_limit(&running(1)), 0, "closed until everything is done");
+        assert_eq!(barrier.fetch_limit(&Load::default()), 250, "the next batch");
+    }
+
+    #[test]
+    fn an_empty_fetch_closes_a_partly_filled_batch() {
+        let barrier = Barrier::new(500);
+        barrier.on_batch(0);
+        assert_eq!(
+            barrier.fetch_limit(&Load::default()),
+            500,
+            "an empty poll before any update changes nothing"
+        );
+        barrier.on_batch(30);
+        barrier.on_batch(0);
+        let running = Load {
+            in_flight: 30,
+            ..Load::default()
+        };
+        assert_eq!(barrier.fetch_limit(&running), 0);
+        assert_eq!(barrier.fetch_limit(&Load::default()), 500);
     }
 
     #[test]

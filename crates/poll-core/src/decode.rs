@@ -71,10 +71,7 @@ impl GetUpdatesResponse {
             return Ok(GetUpdatesResponse::Error {
                 error_code: envelope.error_code.unwrap_or(0),
                 description: envelope.description.map(Cow::into_owned).unwrap_or_default(),
-                retry_after: envelope
-                    .parameters
-                    .and_then(|p| p.retry_after)
-                    .map(Duration::from_secs),
+                retry_after: envelope.parameters.and_then(|p| p.retry_after).map(Duration::from_secs),
             });
         }
         let raws = envelope
@@ -112,9 +109,21 @@ impl GetUpdatesResponse {
             }
         }
         for (pos, failure) in unresolved {
-            let before = ids[..pos].iter().enumerate().rev().find_map(|(i, id)| id.map(|id| id + (pos - i) as i64));
-            let after = || ids[pos + 1..].iter().enumerate().find_map(|(i, id)| id.map(|id| id - (i + 1) as i64));
-            let inferred = before.or_else(after).or(first_id_hint.map(|o| o + pos as i64)).unwrap_or(0);
+            let before = ids[..pos]
+                .iter()
+                .enumerate()
+                .rev()
+                .find_map(|(i, id)| id.map(|id| id + (pos - i) as i64));
+            let after = || {
+                ids[pos + 1..]
+                    .iter()
+                    .enumerate()
+                    .find_map(|(i, id)| id.map(|id| id - (i + 1) as i64))
+            };
+            let inferred = before
+                .or_else(after)
+                .or(first_id_hint.map(|o| o + pos as i64))
+                .unwrap_or(0);
             ids[pos] = Some(inferred);
             batch.failures[failure].update_id = inferred;
         }
@@ -146,7 +155,8 @@ mod tests {
 
     #[test]
     fn updates_share_the_body_and_keep_their_exact_text() {
-        let b = decode(r#"{"ok":true,"result":[{"update_id":1,"message":{"chat":{"id":5}}}, {"update_id":2,"poll":{}}]}"#);
+        let b =
+            decode(r#"{"ok":true,"result":[{"update_id":1,"message":{"chat":{"id":5}}}, {"update_id":2,"poll":{}}]}"#);
         assert_eq!(b.updates.len(), 2);
         assert_eq!(b.updates[0].raw(), r#"{"update_id":1,"message":{"chat":{"id":5}}}"#);
         assert_eq!(b.updates[1].raw(), r#"{"update_id":2,"poll":{}}"#);
@@ -155,7 +165,9 @@ mod tests {
 
     #[test]
     fn a_broken_update_is_a_failure_with_its_id_and_the_rest_decode() {
-        let b = decode(r#"{"ok":true,"result":[{"update_id":1,"poll":{}},{"update_id":2,"message":"garbage"},{"update_id":3,"poll":{}}]}"#);
+        let b = decode(
+            r#"{"ok":true,"result":[{"update_id":1,"poll":{}},{"update_id":2,"message":"garbage"},{"update_id":3,"poll":{}}]}"#,
+        );
         assert_eq!(b.updates.iter().map(Update::id).collect::<Vec<_>>(), [1, 3]);
         assert_eq!(b.failures.len(), 1);
         assert_eq!((b.failures[0].update_id, b.failures[0].id_inferred), (2, false));
@@ -178,8 +190,17 @@ mod tests {
             None,
         )
         .unwrap();
-        assert!(matches!(r, GetUpdatesResponse::Error { error_code: 429, retry_after: Some(d), .. } if d == Duration::from_secs(3)));
-        for bad in ["", "<html>502</html>", r#"{"ok":true,"result":[{"update_id":1}"#, r#"{"ok":true}"#, "[]", r#"{"ok":true,"result":{}}"#] {
+        assert!(
+            matches!(r, GetUpdatesResponse::Error { error_code: 429, retry_after: Some(d), .. } if d == Duration::from_secs(3))
+        );
+        for bad in [
+            "",
+            "<html>502</html>",
+            r#"{"ok":true,"result":[{"update_id":1}"#,
+            r#"{"ok":true}"#,
+            "[]",
+            r#"{"ok":true,"result":{}}"#,
+        ] {
             assert!(GetUpdatesResponse::decode(Arc::from(bad), None).is_err(), "{bad}");
         }
     }

@@ -27,10 +27,10 @@ mod update;
 
 pub use backoff::{Backoff, Sleep, SleepFuture, TokioSleep};
 pub use decode::GetUpdatesResponse;
+pub use error::{BODY_EXCERPT_BYTES, BodyExcerpt, TelegramError};
 pub use memory::MemoryTransport;
-pub use error::{BodyExcerpt, TelegramError, BODY_EXCERPT_BYTES};
 pub use telegram::{
-    TelegramStats, TelegramTransport, TelegramTransportBuilder, DEFAULT_API_URL, DEFAULT_MAX_BODY_BYTES, MAX_LIMIT,
+    DEFAULT_API_URL, DEFAULT_MAX_BODY_BYTES, MAX_LIMIT, TelegramStats, TelegramTransport, TelegramTransportBuilder,
 };
 pub use token::BotToken;
 pub use transport::{Ack, AckModel, Batch, DecodeFailure, FetchRequest, Transport};

@@ -6,9 +6,9 @@
 //! for new updates up to its timeout (on the tokio clock, so paused-time tests run
 //! instantly). It records what it was asked, so tests can check the runtime's requests.
 
+use parking_lot::Mutex;
 use std::collections::VecDeque;
 use std::convert::Infallible;
-use parking_lot::Mutex;
 use tokio::sync::Notify;
 
 use crate::transport::{Ack, AckModel, Batch, FetchRequest, Transport};
@@ -102,7 +102,10 @@ impl Transport for MemoryTransport {
             let arrived = self.arrived.notified();
             let updates = self.take(request.limit);
             if !updates.is_empty() || tokio::time::Instant::now() >= deadline {
-                return Ok(Batch { updates, failures: Vec::new() });
+                return Ok(Batch {
+                    updates,
+                    failures: Vec::new(),
+                });
             }
             if tokio::time::timeout_at(deadline, arrived).await.is_err() {
                 return Ok(Batch::default());

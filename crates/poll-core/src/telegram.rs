@@ -15,8 +15,8 @@
 //! updates), so a hostile or broken server cannot make the client buffer without bound.
 
 use std::fmt;
-use std::sync::atomic::{AtomicI64, AtomicU64, Ordering};
 use std::sync::Arc;
+use std::sync::atomic::{AtomicI64, AtomicU64, Ordering};
 use std::time::Duration;
 
 use serde::Serialize;
@@ -241,7 +241,12 @@ impl TelegramTransport {
     }
 
     /// One `getUpdates` call with retries, as [`Transport::fetch`] describes.
-    async fn get_updates(&self, limit: usize, timeout: Duration, max_retries: Option<u32>) -> Result<Batch, TelegramError> {
+    async fn get_updates(
+        &self,
+        limit: usize,
+        timeout: Duration,
+        max_retries: Option<u32>,
+    ) -> Result<Batch, TelegramError> {
         let mut failures = 0u32;
         let mut limit = limit;
         loop {
@@ -286,7 +291,12 @@ impl TelegramTransport {
         }
     }
 
-    async fn get_updates_once(&self, offset: Option<i64>, limit: usize, timeout: Duration) -> Result<Batch, TelegramError> {
+    async fn get_updates_once(
+        &self,
+        offset: Option<i64>,
+        limit: usize,
+        timeout: Duration,
+    ) -> Result<Batch, TelegramError> {
         self.stats.requests.fetch_add(1, Ordering::Relaxed);
         let params = GetUpdatesParams {
             offset,
@@ -335,7 +345,10 @@ impl TelegramTransport {
                 retry_after: retry_after.unwrap_or(Duration::from_secs(1)),
                 description,
             },
-            error_code => TelegramError::Api { error_code, description },
+            error_code => TelegramError::Api {
+                error_code,
+                description,
+            },
         }
     }
 
@@ -386,7 +399,8 @@ impl Transport for TelegramTransport {
     }
 
     async fn fetch(&self, request: FetchRequest) -> Result<Batch, TelegramError> {
-        self.get_updates(request.limit, request.timeout, self.backoff.max_retries).await
+        self.get_updates(request.limit, request.timeout, self.backoff.max_retries)
+            .await
     }
 
     async fn ack(&self, ack: Ack<'_>) -> Result<(), TelegramError> {
@@ -461,7 +475,8 @@ impl Counters {
     }
 
     fn add_rate_limit_wait(&self, wait: Duration) {
-        self.rate_limit_wait_ms.fetch_add(wait.as_millis() as u64, Ordering::Relaxed);
+        self.rate_limit_wait_ms
+            .fetch_add(wait.as_millis() as u64, Ordering::Relaxed);
     }
 
     fn snapshot(&self) -> TelegramStats {

@@ -12,8 +12,8 @@
 use std::fmt;
 use std::sync::Arc;
 
-use serde::de::{self, DeserializeSeed, Deserializer, IgnoredAny, MapAccess, Visitor};
 use serde::Deserialize;
+use serde::de::{self, DeserializeSeed, Deserializer, IgnoredAny, MapAccess, Visitor};
 
 /// One update as delivered by the transport: raw JSON plus `update_id`, kind and
 /// ordering key, extracted without a second parse.
@@ -449,10 +449,7 @@ impl<'de> DeserializeSeed<'de> for KeySeed {
             KeyRule::User => WithUser::deserialize(d)?.user.map(|u| u.id),
             KeyRule::Callback => {
                 let cb = Callback::deserialize(d)?;
-                cb.message
-                    .and_then(|m| m.chat)
-                    .map(|c| c.id)
-                    .or(cb.from.map(|u| u.id))
+                cb.message.and_then(|m| m.chat).map(|c| c.id).or(cb.from.map(|u| u.id))
             }
             KeyRule::PollAnswer => {
                 let pa = PollAnswer::deserialize(d)?;
@@ -472,7 +469,10 @@ mod tests {
 
     #[test]
     fn reads_id_kind_and_key_of_a_message() {
-        let u = Update::from_json(r#"{"update_id":7,"message":{"message_id":1,"chat":{"id":-100,"type":"group"},"text":"hi"}}"#).unwrap();
+        let u = Update::from_json(
+            r#"{"update_id":7,"message":{"message_id":1,"chat":{"id":-100,"type":"group"},"text":"hi"}}"#,
+        )
+        .unwrap();
         assert_eq!((u.id(), u.kind(), u.key()), (7, &UpdateKind::Message, Some(-100)));
     }
 
@@ -486,13 +486,16 @@ mod tests {
 
     #[test]
     fn callback_without_message_is_keyed_by_user_and_zero_is_a_key() {
-        let u = Update::from_json(r#"{"update_id":1,"callback_query":{"id":"x","from":{"id":0},"message":null}}"#).unwrap();
+        let u =
+            Update::from_json(r#"{"update_id":1,"callback_query":{"id":"x","from":{"id":0},"message":null}}"#).unwrap();
         assert_eq!(u.key(), Some(0));
     }
 
     #[test]
     fn anonymous_poll_vote_is_keyed_by_the_voter_chat() {
-        let u = Update::from_json(r#"{"update_id":1,"poll_answer":{"user":{"id":136817688},"voter_chat":{"id":-1005}}}"#).unwrap();
+        let u =
+            Update::from_json(r#"{"update_id":1,"poll_answer":{"user":{"id":136817688},"voter_chat":{"id":-1005}}}"#)
+                .unwrap();
         assert_eq!(u.key(), Some(-1005));
     }
 

@@ -42,7 +42,10 @@ fn quick(url: &str) -> TelegramTransport {
         .unwrap()
 }
 
-const REQ: FetchRequest = FetchRequest { limit: 10, timeout: Duration::ZERO };
+const REQ: FetchRequest = FetchRequest {
+    limit: 10,
+    timeout: Duration::ZERO,
+};
 
 #[tokio::test]
 async fn debug_of_the_transport_hides_the_token() {
@@ -66,7 +69,10 @@ async fn a_refused_connection_error_hides_it() {
     let addr = listener.local_addr().unwrap();
     drop(listener);
     let err = quick(&format!("http://{addr}")).fetch(REQ).await.unwrap_err();
-    assert!(matches!(&err, TelegramError::RetriesExhausted { last, .. } if matches!(**last, TelegramError::Network(_))), "{err:?}");
+    assert!(
+        matches!(&err, TelegramError::RetriesExhausted { last, .. } if matches!(**last, TelegramError::Network(_))),
+        "{err:?}"
+    );
     assert_clean(&full_text(&err));
 }
 
@@ -79,7 +85,11 @@ async fn an_html_page_that_echoes_the_path_is_redacted() {
         while let Ok((mut sock, _)) = listener.accept().await {
             let mut buf = vec![0u8; 4096];
             let n = sock.read(&mut buf).await.unwrap_or(0);
-            let request_line = String::from_utf8_lossy(&buf[..n]).lines().next().unwrap_or("").to_owned();
+            let request_line = String::from_utf8_lossy(&buf[..n])
+                .lines()
+                .next()
+                .unwrap_or("")
+                .to_owned();
             let body = format!("<html><body>404: {request_line} was not found</body></html>");
             let reply = format!(
                 "HTTP/1.1 404 Not Found\r\ncontent-type: text/html\r\ncontent-length: {}\r\nconnection: close\r\n\r\n{body}",
@@ -91,6 +101,9 @@ async fn an_html_page_that_echoes_the_path_is_redacted() {
     let err = quick(&format!("http://{addr}")).fetch(REQ).await.unwrap_err();
     assert!(matches!(err, TelegramError::NotFound { .. }), "{err:?}");
     let text = full_text(&err);
-    assert!(text.contains("<redacted>"), "the echoed path should be kept, redacted: {text}");
+    assert!(
+        text.contains("<redacted>"),
+        "the echoed path should be kept, redacted: {text}"
+    );
     assert_clean(&text);
 }

@@ -70,7 +70,12 @@ async fn drain(t: &TelegramTransport) -> Vec<i64> {
         }
         ids.extend(batch.updates.iter().map(|u| u.id()));
         ids.extend(batch.failures.iter().map(|f| f.update_id));
-        t.ack(Ack { below: batch.last_id().map(|id| id + 1), receipts: &[] }).await.unwrap();
+        t.ack(Ack {
+            below: batch.last_id().map(|id| id + 1),
+            receipts: &[],
+        })
+        .await
+        .unwrap();
     }
 }
 
@@ -105,7 +110,10 @@ async fn server_errors_with_html_bodies_back_off_exponentially_with_jitter() {
     assert_eq!(waits.len(), 3);
     for (i, w) in waits.iter().enumerate() {
         let nominal = BACKOFF.nominal(i as u32 + 1);
-        assert!(*w >= nominal / 2 && *w <= nominal, "wait {i}: {w:?} vs nominal {nominal:?}");
+        assert!(
+            *w >= nominal / 2 && *w <= nominal,
+            "wait {i}: {w:?} vs nominal {nominal:?}"
+        );
     }
     assert_eq!(t.stats().retries_server_error, 3);
 }
@@ -143,8 +151,16 @@ async fn a_malformed_update_is_reported_with_its_id_and_skipped_past() {
     let broken = &batch.failures[0];
     assert!(!broken.id_inferred);
     assert!(!batch.updates.iter().any(|u| u.id() == broken.update_id));
-    t.ack(Ack { below: batch.last_id().map(|id| id + 1), receipts: &[] }).await.unwrap();
-    assert!(t.fetch(ALL).await.unwrap().is_empty(), "acknowledged past the broken update");
+    t.ack(Ack {
+        below: batch.last_id().map(|id| id + 1),
+        receipts: &[],
+    })
+    .await
+    .unwrap();
+    assert!(
+        t.fetch(ALL).await.unwrap().is_empty(),
+        "acknowledged past the broken update"
+    );
     assert!(sleep.waits().is_empty(), "nothing to retry");
 }
 
@@ -152,15 +168,34 @@ async fn a_malformed_update_is_reported_with_its_id_and_skipped_past() {
 async fn a_slow_response_is_waited_for_and_one_past_the_http_timeout_is_retried() {
     let s = server(50).await;
     let sleep = Recorder::default();
-    let t = builder(&s, &sleep).http_timeout_margin(Duration::from_millis(300)).build().unwrap();
+    let t = builder(&s, &sleep)
+        .http_timeout_margin(Duration::from_millis(300))
+        .build()
+        .unwrap();
     s.inject(Fault::Slow { ms: 50 });
-    let first = t.fetch(FetchRequest { limit: 10, timeout: Duration::ZERO }).await.unwrap();
+    let first = t
+        .fetch(FetchRequest {
+            limit: 10,
+            timeout: Duration::ZERO,
+        })
+        .await
+        .unwrap();
     assert_eq!(first.updates.len(), 10);
     assert!(sleep.waits().is_empty());
     s.inject(Fault::Slow { ms: 5_000 });
-    let second = t.fetch(FetchRequest { limit: 10, timeout: Duration::ZERO }).await.unwrap();
+    let second = t
+        .fetch(FetchRequest {
+            limit: 10,
+            timeout: Duration::ZERO,
+        })
+        .await
+        .unwrap();
     assert_eq!(second.updates.len(), 10);
-    assert_eq!(t.stats().retries_network, 1, "the hung request timed out and was retried");
+    assert_eq!(
+        t.stats().retries_network,
+        1,
+        "the hung request timed out and was retried"
+    );
 }
 
 #[tokio::test]
@@ -202,17 +237,58 @@ async fn offset_limit_and_final_confirmation_follow_the_bot_api() {
     let s = server(30).await;
     let sleep = Recorder::default();
     let t = builder(&s, &sleep).build().unwrap();
-    let b = t.fetch(FetchRequest { limit: 500, timeout: Duration::ZERO }).await.unwrap();
-    assert_eq!((b.len(), s.stats().last_limit), (30, Some(100)), "limit is clamped to 100");
-    let b = t.fetch(FetchRequest { limit: 0, timeout: Duration::ZERO }).await.unwrap();
+    let b = t
+        .fetch(FetchRequest {
+            limit: 500,
+            timeout: Duration::ZERO,
+        })
+        .await
+        .unwrap();
+    assert_eq!(
+        (b.len(), s.stats().last_limit),
+        (30, Some(100)),
+        "limit is clamped to 100"
+    );
+    let b = t
+        .fetch(FetchRequest {
+            limit: 0,
+            timeout: Duration::ZERO,
+        })
+        .await
+        .unwrap();
     assert_eq!((b.len(), s.stats().last_limit), (1, Some(1)), "limit is clamped to 1");
     let tenth = b.updates[0].id() + 10;
-    t.ack(Ack { below: Some(tenth), receipts: &[] }).await.unwrap();
-    let b = t.fetch(FetchRequest { limit: 5, timeout: Duration::ZERO }).await.unwrap();
-    assert_eq!(b.updates[0].id(), tenth, "the next read starts at the acknowledged offset");
+    t.ack(Ack {
+        below: Some(tenth),
+        receipts: &[],
+    })
+    .await
+    .unwrap();
+    let b = t
+        .fetch(FetchRequest {
+            limit: 5,
+            timeout: Duration::ZERO,
+        })
+        .await
+        .unwrap();
+    assert_eq!(
+        b.updates[0].id(),
+        tenth,
+        "the next read starts at the acknowledged offset"
+    );
     assert_eq!(s.pending(), 20);
-    t.ack(Ack { below: Some(tenth + 15), receipts: &[] }).await.unwrap();
-    t.ack(Ack { below: Some(tenth), receipts: &[] }).await.unwrap();
+    t.ack(Ack {
+        below: Some(tenth + 15),
+        receipts: &[],
+    })
+    .await
+    .unwrap();
+    t.ack(Ack {
+        below: Some(tenth),
+        receipts: &[],
+    })
+    .await
+    .unwrap();
     assert_eq!(t.offset(), Some(tenth + 15), "offsets never move back");
     t.flush().await.unwrap();
     assert_eq!(s.stats().last_limit, Some(1));
@@ -227,7 +303,13 @@ async fn a_long_poll_returns_when_updates_arrive() {
     let t = Arc::new(builder(&s, &sleep).build().unwrap());
     let poll = tokio::spawn({
         let t = Arc::clone(&t);
-        async move { t.fetch(FetchRequest { limit: 100, timeout: Duration::from_secs(30) }).await }
+        async move {
+            t.fetch(FetchRequest {
+                limit: 100,
+                timeout: Duration::from_secs(30),
+            })
+            .await
+        }
     });
     let deadline = std::time::Instant::now() + Duration::from_secs(10);
     while s.stats().in_flight_polls == 0 && std::time::Instant::now() < deadline {

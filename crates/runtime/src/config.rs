@@ -149,7 +149,10 @@ impl<T: Transport, H: Handler> RuntimeBuilder<T, H> {
     /// # Panics
     /// If `factor` is negative or not finite.
     pub fn cost_factor(mut self, factor: f64) -> Self {
-        assert!(factor.is_finite() && factor >= 0.0, "cost factor must be finite and >= 0");
+        assert!(
+            factor.is_finite() && factor >= 0.0,
+            "cost factor must be finite and >= 0"
+        );
         self.config.cost = Cost::Factor(factor);
         self
     }
@@ -192,6 +195,12 @@ impl<T: Transport, H: Handler> RuntimeBuilder<T, H> {
         let policy = self
             .policy
             .unwrap_or_else(|| Arc::new(Fixed::new(DEFAULT_CONCURRENCY)) as Arc<dyn AdmissionPolicy>);
-        Runtime::new(self.transport, self.handler, policy, self.shutdown.unwrap_or_default(), self.config)
+        Runtime::new(
+            self.transport,
+            self.handler,
+            policy,
+            self.shutdown.unwrap_or_default(),
+            self.config,
+        )
     }
 }

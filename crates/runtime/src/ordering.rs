@@ -76,7 +76,10 @@ mod tests {
         let mut q = KeyQueues::default();
         assert!(q.claim_or_park(1, || unreachable!()));
         for id in [2, 3] {
-            assert!(!q.claim_or_park(1, || Queued { update: update(id), reservation: gate.reserve(10) }));
+            assert!(!q.claim_or_park(1, || Queued {
+                update: update(id),
+                reservation: gate.reserve(10)
+            }));
         }
         assert!(q.claim_or_park(2, || unreachable!()), "other keys are not blocked");
         assert_eq!(gate.load().queued, 2);

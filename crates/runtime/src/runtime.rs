@@ -27,7 +27,7 @@ use pollgate_core::{Ack, FetchRequest, Transport, Update};
 use tokio::sync::Notify;
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
-use tracing::{error, info, info_span, warn, Instrument};
+use tracing::{Instrument, error, info, info_span, warn};
 
 use crate::acks::{AckTracker, Seen};
 use crate::config::{Config, RuntimeBuilder};
@@ -79,13 +79,18 @@ impl<H> Ctx<H> {
     /// Records the highest number of handlers seen running at once.
     pub(crate) fn note_in_flight(&self) {
         let now = self.gate.load().in_flight;
-        self.counters.max_in_flight.fetch_max(now, std::sync::atomic::Ordering::Relaxed);
+        self.counters
+            .max_in_flight
+            .fetch_max(now, std::sync::atomic::Ordering::Relaxed);
     }
 
     /// Gives up on an update that will not run (abort or closed gate).
     pub(crate) fn give_up(&self, update: &Update) {
         Counters::bump(&self.counters.aborted);
-        warn!(update_id = update.id(), "update not handled: the runtime is shutting down");
+        warn!(
+            update_id = update.id(),
+            "update not handled: the runtime is shutting down"
+        );
     }
 
     /// Gives up on everything parked behind `key`.
@@ -198,7 +203,11 @@ impl<T: Transport, H: Handler> Runtime<T, H> {
     /// [`RunError::Transport`] when a fetch or an ack fails for good (after the transport's
     /// own retries). Admitted handlers are still drained, but nothing is flushed.
     pub async fn run(self) -> Result<Summary, RunError<T::Error>> {
-        let Runtime { transport, ctx, shutdown } = self;
+        let Runtime {
+            transport,
+            ctx,
+            shutdown,
+        } = self;
         let stop = shutdown.child_token();
         let watchdog = tokio::spawn({
             let (stop, abort, deadline) = (stop.clone(), ctx.abort.clone(), ctx.config.drain_deadline);
@@ -208,7 +217,10 @@ impl<T: Transport, H: Handler> Runtime<T, H> {
                 abort.cancel();
             }
         });
-        let reporter = ctx.config.summary_every.map(|every| tokio::spawn(report_every(every, stats_of(&ctx))));
+        let reporter = ctx
+            .config
+            .summary_every
+            .map(|every| tokio::spawn(report_every(every, stats_of(&ctx))));
 
         let failure = dispatch_loop(&transport, &ctx, &stop).await.err();
 
@@ -222,13 +234,25 @@ impl<T: Transport, H: Handler> Runtime<T, H> {
         let drained = !ctx.abort.is_cancelled();
         let (below, receipts, unfinished) = {
             let mut acks = ctx.acks.lock();
-            (acks.below(), acks.take_receipts(), acks.unfinished().collect::<Vec<_>>())
+            (
+                acks.below(),
+                acks.take_receipts(),
+                acks.unfinished().collect::<Vec<_>>(),
+            )
         };
         if !unfinished.is_empty() {
             let first: Vec<_> = unfinished.iter().take(20).collect();
             match ctx.config.delivery {
-                crate::Delivery::Eager => error!(count = unfinished.len(), ?first, "updates lost: fetched but not finished (eager delivery)"),
-                crate::Delivery::AtLeastOnce => warn!(count = unfinished.len(), ?first, "updates not finished; they will be delivered again"),
+                crate::Delivery::Eager => error!(
+                    count = unfinished.len(),
+                    ?first,
+                    "updates lost: fetched but not finished (eager delivery)"
+                ),
+                crate::Delivery::AtLeastOnce => warn!(
+                    count = unfinished.len(),
+                    ?first,
+                    "updates not finished; they will be delivered again"
+                ),
             }
         }
         let mut summary = Summary {
@@ -239,10 +263,18 @@ impl<T: Transport, H: Handler> Runtime<T, H> {
             flush_error: None,
         };
         if let Some(source) = failure {
-            return Err(RunError::Transport { source, summary: Box::new(summary) });
+            return Err(RunError::Transport {
+                source,
+                summary: Box::new(summary),
+            });
         }
         let flushed = async {
-            transport.ack(Ack { below, receipts: &receipts }).await?;
+            transport
+                .ack(Ack {
+                    below,
+                    receipts: &receipts,
+                })
+                .await?;
             transport.flush().await
         }
         .instrument(info_span!("flush", offset = below))
@@ -330,7 +362,12 @@ async fn dispatch_loop<T: Transport, H: Handler>(
             let mut acks = ctx.acks.lock();
             (acks.below(), acks.take_receipts())
         };
-        transport.ack(Ack { below, receipts: &receipts }).await?;
+        transport
+            .ack(Ack {
+                below,
+                receipts: &receipts,
+            })
+            .await?;
         if let Some(b) = below {
             ctx.counters.set_acked(b);
         }

@@ -3,8 +3,8 @@
 //! Counters are relaxed atomics bumped on the update path; a snapshot adds the gate's
 //! view (in flight, bytes, limit, memory) and costs one short lock.
 
-use std::sync::atomic::{AtomicI64, AtomicU64, AtomicUsize, Ordering};
 use std::sync::Arc;
+use std::sync::atomic::{AtomicI64, AtomicU64, AtomicUsize, Ordering};
 
 use pollgate_admission::{Gate, Limit, MemorySample};
 

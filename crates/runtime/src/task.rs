@@ -9,9 +9,9 @@ use futures_util::FutureExt;
 use pollgate_admission::{Outcome, Permit};
 use pollgate_core::Update;
 use tokio::time::Instant;
-use tracing::{debug, debug_span, error, warn, Instrument};
+use tracing::{Instrument, debug, debug_span, error, warn};
 
-use crate::handler::{is_overload, BoxError, Handler};
+use crate::handler::{BoxError, Handler, is_overload};
 use crate::runtime::Ctx;
 use crate::stats::Counters;
 
@@ -87,7 +87,11 @@ async fn execute<H: Handler>(ctx: &Ctx<H>, update: Update, permit: Permit) -> bo
         }
         Some(Ok(Err(e))) => {
             let e: BoxError = e.into();
-            let outcome = if is_overload(&*e) { Outcome::Overload } else { Outcome::Error };
+            let outcome = if is_overload(&*e) {
+                Outcome::Overload
+            } else {
+                Outcome::Error
+            };
             permit.finish(outcome, latency);
             Counters::bump(&ctx.counters.failed);
             warn!(update_id = id, outcome = ?outcome, error = %e, latency_ms, "handler failed");
@@ -96,7 +100,13 @@ async fn execute<H: Handler>(ctx: &Ctx<H>, update: Update, permit: Permit) -> bo
         Some(Err(panic)) => {
             permit.finish(Outcome::Panic, latency);
             Counters::bump(&ctx.counters.panicked);
-            error!(update_id = id, outcome = "panic", panic = panic_message(&*panic), latency_ms, "handler panicked");
+            error!(
+                update_id = id,
+                outcome = "panic",
+                panic = panic_message(&*panic),
+                latency_ms,
+                "handler panicked"
+            );
             true
         }
     }

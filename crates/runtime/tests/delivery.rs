@@ -7,7 +7,7 @@ use std::collections::BTreeSet;
 use std::sync::Arc;
 use std::time::Duration;
 
-use common::{server_with, telegram, wait_until, Probe};
+use common::{Probe, server_with, telegram, wait_until};
 use mock_bot_api::MockServer;
 use pollgate_admission::Fixed;
 use pollgate_runtime::{Delivery, Runtime, Stats};
@@ -53,8 +53,7 @@ async fn run_until(server: &MockServer, delivery: Delivery, done: impl Fn(&Probe
     assert!(wait_until(60, move || done(&p)).await);
     shutdown.cancel();
     run.await.unwrap().unwrap();
-    let handled = probe.handled.lock().clone();
-    handled
+    probe.handled.lock().clone()
 }
 
 fn no_duplicates_within(run: &[i64]) -> BTreeSet<i64> {
@@ -69,7 +68,10 @@ async fn at_least_once_crash_loses_nothing_and_duplicates_stay_within_the_window
     let (first, at_crash) = run_and_crash(&server, Delivery::AtLeastOnce, N / 3).await;
     let confirmed = server.stats().highest_confirmed_offset;
     let first_set = no_duplicates_within(&first);
-    let second = run_until(&server, Delivery::AtLeastOnce, |p| server.pending() == 0 && p.count() > 0).await;
+    let second = run_until(&server, Delivery::AtLeastOnce, |p| {
+        server.pending() == 0 && p.count() > 0
+    })
+    .await;
     let second_set = no_duplicates_within(&second);
 
     let all: BTreeSet<i64> = ids.iter().copied().collect();
@@ -78,9 +80,19 @@ async fn at_least_once_crash_loses_nothing_and_duplicates_stay_within_the_window
     let duplicates: Vec<i64> = first_set.intersection(&second_set).copied().collect();
     // What the first process had fetched but the server had not seen confirmed.
     let unconfirmed_window = (ids[0] + at_crash.fetched as i64 - confirmed).max(0) as usize;
-    assert!(duplicates.iter().all(|&d| d >= confirmed), "an update below the confirmed offset came back");
-    assert!(duplicates.len() <= unconfirmed_window, "{} duplicates > window {unconfirmed_window}", duplicates.len());
-    assert!(unconfirmed_window <= 100, "the ack window exceeded Telegram's 100: {unconfirmed_window}");
+    assert!(
+        duplicates.iter().all(|&d| d >= confirmed),
+        "an update below the confirmed offset came back"
+    );
+    assert!(
+        duplicates.len() <= unconfirmed_window,
+        "{} duplicates > window {unconfirmed_window}",
+        duplicates.len()
+    );
+    assert!(
+        unconfirmed_window <= 100,
+        "the ack window exceeded Telegram's 100: {unconfirmed_window}"
+    );
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -97,8 +109,15 @@ async fn eager_crash_loses_what_was_in_flight_and_no_more() {
     // the loss the mode accepts (documented in `Delivery::Eager`), bounded by what the
     // first process had fetched and not finished.
     let fetched_not_finished = at_crash.fetched as usize - first.len();
-    assert!(!lost.is_empty(), "eager mode was expected to lose the in-flight updates");
-    assert!(lost.len() <= fetched_not_finished, "lost {} > {fetched_not_finished} in flight", lost.len());
+    assert!(
+        !lost.is_empty(),
+        "eager mode was expected to lose the in-flight updates"
+    );
+    assert!(
+        lost.len() <= fetched_not_finished,
+        "lost {} > {fetched_not_finished} in flight",
+        lost.len()
+    );
     assert!(first_set.is_disjoint(&second_set), "eager mode never redelivers");
 }
 
@@ -110,7 +129,10 @@ async fn after_a_graceful_shutdown_a_new_runtime_receives_nothing_already_handle
         let first_set = no_duplicates_within(&first);
         let second = run_until(&server, delivery, |p| server.pending() == 0 && p.count() > 0).await;
         let second_set = no_duplicates_within(&second);
-        assert!(first_set.is_disjoint(&second_set), "{delivery:?}: handled again after a graceful shutdown");
+        assert!(
+            first_set.is_disjoint(&second_set),
+            "{delivery:?}: handled again after a graceful shutdown"
+        );
         let union: BTreeSet<i64> = first_set.union(&second_set).copied().collect();
         assert_eq!(union.len(), ids.len(), "{delivery:?}: lost updates");
     }

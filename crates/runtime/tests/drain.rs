@@ -5,13 +5,13 @@
 mod common;
 
 use std::collections::BTreeSet;
-use std::sync::atomic::Ordering;
 use std::sync::Arc;
+use std::sync::atomic::Ordering;
 use std::time::Duration;
 
-use common::{server_with, telegram, wait_until, Probe};
+use common::{Probe, server_with, telegram, wait_until};
 use mock_bot_api::FaultRates;
-use pollgate_admission::{all_of, AdmissionPolicy, Barrier, ByteBudget, Fixed, Load, RssAdaptive};
+use pollgate_admission::{AdmissionPolicy, Barrier, ByteBudget, Fixed, Load, RssAdaptive, all_of};
 use pollgate_runtime::{Delivery, Runtime};
 
 const COST: u64 = 10_000;
@@ -82,8 +82,15 @@ async fn drain_with_faults(name: &str, policy: Arc<dyn AdmissionPolicy>, faults:
     let undecodable = summary.stats.undecodable as usize;
     assert_eq!(handled.len() + undecodable, N, "{name}: lost updates; {summary:?}");
     let injected = server.stats().faults.get("malformed_update").copied().unwrap_or(0) as usize;
-    assert!(undecodable <= injected, "{name}: {undecodable} undecodable but {injected} injected");
-    assert_eq!(probe.over_limit.load(Ordering::SeqCst), 0, "{name}: in-flight limit exceeded");
+    assert!(
+        undecodable <= injected,
+        "{name}: {undecodable} undecodable but {injected} injected"
+    );
+    assert_eq!(
+        probe.over_limit.load(Ordering::SeqCst),
+        0,
+        "{name}: in-flight limit exceeded"
+    );
     assert!(probe.max_in_flight.load(Ordering::SeqCst) <= LIMIT);
     assert!(summary.drained && summary.unfinished.is_empty(), "{name}: {summary:?}");
     assert_eq!(server.pending(), 0, "{name}: the final offset was not confirmed");
@@ -119,7 +126,11 @@ async fn every_policy_keeps_the_in_flight_limit_at_every_instant_in_at_least_onc
             .build();
         let shutdown = runtime.shutdown_token();
         let run = tokio::spawn(runtime.run());
-        assert!(wait_until(60, || probe.count() >= N).await, "{name}: stuck at {}", probe.count());
+        assert!(
+            wait_until(60, || probe.count() >= N).await,
+            "{name}: stuck at {}",
+            probe.count()
+        );
         shutdown.cancel();
         let summary = run.await.unwrap().unwrap();
         assert_eq!(probe.over_limit.load(Ordering::SeqCst), 0, "{name}");

@@ -5,13 +5,13 @@ mod common;
 
 use std::collections::HashMap;
 use std::convert::Infallible;
-use std::sync::atomic::Ordering;
 use std::sync::Arc;
+use std::sync::atomic::Ordering;
 use std::time::Duration;
 
-use common::{server_with, telegram, wait_until, Probe};
+use common::{Probe, server_with, telegram, wait_until};
 use parking_lot::Mutex;
-use pollgate_admission::{all_of, ByteBudget, Fixed};
+use pollgate_admission::{ByteBudget, Fixed, all_of};
 use pollgate_core::{MemoryTransport, Update};
 use pollgate_runtime::Runtime;
 
@@ -27,12 +27,19 @@ async fn same_key_runs_one_at_a_time_in_id_order_over_http() {
         .build();
     let shutdown = runtime.shutdown_token();
     let run = tokio::spawn(runtime.run());
-    assert!(wait_until(60, || probe.count() >= N).await, "stuck at {}", probe.count());
+    assert!(
+        wait_until(60, || probe.count() >= N).await,
+        "stuck at {}",
+        probe.count()
+    );
     shutdown.cancel();
     let summary = run.await.unwrap().unwrap();
     assert_eq!(probe.order_violations.load(Ordering::SeqCst), 0);
     assert_eq!(summary.stats.finished(), N as u64);
-    assert!(probe.max_in_flight.load(Ordering::SeqCst) > 1, "different keys must run concurrently");
+    assert!(
+        probe.max_in_flight.load(Ordering::SeqCst) > 1,
+        "different keys must run concurrently"
+    );
     assert_eq!(summary.stats.queued, 0);
 }
 
@@ -47,14 +54,20 @@ fn update(id: i64, chat: i64) -> Update {
 /// `slow_key_time` and every other handler 10 ms.
 async fn completions_by_key(slow_key_time: Duration, window: Duration) -> HashMap<i64, usize> {
     const KEYS: i64 = 100;
-    let transport = Arc::new(MemoryTransport::with_updates((1..=20_000).map(|id| update(id, id % KEYS))));
+    let transport = Arc::new(MemoryTransport::with_updates(
+        (1..=20_000).map(|id| update(id, id % KEYS)),
+    ));
     let done: Arc<Mutex<HashMap<i64, usize>>> = Arc::default();
     let d = Arc::clone(&done);
     let handler = move |u: Update| {
         let d = Arc::clone(&d);
         async move {
             let key = u.key().unwrap();
-            let t = if key == 0 { slow_key_time } else { Duration::from_millis(10) };
+            let t = if key == 0 {
+                slow_key_time
+            } else {
+                Duration::from_millis(10)
+            };
             tokio::time::sleep(t).await;
             *d.lock().entry(key).or_default() += 1;
             Ok::<(), Infallible>(())
@@ -82,7 +95,10 @@ async fn a_blocked_key_costs_the_other_keys_less_than_five_percent() {
     let normal = completions_by_key(Duration::from_millis(10), window).await;
     let blocked = completions_by_key(Duration::from_secs(3600), window).await;
     let (normal_others, blocked_others) = (others(&normal), others(&blocked));
-    assert!(normal_others > 1000, "the baseline did too little work: {normal_others}");
+    assert!(
+        normal_others > 1000,
+        "the baseline did too little work: {normal_others}"
+    );
     assert_eq!(blocked.get(&0).copied().unwrap_or(0), 0, "key 0 was blocked");
     assert!(
         blocked_others as f64 >= 0.95 * normal_others as f64,

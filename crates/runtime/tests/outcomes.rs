@@ -3,8 +3,8 @@
 
 mod common;
 
-use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::Duration;
 
 use common::{server_with, telegram, wait_until};
@@ -49,7 +49,9 @@ async fn errors_and_panics_are_counted_reported_and_do_not_stop_the_loop() {
         match u.id() % 10 {
             3 => panic!("handler bug on {}", u.id()),
             5 => Err(Box::new(std::io::Error::other("downstream said no")) as pollgate_runtime::BoxError),
-            7 => Err(Box::new(Overloaded { reason: "db pool".into() }) as pollgate_runtime::BoxError),
+            7 => Err(Box::new(Overloaded {
+                reason: "db pool".into(),
+            }) as pollgate_runtime::BoxError),
             _ => Ok(()),
         }
     };

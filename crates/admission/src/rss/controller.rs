@@ -8,20 +8,23 @@
 //! RSS is compared with an *anchor*: the last sample that moved by more than the noise
 //! tolerance (1% of the target by default). A sample above the anchor by more than the
 //! tolerance is **rising**, below it **falling**, else **flat**; "flat for" is the time
-//! since the anchor last moved. With `high = high_mark × target`, `low = low_mark × target`:
+//! since the anchor last moved. With `high = high_mark × target` (0.95 by default) and
+//! `low = low_mark × target` (0.80), at most one change per `settle` interval (50 ms):
 //!
-//! | RSS                | condition                                              | budget |
-//! |--------------------|--------------------------------------------------------|--------|
-//! | ≥ high             | rising, and `settle` since the last shrink              | × `shrink_factor`, from `min(budget, in use)` |
-//! | ≥ high             | not rising, budget at the floor, used, flat for `hold`   | + probe step |
-//! | ≥ high             | otherwise (high but flat: retained memory is reused)     | hold |
-//! | < low              | used (`in use ≥ budget / 2`), `settle` since last change | × `grow_factor` |
-//! | between the marks  | not rising, fully used (`≥ 90%`), flat for `hold`        | + probe step (sticky-RSS escape) |
-//! | between the marks  | otherwise                                              | hold |
+//! | RSS                | condition                                   | budget |
+//! |--------------------|---------------------------------------------|--------|
+//! | ≥ target           | rising                                      | `min(budget, in use) × shrink_factor` (0.7): fast |
+//! | ≥ high             | rising                                      | `min(budget, in use) − (rss − high)`: take back the overshoot |
+//! | ≥ high             | not rising, budget at the floor, used, flat for `hold` | + probe step (5% of max) |
+//! | ≥ high             | otherwise (high but flat: retained memory is reused) | hold |
+//! | < low              | not rising, used (`in use ≥ budget / 2`)    | + max(`(grow_factor − 1) × budget`, `(high − rss) / 2`) |
+//! | between the marks  | not rising, fully used (`≥ 90%`)            | + `(high − rss) / 2` |
+//! | between the marks  | otherwise                                   | hold |
 //!
 //! "Used" is the no-growth-while-under-used rule: a budget that is not being used says
-//! nothing about whether more would fit, so it never grows. Probes are spaced by `hold`
-//! and the probe step is `probe_step × max_budget`. The result is clamped to
+//! nothing about whether more would fit, so it never grows. Growth between the marks is
+//! proportional to the headroom left under the high mark, so the budget settles where RSS
+//! meets the high mark instead of oscillating around it. The result is clamped to
 //! `[min_budget, max_budget]`.
 //!
 //! Why the escapes: allocators keep freed memory resident (measured after a 1 GiB burst:
@@ -41,9 +44,9 @@ pub struct ControllerConfig {
     pub min_budget: u64,
     /// The largest budget (bytes).
     pub max_budget: u64,
-    /// Above `high_mark × target`, rising RSS shrinks the budget (default 0.90).
+    /// Above `high_mark × target`, rising RSS shrinks the budget (default 0.95).
     pub high_mark: f64,
-    /// Below `low_mark × target`, a used budget grows (default 0.75).
+    /// Below `low_mark × target`, a used budget grows (default 0.80).
     pub low_mark: f64,
     /// Multiplier applied when shrinking (default 0.7).
     pub shrink_factor: f64,
@@ -76,8 +79,8 @@ impl ControllerConfig {
             target,
             min_budget,
             max_budget,
-            high_mark: 0.90,
-            low_mark: 0.75,
+            high_mark: 0.95,
+            low_mark: 0.80,
             shrink_factor: 0.7,
             grow_factor: 1.1,
             probe_step: 0.05,
@@ -120,12 +123,13 @@ enum Trend {
 /// const MIB: u64 = 1 << 20;
 /// let config = ControllerConfig::new(1000 * MIB, 50 * MIB, 800 * MIB);
 /// let mut controller = BudgetController::new(config, 200 * MIB);
-/// assert_eq!(controller.budget(), 720 * MIB); // (1000 − 200) × 0.9
+/// assert_eq!(controller.budget(), 750 * MIB); // 950 (the high mark) − 200
 ///
-/// // RSS climbs past the high mark (900 MiB) while the budget is in use: shrink.
-/// controller.on_sample(850 * MIB, 700 * MIB, 0);
-/// let shrunk = controller.on_sample(950 * MIB, 700 * MIB, 10);
-/// assert_eq!(shrunk, 490 * MIB); // 700 × 0.7
+/// // RSS climbs 20 MiB past the high mark (950 MiB) with 700 MiB in use: give back 20.
+/// controller.on_sample(900 * MIB, 700 * MIB, 0);
+/// assert_eq!(controller.on_sample(970 * MIB, 700 * MIB, 10), 680 * MIB);
+/// // Past the target itself: shrink fast.
+/// assert_eq!(controller.on_sample(1030 * MIB, 680 * MIB, 60), 476 * MIB); // 680 × 0.7
 /// ```
 #[derive(Clone, Debug)]
 pub struct BudgetController {
@@ -138,9 +142,13 @@ pub struct BudgetController {
 }
 
 impl BudgetController {
-    /// Starts at `(target − rss) × 0.9`, clamped to the budget range.
+    /// Starts at `high − rss` (the headroom under the high mark), clamped to the budget
+    /// range.
     pub fn new(config: ControllerConfig, rss_at_start: u64) -> Self {
-        let budget = scale(config.target.saturating_sub(rss_at_start), 0.9).clamp(config.min_budget, config.max_budget);
+        let budget = config
+            .high_bytes()
+            .saturating_sub(rss_at_start)
+            .clamp(config.min_budget, config.max_budget);
         Self {
             config,
             budget,
@@ -185,25 +193,36 @@ impl BudgetController {
             flat_for >= c.hold_ms && since(self.last_probe_ms, c.hold_ms) && since(self.last_shrink_ms, c.hold_ms);
         let probe_step = scale(c.max_budget, c.probe_step).max(1);
 
+        let (high, low) = (c.high_bytes(), c.low_bytes());
         let mut budget = self.budget;
-        if rss >= c.high_bytes() {
-            if trend == Trend::Rising {
-                if since(self.last_shrink_ms, c.settle_ms) {
-                    budget = scale(budget.min(in_use.max(c.min_budget)), c.shrink_factor);
-                    self.last_shrink_ms = Some(now_ms);
-                }
-            } else if budget <= c.min_budget && used && probe_due {
+        if rss >= high && trend == Trend::Rising {
+            if since(self.last_shrink_ms, c.settle_ms) {
+                let base = budget.min(in_use.max(c.min_budget));
+                budget = if rss >= c.target {
+                    scale(base, c.shrink_factor)
+                } else {
+                    base.saturating_sub(rss - high)
+                };
+                self.last_shrink_ms = Some(now_ms);
+            }
+        } else if rss >= high {
+            if budget <= c.min_budget && used && probe_due {
                 budget = budget.saturating_add(probe_step);
                 self.last_probe_ms = Some(now_ms);
             }
-        } else if rss < c.low_bytes() {
-            if used && since(self.last_grow_ms, c.settle_ms) {
-                budget = scale(budget, c.grow_factor).max(budget.saturating_add(1));
+        } else if trend != Trend::Rising && since(self.last_grow_ms, c.settle_ms) {
+            let headroom = (high - rss) / 2;
+            let step = if rss < low && used {
+                Some((scale(budget, c.grow_factor) - budget.min(scale(budget, c.grow_factor))).max(headroom))
+            } else if fully_used {
+                Some(headroom)
+            } else {
+                None
+            };
+            if let Some(step) = step {
+                budget = budget.saturating_add(step.max(1));
                 self.last_grow_ms = Some(now_ms);
             }
-        } else if trend != Trend::Rising && fully_used && rss < c.target && probe_due {
-            budget = budget.saturating_add(probe_step);
-            self.last_probe_ms = Some(now_ms);
         }
         self.budget = budget.clamp(c.min_budget, c.max_budget);
         self.budget
@@ -228,8 +247,8 @@ mod tests {
     }
 
     #[test]
-    fn initial_budget_is_nine_tenths_of_headroom_clamped() {
-        assert_eq!(controller(200 * MIB).budget(), 720 * MIB);
+    fn initial_budget_is_the_headroom_under_the_high_mark_clamped() {
+        assert_eq!(controller(200 * MIB).budget(), 750 * MIB);
         assert_eq!(controller(0).budget(), 800 * MIB, "clamped to max");
         assert_eq!(controller(2000 * MIB).budget(), 10 * MIB, "clamped to min");
     }
@@ -237,7 +256,7 @@ mod tests {
     #[test]
     fn overshoot_shrinks_repeatedly_until_below_the_high_mark() {
         let mut c = controller(100 * MIB);
-        let mut rss = 880 * MIB;
+        let mut rss = 960 * MIB;
         let mut t = 0;
         c.on_sample(rss, c.budget(), t);
         // RSS keeps rising by 20 MiB per 50 ms while the budget is fully used.
@@ -248,12 +267,13 @@ mod tests {
             let after = c.on_sample(rss, before, t);
             assert!(after < before, "rising above high must shrink at {t} ms");
         }
-        assert!(c.budget() < 100 * MIB, "{}", c.budget() / MIB);
-        // The shrinks bite: RSS falls below the high mark and the budget stops shrinking.
+        assert!(c.budget() < 150 * MIB, "{}", c.budget() / MIB);
+        // The shrinks bite: RSS falls below the high mark and the budget stops shrinking
+        // (not fully used: no growth either).
         let settled = c.budget();
         for _ in 0..9 {
             t += 50;
-            assert_eq!(c.on_sample(850 * MIB, settled, t), settled);
+            assert_eq!(c.on_sample(850 * MIB, settled / 2, t), settled);
         }
     }
 
@@ -271,13 +291,20 @@ mod tests {
     #[test]
     fn shrinks_at_most_once_per_settle_interval() {
         let mut c = controller(100 * MIB);
-        c.on_sample(880 * MIB, 700 * MIB, 0);
-        let first = c.on_sample(920 * MIB, 700 * MIB, 5);
-        assert_eq!(first, 490 * MIB);
-        let held = c.on_sample(960 * MIB, 490 * MIB, 10);
+        c.on_sample(990 * MIB, 700 * MIB, 0);
+        let first = c.on_sample(1020 * MIB, 700 * MIB, 5);
+        assert_eq!(first, 490 * MIB, "far over the target: multiplicative");
+        let held = c.on_sample(1040 * MIB, 490 * MIB, 10);
         assert_eq!(held, first, "RSS lags admission: wait for it to settle");
-        let second = c.on_sample(1000 * MIB, 490 * MIB, 60);
+        let second = c.on_sample(1060 * MIB, 490 * MIB, 60);
         assert_eq!(second, 343 * MIB);
+    }
+
+    #[test]
+    fn a_small_overshoot_takes_back_just_the_overshoot() {
+        let mut c = controller(100 * MIB);
+        c.on_sample(940 * MIB, 800 * MIB, 0);
+        assert_eq!(c.on_sample(962 * MIB, 800 * MIB, 50), 788 * MIB);
     }
 
     #[test]
@@ -292,7 +319,7 @@ mod tests {
     #[test]
     fn recovery_grows_back_to_max_when_used() {
         let mut c = controller(950 * MIB);
-        assert_eq!(c.budget(), 45 * MIB);
+        assert_eq!(c.budget(), 10 * MIB, "no headroom at start: the floor");
         let mut t = 0;
         while c.budget() < 800 * MIB {
             let budget = c.budget();
@@ -330,17 +357,18 @@ mod tests {
             let after = c.on_sample(850 * MIB, before, t);
             if after > before {
                 probes += 1;
-                assert!(after - before <= 40 * MIB, "additive probe of 5% of max");
+                assert!(after - before <= 50 * MIB, "half the headroom under the high mark");
             }
             t += 5;
         }
         assert!(probes >= 10, "budget stuck at the floor: {probes} probes");
+        assert_eq!(c.budget(), 800 * MIB, "retained memory reused: grows to max");
         assert!(c.budget() > 400 * MIB);
 
         // Now the extra budget really makes RSS grow past the high mark: shrink again.
-        c.on_sample(920 * MIB, c.budget(), t);
+        c.on_sample(940 * MIB, c.budget(), t);
         let before = c.budget();
-        let after = c.on_sample(960 * MIB, before, t + 60);
+        let after = c.on_sample(980 * MIB, before, t + 60);
         assert!(after < before);
     }
 

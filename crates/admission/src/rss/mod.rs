@@ -306,8 +306,8 @@ impl RssAdaptiveBuilder {
             target,
             min_budget: None,
             max_budget: None,
-            high_mark: 0.90,
-            low_mark: 0.75,
+            high_mark: 0.95,
+            low_mark: 0.80,
             settle: Duration::from_millis(50),
             hold: Duration::from_millis(500),
             sample_every: Duration::from_millis(5),
@@ -329,13 +329,13 @@ impl RssAdaptiveBuilder {
         self
     }
 
-    /// The high mark as a fraction of the target (default 0.90).
+    /// The high mark as a fraction of the target (default 0.95).
     pub fn high_mark(mut self, fraction: f64) -> Self {
         self.high_mark = fraction;
         self
     }
 
-    /// The low mark as a fraction of the target (default 0.75).
+    /// The low mark as a fraction of the target (default 0.80).
     pub fn low_mark(mut self, fraction: f64) -> Self {
         self.low_mark = fraction;
         self
@@ -502,7 +502,7 @@ mod tests {
         let controller = policy.core.controller.lock();
         assert_eq!(controller.config().max_budget, 800 * MIB);
         assert_eq!(controller.config().min_budget, 50 * MIB);
-        assert_eq!(controller.budget(), 720 * MIB);
+        assert_eq!(controller.budget(), 750 * MIB, "the headroom under the high mark");
     }
 
     #[test]
@@ -541,17 +541,17 @@ mod tests {
         };
         assert!(policy.admits(&busy, 100 * MIB));
         policy.on_memory(MemorySample {
-            rss_bytes: 880 * MIB,
+            rss_bytes: 980 * MIB,
             at_ms: 0,
         });
         policy.on_memory(MemorySample {
-            rss_bytes: 950 * MIB,
+            rss_bytes: 1050 * MIB,
             at_ms: 10,
         });
-        assert_eq!(policy.budget(), 560 * MIB, "800 in use × 0.7");
+        assert_eq!(policy.budget(), 560 * MIB, "over the target: 800 in use × 0.7");
         assert!(!policy.admits(&busy, 100 * MIB));
         assert!(policy.admits(&Load::default(), 5_000 * MIB), "runs alone");
-        assert_eq!(policy.last_sample().unwrap().rss_bytes, 950 * MIB);
+        assert_eq!(policy.last_sample().unwrap().rss_bytes, 1050 * MIB);
     }
 
     #[test]

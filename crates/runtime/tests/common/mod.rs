@@ -5,8 +5,8 @@
 use std::collections::HashMap;
 use std::convert::Infallible;
 use std::future::Future;
-use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::Arc;
+use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::Duration;
 
 use mock_bot_api::{BacklogSpec, MockConfig, MockServer};
@@ -122,7 +122,10 @@ impl Probe {
     }
 
     /// A handler that records into this probe and holds each update for `delay`.
-    pub fn handler(self: &Arc<Self>) -> impl Fn(Update) -> std::pin::Pin<Box<dyn Future<Output = Result<(), Infallible>> + Send>> + Send + Sync + 'static {
+    pub fn handler(
+        self: &Arc<Self>,
+    ) -> impl Fn(Update) -> std::pin::Pin<Box<dyn Future<Output = Result<(), Infallible>> + Send>> + Send + Sync + 'static
+    {
         let probe = Arc::clone(self);
         move |u: Update| {
             let probe = Arc::clone(&probe);
