@@ -103,6 +103,8 @@ pub struct GateStats {
     pub admitted: u64,
     /// Permits released since the gate was built.
     pub completed: u64,
+    /// The most permits that were out at once since the gate was built.
+    pub max_in_flight: usize,
     /// The policy's latest memory sample, if it takes any.
     pub memory: Option<MemorySample>,
 }
@@ -286,6 +288,7 @@ impl Gate {
             waiters: state.waiters.len(),
             admitted: state.admitted,
             completed: state.completed,
+            max_in_flight: state.max_in_flight,
             memory: None,
         };
         drop(state);
@@ -370,6 +373,7 @@ pub(crate) struct State {
     pub(crate) closed: bool,
     pub(crate) admitted: u64,
     pub(crate) completed: u64,
+    pub(crate) max_in_flight: usize,
     /// Source of waiter and watcher ids; ids increase, so map order is arrival order.
     pub(crate) next_id: u64,
     /// The FIFO queue of `acquire` calls.
@@ -408,6 +412,7 @@ impl State {
     /// Accounts for one granted permit.
     pub(crate) fn grant(&mut self, cost: u64, reserved: bool) {
         self.in_flight += 1;
+        self.max_in_flight = self.max_in_flight.max(self.in_flight);
         if reserved {
             self.queued -= 1;
         } else {

@@ -78,7 +78,8 @@ impl AckTracker {
     }
 
     /// Records that `id` is finished (handled, failed or undecodable). Returns whether the
-    /// acknowledgeable offset moved.
+    /// fetch window moved, i.e. whether a dispatcher waiting for room should look again
+    /// (only at-least-once with cumulative acks ever waits for that).
     pub(crate) fn finished(&mut self, id: i64, receipt: Option<&Arc<str>>) -> bool {
         let before = self.unfinished.first().copied();
         self.unfinished.remove(&id);
@@ -87,17 +88,13 @@ impl AckTracker {
                 self.receipts.push(Arc::clone(r));
             }
         }
-        let after = self.unfinished.first().copied();
-        if before != after {
-            if self.tracks_window() {
-                let below = self.below();
-                if let Some(below) = below {
-                    self.seen_above = self.seen_above.split_off(&below);
-                }
-            }
-            return true;
+        if !self.tracks_window() || before == self.unfinished.first().copied() {
+            return false;
         }
-        self.delivery == Delivery::AtLeastOnce && receipt.is_some()
+        if let Some(below) = self.below() {
+            self.seen_above = self.seen_above.split_off(&below);
+        }
+        true
     }
 
     /// The cumulative offset that may be acknowledged now.
@@ -137,7 +134,7 @@ mod tests {
             assert_eq!(t.fetched(id, None), Seen::New);
         }
         assert_eq!(t.below(), Some(10));
-        assert!(!t.finished(12, None));
+        assert!(!t.finished(12, None), "the window did not move");
         assert_eq!(t.below(), Some(10));
         assert_eq!(t.redelivered_next(), 5);
         assert!(t.finished(10, None));

@@ -64,6 +64,8 @@ pub(crate) struct Config {
     pub(crate) max_queued: usize,
     pub(crate) cost: Cost,
     pub(crate) poll_timeout: Duration,
+    pub(crate) min_fetch: usize,
+    pub(crate) fetch_coalesce: Duration,
     pub(crate) drain_deadline: Duration,
     pub(crate) summary_every: Option<Duration>,
 }
@@ -101,6 +103,8 @@ impl<T: Transport, H: Handler> RuntimeBuilder<T, H> {
                 max_queued: 1024,
                 cost: Cost::Factor(DEFAULT_COST_FACTOR),
                 poll_timeout: Duration::from_secs(30),
+                min_fetch: 16,
+                fetch_coalesce: Duration::from_millis(1),
                 drain_deadline: Duration::from_secs(30),
                 summary_every: None,
             },
@@ -167,6 +171,17 @@ impl<T: Transport, H: Handler> RuntimeBuilder<T, H> {
     /// The long-poll timeout of each fetch (default 30 s).
     pub fn poll_timeout(mut self, timeout: Duration) -> Self {
         self.config.poll_timeout = timeout;
+        self
+    }
+
+    /// While handlers run, do not fetch fewer than `min` updates unless `coalesce` has
+    /// passed since the policy first allowed a smaller fetch (defaults: 16 and 1 ms).
+    /// With fast handlers this turns one fetch per completion into one fetch per batch
+    /// of completions; it never lets more in than the policy admits. `min` 1 fetches as
+    /// soon as anything fits.
+    pub fn fetch_batching(mut self, min: usize, coalesce: Duration) -> Self {
+        self.config.min_fetch = min.max(1);
+        self.config.fetch_coalesce = coalesce;
         self
     }
 

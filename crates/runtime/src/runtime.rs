@@ -76,14 +76,6 @@ impl<H> Ctx<H> {
         }
     }
 
-    /// Records the highest number of handlers seen running at once.
-    pub(crate) fn note_in_flight(&self) {
-        let now = self.gate.load().in_flight;
-        self.counters
-            .max_in_flight
-            .fetch_max(now, std::sync::atomic::Ordering::Relaxed);
-    }
-
     /// Gives up on an update that will not run (abort or closed gate).
     pub(crate) fn give_up(&self, update: &Update) {
         Counters::bump(&self.counters.aborted);
@@ -386,8 +378,10 @@ async fn dispatch_loop<T: Transport, H: Handler>(
         ctx.gate.on_batch(batch.len());
 
         let mut items: Vec<Item> = batch.updates.into_iter().map(Item::Run).collect();
-        items.extend(batch.failures.into_iter().map(Item::Skip));
-        items.sort_by_key(Item::id);
+        if !batch.failures.is_empty() {
+            items.extend(batch.failures.into_iter().map(Item::Skip));
+            items.sort_by_key(Item::id);
+        }
         for item in items {
             match item {
                 Item::Skip(f) => {
@@ -413,7 +407,13 @@ async fn dispatch_loop<T: Transport, H: Handler>(
 
 /// Waits until something may be fetched; returns the `limit` to ask for (new updates the
 /// policy admits plus the ones the server will send again), or `None` when the gate closed.
+///
+/// While handlers are running and the policy allows fewer than `min_fetch` new updates,
+/// it waits up to `fetch_coalesce` for more room: with fast handlers every completion
+/// would otherwise cost a fetch of one update.
 async fn fetch_limit<H>(ctx: &Ctx<H>, window: usize) -> Option<usize> {
+    let threshold = ctx.config.min_fetch.clamp(1, window);
+    let mut deadline = None;
     loop {
         let progressed = ctx.progress.notified();
         tokio::pin!(progressed);
@@ -432,8 +432,19 @@ async fn fetch_limit<H>(ctx: &Ctx<H>, window: usize) -> Option<usize> {
         // The wait may have been long: re-read what the server will send again.
         let again = ctx.acks.lock().redelivered_next();
         let new = admits.min(room_queue).min(window.saturating_sub(again));
-        if new > 0 {
+        if new == 0 {
+            continue;
+        }
+        if new >= threshold.min(room_queue) || ctx.gate.load().in_flight == 0 {
             return Some(again + new);
+        }
+        let until = *deadline.get_or_insert_with(|| tokio::time::Instant::now() + ctx.config.fetch_coalesce);
+        if tokio::time::Instant::now() >= until {
+            return Some(again + new);
+        }
+        tokio::select! {
+            _ = ctx.gate.changed() => {}
+            _ = tokio::time::sleep_until(until) => {}
         }
     }
 }
@@ -463,7 +474,6 @@ async fn acquire_and_spawn<H: Handler>(ctx: &Arc<Ctx<H>>, update: Update, cost: 
     };
     match permit {
         Some(permit) => {
-            ctx.note_in_flight();
             ctx.tracker.spawn(task::run(Arc::clone(ctx), update, permit));
         }
         None => {

@@ -4,7 +4,7 @@
 //! view (in flight, bytes, limit, memory) and costs one short lock.
 
 use std::sync::Arc;
-use std::sync::atomic::{AtomicI64, AtomicU64, AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicI64, AtomicU64, Ordering};
 
 use pollgate_admission::{Gate, Limit, MemorySample};
 
@@ -57,7 +57,6 @@ const NO_OFFSET: i64 = i64::MIN;
 
 #[derive(Debug)]
 pub(crate) struct Counters {
-    pub(crate) max_in_flight: AtomicUsize,
     pub(crate) completed: AtomicU64,
     pub(crate) failed: AtomicU64,
     pub(crate) panicked: AtomicU64,
@@ -72,7 +71,6 @@ pub(crate) struct Counters {
 impl Default for Counters {
     fn default() -> Counters {
         Counters {
-            max_in_flight: AtomicUsize::new(0),
             completed: AtomicU64::new(0),
             failed: AtomicU64::new(0),
             panicked: AtomicU64::new(0),
@@ -111,7 +109,7 @@ impl StatsHandle {
         let r = |x: &AtomicU64| x.load(Ordering::Relaxed);
         Stats {
             in_flight: g.in_flight,
-            max_in_flight: c.max_in_flight.load(Ordering::Relaxed),
+            max_in_flight: g.max_in_flight,
             queued: g.queued,
             limit: g.limit,
             bytes: g.bytes,

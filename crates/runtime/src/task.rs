@@ -37,10 +37,7 @@ pub(crate) async fn run<H: Handler>(ctx: Arc<Ctx<H>>, mut update: Update, mut pe
             permit = ctx.gate.acquire_reserved(next.reservation) => permit.ok(),
         };
         match acquired {
-            Some(p) => {
-                ctx.note_in_flight();
-                permit = p;
-            }
+            Some(p) => permit = p,
             None => {
                 ctx.give_up(&update);
                 ctx.abandon_key(Some(key));
