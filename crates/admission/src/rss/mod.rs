@@ -27,7 +27,8 @@
 //!
 //! The hot path (`admits`, `fetch_limit`) reads the budget from an atomic: it costs what
 //! [`Fixed`](crate::Fixed)'s does. RSS is read by a [`MemoryProbe`] (default
-//! [`SysinfoProbe`], about 11 µs) on a dedicated OS thread `pollgate-rss`, every 5 ms by
+//! [`SysinfoProbe`], about 34 µs a read, see `docs/benchmarks.md`) on a dedicated OS thread
+//! `pollgate-rss`, every 5 ms by
 //! default — 5 to 10 ms is the useful range: faster burns CPU for no information (RSS
 //! moves by page faults), slower lets a burst overshoot. A tokio task would not do: it runs
 //! 5–19 ms late when handlers are CPU-bound. The thread stops when the policy is dropped.

@@ -31,8 +31,9 @@ where
 /// The default probe: `sysinfo`, refreshing only this process's memory.
 ///
 /// Keeps one `System` and refreshes just this PID with
-/// `ProcessRefreshKind::nothing().with_memory().without_tasks()` — about 11 µs a read on
-/// Linux, portable to the platforms sysinfo supports.
+/// `ProcessRefreshKind::nothing().with_memory().without_tasks()` — about 34 µs a read on
+/// the Linux VM of `docs/benchmarks.md` (DESIGN measured 11 µs elsewhere; [`ProcStatusProbe`]
+/// reads `/proc/self/statm` in about 3 µs), portable to the platforms sysinfo supports.
 pub struct SysinfoProbe {
     system: System,
     pid: Option<Pid>,
