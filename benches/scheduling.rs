@@ -6,6 +6,9 @@
 //! tracking, gate, permit, outcome accounting, tracing spans) relative to the cheapest
 //! correct way to bound concurrency by hand.
 
+// `criterion_group!` generates an undocumented public function.
+#![allow(missing_docs)]
+
 use std::convert::Infallible;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicUsize, Ordering};

@@ -74,6 +74,7 @@ pub(crate) async fn run(api_url: &str, token: &str, shutdown: CancellationToken)
                 "reply_parameters": { "message_id": message.message_id },
             });
             // Telegram limits bots to about 30 messages a second: honour one 429.
+            let mut why = String::new();
             for _ in 0..2 {
                 let response = client
                     .post(send_url.clone())
@@ -85,12 +86,13 @@ pub(crate) async fn run(api_url: &str, token: &str, shutdown: CancellationToken)
                 if reply.ok {
                     return Ok(());
                 }
+                why = reply.description.unwrap_or_default();
                 match reply.parameters.and_then(|p| p.retry_after) {
                     Some(wait) => tokio::time::sleep(Duration::from_secs(wait)).await,
                     None => break,
                 }
             }
-            Err(format!("sendMessage failed for update {}", update.id()).into())
+            Err(format!("sendMessage failed for update {}: {why}", update.id()).into())
         }
     };
     let runtime = Runtime::builder(transport, handler)

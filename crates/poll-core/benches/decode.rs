@@ -4,6 +4,9 @@
 //! The body is made of the real update fixtures (every kind, 230 B to 1.5 KB each),
 //! repeated with increasing ids up to 100 updates.
 
+// `criterion_group!` generates an undocumented public function.
+#![allow(missing_docs)]
+
 use std::hint::black_box;
 use std::sync::Arc;
 
