@@ -189,11 +189,16 @@ impl CostEstimate {
     }
 
     /// Moves the average 1/8 of the way towards `cost`.
+    ///
+    /// Read-mostly: when the estimate already equals what the sample would make it (steady
+    /// costs), nothing is written, so the hot path does not bounce a cache line between
+    /// workers. A lost race skips one sample, which an estimate can afford.
     pub(crate) fn record(&self, cost: u64) {
-        let _ = self.0.fetch_update(Ordering::Relaxed, Ordering::Relaxed, |old| {
-            let new = if old == 0 { cost } else { old - old / 8 + cost / 8 };
-            Some(new.max(1))
-        });
+        let old = self.0.load(Ordering::Relaxed);
+        let new = if old == 0 { cost } else { old - old / 8 + cost / 8 }.max(1);
+        if new != old {
+            let _ = self.0.compare_exchange(old, new, Ordering::Relaxed, Ordering::Relaxed);
+        }
     }
 }
 

@@ -63,14 +63,27 @@ pub(crate) struct Ctx<H> {
     /// Wakes the dispatcher when the ack window or the key queues moved.
     pub(crate) progress: Notify,
     pub(crate) keys: Option<Mutex<KeyQueues>>,
-    /// Fires at the drain deadline: running handlers are dropped, waiting ones give up.
+    /// Fires at the drain deadline: running handlers are dropped; the gate is closed at
+    /// the same moment, so updates waiting for a permit give up.
     pub(crate) abort: CancellationToken,
     pub(crate) tracker: TaskTracker,
+    /// Whether completions must be reported to the ack tracker (at-least-once, or
+    /// per-update receipts); eager cumulative acks need nothing per completion.
+    pub(crate) track_completions: bool,
+    /// Whether the policy wants handler latencies (else the clock is read only when
+    /// tracing wants it).
+    pub(crate) policy_times: bool,
+    /// Ids of updates given up: aborted at the deadline or never admitted. Bounded by
+    /// what was in flight or queued when the run was aborted.
+    pub(crate) given_up: Mutex<Vec<i64>>,
 }
 
 impl<H> Ctx<H> {
     /// Records that `id` is finished for acknowledgement.
     pub(crate) fn finished(&self, id: i64, receipt: Option<&Arc<str>>) {
+        if !self.track_completions {
+            return;
+        }
         if self.acks.lock().finished(id, receipt) {
             self.progress.notify_one();
         }
@@ -79,6 +92,7 @@ impl<H> Ctx<H> {
     /// Gives up on an update that will not run (abort or closed gate).
     pub(crate) fn give_up(&self, update: &Update) {
         Counters::bump(&self.counters.aborted);
+        self.given_up.lock().push(update.id());
         warn!(
             update_id = update.id(),
             "update not handled: the runtime is shutting down"
@@ -146,6 +160,8 @@ impl<T: Transport, H: Handler> Runtime<T, H> {
         config: Config,
     ) -> Self {
         let cumulative = matches!(transport.ack_model(), pollgate_core::AckModel::Cumulative { .. });
+        let track_completions = config.delivery == crate::Delivery::AtLeastOnce || !cumulative;
+        let policy_times = policy.measures_latency();
         let ctx = Ctx {
             handler,
             gate: Gate::with_shared(policy),
@@ -156,6 +172,9 @@ impl<T: Transport, H: Handler> Runtime<T, H> {
             progress: Notify::new(),
             abort: CancellationToken::new(),
             tracker: TaskTracker::new(),
+            track_completions,
+            policy_times,
+            given_up: Mutex::new(Vec::new()),
         };
         Runtime {
             transport,
@@ -202,11 +221,17 @@ impl<T: Transport, H: Handler> Runtime<T, H> {
         } = self;
         let stop = shutdown.child_token();
         let watchdog = tokio::spawn({
-            let (stop, abort, deadline) = (stop.clone(), ctx.abort.clone(), ctx.config.drain_deadline);
+            let (stop, abort, gate, deadline) = (
+                stop.clone(),
+                ctx.abort.clone(),
+                ctx.gate.clone(),
+                ctx.config.drain_deadline,
+            );
             async move {
                 stop.cancelled().await;
                 tokio::time::sleep(deadline).await;
                 abort.cancel();
+                gate.close();
             }
         });
         let reporter = ctx
@@ -224,7 +249,7 @@ impl<T: Transport, H: Handler> Runtime<T, H> {
             r.abort();
         }
         let drained = !ctx.abort.is_cancelled();
-        let (below, receipts, unfinished) = {
+        let (below, receipts, mut unfinished) = {
             let mut acks = ctx.acks.lock();
             (
                 acks.below(),
@@ -232,6 +257,11 @@ impl<T: Transport, H: Handler> Runtime<T, H> {
                 acks.unfinished().collect::<Vec<_>>(),
             )
         };
+        if ctx.config.delivery == crate::Delivery::Eager {
+            // Eager acks keep no per-update state: what did not finish was given up.
+            unfinished = std::mem::take(&mut *ctx.given_up.lock());
+            unfinished.sort_unstable();
+        }
         if !unfinished.is_empty() {
             let first: Vec<_> = unfinished.iter().take(20).collect();
             match ctx.config.delivery {
@@ -467,12 +497,8 @@ async fn admit<H: Handler>(ctx: &Arc<Ctx<H>>, update: Update) {
 }
 
 async fn acquire_and_spawn<H: Handler>(ctx: &Arc<Ctx<H>>, update: Update, cost: u64) {
-    let permit = tokio::select! {
-        biased;
-        _ = ctx.abort.cancelled() => None,
-        permit = ctx.gate.acquire(cost) => permit.ok(),
-    };
-    match permit {
+    // At the drain deadline the gate is closed: a waiting acquire then fails.
+    match ctx.gate.acquire(cost).await.ok() {
         Some(permit) => {
             ctx.tracker.spawn(task::run(Arc::clone(ctx), update, permit));
         }

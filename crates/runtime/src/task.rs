@@ -31,12 +31,8 @@ pub(crate) async fn run<H: Handler>(ctx: Arc<Ctx<H>>, mut update: Update, mut pe
         };
         ctx.progress.notify_one();
         update = next.update;
-        let acquired = tokio::select! {
-            biased;
-            _ = ctx.abort.cancelled() => None,
-            permit = ctx.gate.acquire_reserved(next.reservation) => permit.ok(),
-        };
-        match acquired {
+        // At the drain deadline the gate is closed: a waiting acquire then fails.
+        match ctx.gate.acquire_reserved(next.reservation).await.ok() {
             Some(p) => permit = p,
             None => {
                 ctx.give_up(&update);
@@ -51,7 +47,7 @@ pub(crate) async fn run<H: Handler>(ctx: Arc<Ctx<H>>, mut update: Update, mut pe
 async fn execute<H: Handler>(ctx: &Ctx<H>, update: Update, permit: Permit) -> bool {
     let id = update.id();
     let span = debug_span!("update", update_id = id, key = ?update.key(), cost = permit.cost());
-    let started = Instant::now();
+    let started = (ctx.policy_times || tracing::enabled!(tracing::Level::DEBUG)).then(Instant::now);
     let result = async {
         let future = std::panic::catch_unwind(AssertUnwindSafe(|| ctx.handler.handle(update)));
         let future = match future {
@@ -66,13 +62,14 @@ async fn execute<H: Handler>(ctx: &Ctx<H>, update: Update, permit: Permit) -> bo
     }
     .instrument(span.clone())
     .await;
-    let latency = started.elapsed();
+    let latency = started.map(|t| t.elapsed()).unwrap_or_default();
     let _entered = span.enter();
     let latency_ms = latency.as_secs_f64() * 1e3;
     match result {
         None => {
             permit.finish(Outcome::Cancelled, latency);
             Counters::bump(&ctx.counters.aborted);
+            ctx.given_up.lock().push(id);
             warn!(update_id = id, latency_ms, "handler aborted at the drain deadline");
             false
         }

@@ -18,8 +18,16 @@ const LIMIT: usize = 16;
 /// Runs a first consumer on its own tokio runtime until it handled `crash_after`
 /// updates, then kills it without any shutdown (its tasks are dropped, nothing is
 /// flushed). Returns what it handled and its last stats.
-async fn run_and_crash(server: &MockServer, delivery: Delivery, crash_after: usize) -> (Vec<i64>, Stats) {
-    let probe = Probe::new(LIMIT, Duration::from_millis(20));
+async fn run_and_crash(
+    server: &MockServer,
+    delivery: Delivery,
+    crash_after: usize,
+    stuck_every: Option<i64>,
+) -> (Vec<i64>, Stats) {
+    let probe = match stuck_every {
+        Some(every) => Probe::with_stuck(LIMIT, Duration::from_millis(20), every),
+        None => Probe::new(LIMIT, Duration::from_millis(20)),
+    };
     let rt = tokio::runtime::Builder::new_multi_thread()
         .worker_threads(1)
         .enable_all()
@@ -65,7 +73,7 @@ fn no_duplicates_within(run: &[i64]) -> BTreeSet<i64> {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn at_least_once_crash_loses_nothing_and_duplicates_stay_within_the_window() {
     let (server, ids) = server_with(N, 20).await;
-    let (first, at_crash) = run_and_crash(&server, Delivery::AtLeastOnce, N / 3).await;
+    let (first, at_crash) = run_and_crash(&server, Delivery::AtLeastOnce, N / 3, None).await;
     let confirmed = server.stats().highest_confirmed_offset;
     let first_set = no_duplicates_within(&first);
     let second = run_until(&server, Delivery::AtLeastOnce, |p| {
@@ -98,7 +106,9 @@ async fn at_least_once_crash_loses_nothing_and_duplicates_stay_within_the_window
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn eager_crash_loses_what_was_in_flight_and_no_more() {
     let (server, ids) = server_with(N, 20).await;
-    let (first, at_crash) = run_and_crash(&server, Delivery::Eager, N / 3).await;
+    // Every 50th handler hangs, so updates are certainly running, and already confirmed by
+    // a later fetch, when the process dies.
+    let (first, at_crash) = run_and_crash(&server, Delivery::Eager, N / 3, Some(50)).await;
     let first_set = no_duplicates_within(&first);
     let second = run_until(&server, Delivery::Eager, |p| server.pending() == 0 && p.count() > 0).await;
     let second_set = no_duplicates_within(&second);

@@ -64,6 +64,8 @@ pub struct Probe {
     running_keys: Mutex<HashMap<i64, usize>>,
     pub order_violations: AtomicUsize,
     crashed: std::sync::atomic::AtomicBool,
+    /// Updates whose id is a multiple of this never finish (stuck handlers).
+    pub stuck_every: Option<i64>,
 }
 
 impl Probe {
@@ -71,6 +73,16 @@ impl Probe {
         Arc::new(Probe {
             limit,
             delay,
+            ..Probe::default()
+        })
+    }
+
+    /// Like `new`, but the handlers of every `every`-th update id hang for ever.
+    pub fn with_stuck(limit: usize, delay: Duration, every: i64) -> Arc<Probe> {
+        Arc::new(Probe {
+            limit,
+            delay,
+            stuck_every: Some(every),
             ..Probe::default()
         })
     }
@@ -131,6 +143,9 @@ impl Probe {
             let probe = Arc::clone(&probe);
             Box::pin(async move {
                 probe.enter(&u);
+                if probe.stuck_every.is_some_and(|every| u.id() % every == 0) {
+                    std::future::pending::<()>().await;
+                }
                 tokio::time::sleep(probe.delay).await;
                 if !probe.exit(&u) {
                     std::future::pending::<()>().await;
