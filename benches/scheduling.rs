@@ -14,7 +14,7 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::Duration;
 
-use criterion::{Criterion, Throughput, criterion_group, criterion_main};
+use criterion::{Criterion, Throughput, criterion_group};
 use pollgate::{Fixed, MemoryTransport, Runtime, Update};
 use tokio::sync::{Notify, Semaphore};
 
@@ -60,21 +60,27 @@ async fn through_runtime(updates: Vec<Update>) {
     }
 }
 
+/// The hand-written loop. Like the runtime's dispatcher it runs as a task on the worker
+/// pool (not on the thread that blocks on the benchmark), so both get the same threads.
 async fn bare_spawn_semaphore(updates: Vec<Update>) {
-    let semaphore = Arc::new(Semaphore::new(CONCURRENCY));
-    let done = Arc::new((AtomicUsize::new(0), Notify::new()));
-    for u in updates {
-        let permit = Arc::clone(&semaphore).acquire_owned().await.unwrap();
-        let d = Arc::clone(&done);
-        tokio::spawn(async move {
-            std::hint::black_box(u.id());
-            if d.0.fetch_add(1, Ordering::Relaxed) + 1 == N {
-                d.1.notify_one();
-            }
-            drop(permit);
-        });
-    }
-    done.1.notified().await;
+    tokio::spawn(async move {
+        let semaphore = Arc::new(Semaphore::new(CONCURRENCY));
+        let done = Arc::new((AtomicUsize::new(0), Notify::new()));
+        for u in updates {
+            let permit = Arc::clone(&semaphore).acquire_owned().await.unwrap();
+            let d = Arc::clone(&done);
+            tokio::spawn(async move {
+                std::hint::black_box(u.id());
+                if d.0.fetch_add(1, Ordering::Relaxed) + 1 == N {
+                    d.1.notify_one();
+                }
+                drop(permit);
+            });
+        }
+        done.1.notified().await;
+    })
+    .await
+    .unwrap();
 }
 
 fn scheduling(c: &mut Criterion) {
@@ -97,4 +103,69 @@ fn scheduling(c: &mut Criterion) {
 }
 
 criterion_group!(benches, scheduling);
-criterion_main!(benches);
+
+/// The machine is shared and noisy: criterion measures one function after the other, so a
+/// burst of noise can land on one side only. This also runs both loops alternately, round
+/// after round, and reports the median of the per-round throughput ratios.
+fn interleaved() {
+    const ROUNDS: usize = 31;
+    let rt = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .enable_all()
+        .build()
+        .unwrap();
+    let all = updates();
+    let time = |runtime: bool| {
+        let updates = all.clone();
+        let started = std::time::Instant::now();
+        if runtime {
+            rt.block_on(through_runtime(updates));
+        } else {
+            rt.block_on(bare_spawn_semaphore(updates));
+        }
+        started.elapsed().as_secs_f64()
+    };
+    for _ in 0..3 {
+        time(true);
+        time(false);
+    }
+    let mut ratios = Vec::with_capacity(ROUNDS);
+    let (mut rts, mut bares) = (Vec::new(), Vec::new());
+    for round in 0..ROUNDS {
+        // Alternate which goes first, so neither always runs on a warmer machine.
+        let (r, b) = if round % 2 == 0 {
+            let r = time(true);
+            (r, time(false))
+        } else {
+            let b = time(false);
+            (time(true), b)
+        };
+        ratios.push(b / r);
+        rts.push(N as f64 / r);
+        bares.push(N as f64 / b);
+    }
+    let median = |v: &mut Vec<f64>| {
+        v.sort_by(f64::total_cmp);
+        v[v.len() / 2]
+    };
+    let report = serde_json::json!({
+        "rounds": ROUNDS,
+        "updates_per_round": N,
+        "median_ratio": median(&mut ratios),
+        "runtime_median_updates_per_s": median(&mut rts),
+        "bare_median_updates_per_s": median(&mut bares),
+        "ratios": ratios,
+    });
+    println!("scheduling, interleaved: {report}");
+    let dir = std::env::var_os("CARGO_TARGET_DIR").map_or_else(|| std::path::PathBuf::from("target"), Into::into);
+    let _ = std::fs::create_dir_all(dir.join("criterion"));
+    let _ = std::fs::write(dir.join("criterion/scheduling_interleaved.json"), report.to_string());
+}
+
+fn main() {
+    benches();
+    Criterion::default().configure_from_args().final_summary();
+    if std::env::args().any(|a| a == "--bench") {
+        interleaved();
+    }
+}

@@ -313,11 +313,25 @@ fn main() {
     ) {
         let _ = writeln!(
             md,
-            "\n### Scheduling overhead (10 000 updates, no-op handler, in-memory transport, 2 workers)\n\n| loop | updates/s |\n|---|---|\n| pollgate runtime (`Fixed(256)`) | {:.0} |\n| bare `tokio::spawn` + semaphore | {:.0} |\n\nThe runtime reaches {:.2}× the bare loop's throughput (goal ≥ 0.8: {}). With a handler that does any real work (the flood runs hold 200 ms) this overhead is invisible: efficiency above is measured against a perfect scheduler.",
+            "\n### Scheduling overhead (10 000 updates, no-op handler, in-memory transport, 2 workers)\n\n| loop | updates/s (criterion mean) |\n|---|---|\n| pollgate runtime (`Fixed(256)`) | {:.0} |\n| bare `tokio::spawn` + semaphore | {:.0} |\n\nCriterion's ratio: {:.2}×.",
             1e4 / (rt / 1e9),
             1e4 / (bare / 1e9),
             bare / rt,
-            verdict(bare / rt >= 0.8)
+        );
+    }
+    if let Some(inter) = std::fs::read_to_string(criterion.join("scheduling_interleaved.json"))
+        .ok()
+        .and_then(|t| serde_json::from_str::<Value>(&t).ok())
+    {
+        let ratio = f(&inter, "median_ratio");
+        let _ = writeln!(
+            md,
+            "\nInterleaved (the two loops alternate for {} rounds in one process, so noise hits both alike): runtime {:.0} updates/s, bare loop {:.0} updates/s (medians); median per-round ratio **{:.2}×** (goal ≥ 0.8: {}). With a handler that does any real work (the flood runs hold 200 ms) this overhead is invisible: efficiency above is measured against a perfect scheduler.",
+            u(&inter, "rounds"),
+            f(&inter, "runtime_median_updates_per_s"),
+            f(&inter, "bare_median_updates_per_s"),
+            ratio,
+            verdict(ratio >= 0.8)
         );
     }
 

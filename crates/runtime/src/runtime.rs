@@ -412,24 +412,44 @@ async fn dispatch_loop<T: Transport, H: Handler>(
             items.extend(batch.failures.into_iter().map(Item::Skip));
             items.sort_by_key(Item::id);
         }
-        for item in items {
+        // Register the whole batch under one lock: which ids are new, and the broken ones
+        // are finished at once (reported below, acknowledged past).
+        let fresh: Vec<bool> = {
+            let mut acks = ctx.acks.lock();
+            items
+                .iter()
+                .map(|item| match item {
+                    Item::Skip(f) => {
+                        let new = acks.fetched(f.update_id, None) == Seen::New;
+                        if new {
+                            acks.finished(f.update_id, None);
+                        }
+                        new
+                    }
+                    Item::Run(u) => acks.fetched(u.id(), u.receipt()) == Seen::New,
+                })
+                .collect()
+        };
+        let new_runs = items
+            .iter()
+            .zip(&fresh)
+            .filter(|(i, f)| **f && matches!(i, Item::Run(_)))
+            .count() as u64;
+        let again = items.iter().zip(&fresh).filter(|(_, f)| !**f).count() as u64;
+        ctx.counters
+            .fetched
+            .fetch_add(new_runs, std::sync::atomic::Ordering::Relaxed);
+        ctx.counters
+            .redelivered
+            .fetch_add(again, std::sync::atomic::Ordering::Relaxed);
+        for (item, fresh) in items.into_iter().zip(fresh) {
             match item {
-                Item::Skip(f) => {
-                    let mut acks = ctx.acks.lock();
-                    if acks.fetched(f.update_id, None) == Seen::New {
-                        Counters::bump(&ctx.counters.undecodable);
-                        error!(update_id = f.update_id, id_inferred = f.id_inferred, error = %f.error, raw = %f.raw, "undecodable update skipped");
-                        acks.finished(f.update_id, None);
-                    }
+                Item::Skip(f) if fresh => {
+                    Counters::bump(&ctx.counters.undecodable);
+                    error!(update_id = f.update_id, id_inferred = f.id_inferred, error = %f.error, raw = %f.raw, "undecodable update skipped");
                 }
-                Item::Run(update) => {
-                    if ctx.acks.lock().fetched(update.id(), update.receipt()) == Seen::Again {
-                        Counters::bump(&ctx.counters.redelivered);
-                        continue;
-                    }
-                    Counters::bump(&ctx.counters.fetched);
-                    admit(ctx, update).await;
-                }
+                Item::Run(update) if fresh => admit(ctx, update).await,
+                _ => {}
             }
         }
     }
@@ -500,7 +520,11 @@ async fn acquire_and_spawn<H: Handler>(ctx: &Arc<Ctx<H>>, update: Update, cost: 
     // At the drain deadline the gate is closed: a waiting acquire then fails.
     match ctx.gate.acquire(cost).await.ok() {
         Some(permit) => {
-            ctx.tracker.spawn(task::run(Arc::clone(ctx), update, permit));
+            if ctx.keys.is_some() && update.key().is_some() {
+                ctx.tracker.spawn(task::run(Arc::clone(ctx), update, permit));
+            } else {
+                ctx.tracker.spawn(task::run_one(Arc::clone(ctx), update, permit));
+            }
         }
         None => {
             ctx.give_up(&update);

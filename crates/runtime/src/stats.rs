@@ -57,10 +57,12 @@ const NO_OFFSET: i64 = i64::MIN;
 
 #[derive(Debug)]
 pub(crate) struct Counters {
-    pub(crate) completed: AtomicU64,
     pub(crate) failed: AtomicU64,
     pub(crate) panicked: AtomicU64,
+    /// Updates given up before they ran.
     pub(crate) aborted: AtomicU64,
+    /// Handlers dropped at the drain deadline (their permits were released).
+    pub(crate) aborted_running: AtomicU64,
     pub(crate) undecodable: AtomicU64,
     pub(crate) redelivered: AtomicU64,
     pub(crate) fetches: AtomicU64,
@@ -71,10 +73,10 @@ pub(crate) struct Counters {
 impl Default for Counters {
     fn default() -> Counters {
         Counters {
-            completed: AtomicU64::new(0),
             failed: AtomicU64::new(0),
             panicked: AtomicU64::new(0),
             aborted: AtomicU64::new(0),
+            aborted_running: AtomicU64::new(0),
             undecodable: AtomicU64::new(0),
             redelivered: AtomicU64::new(0),
             fetches: AtomicU64::new(0),
@@ -114,10 +116,14 @@ impl StatsHandle {
             limit: g.limit,
             bytes: g.bytes,
             admitted: g.admitted,
-            completed: r(&c.completed),
+            // Successes are not counted on the update path: they are the permits released,
+            // less the other outcomes (bumped before their permits are released).
+            completed: g
+                .completed
+                .saturating_sub(r(&c.failed) + r(&c.panicked) + r(&c.aborted_running)),
             failed: r(&c.failed),
             panicked: r(&c.panicked),
-            aborted: r(&c.aborted),
+            aborted: r(&c.aborted) + r(&c.aborted_running),
             undecodable: r(&c.undecodable),
             redelivered: r(&c.redelivered),
             fetches: r(&c.fetches),

@@ -15,6 +15,15 @@ use crate::handler::{BoxError, Handler, is_overload};
 use crate::runtime::Ctx;
 use crate::stats::Counters;
 
+/// Runs one update that has no ordering to keep (a smaller task than [`run`]).
+pub(crate) async fn run_one<H: Handler>(ctx: Arc<Ctx<H>>, update: Update, permit: Permit) {
+    let (id, receipt) = (update.id(), update.receipt().cloned());
+    if execute(&ctx, update, permit).await {
+        ctx.finished(id, receipt.as_ref());
+    }
+}
+
+/// Runs an update, then the updates queued behind its key, one at a time.
 pub(crate) async fn run<H: Handler>(ctx: Arc<Ctx<H>>, mut update: Update, mut permit: Permit) {
     loop {
         let (id, key, receipt) = (update.id(), update.key(), update.receipt().cloned());
@@ -67,15 +76,16 @@ async fn execute<H: Handler>(ctx: &Ctx<H>, update: Update, permit: Permit) -> bo
     let latency_ms = latency.as_secs_f64() * 1e3;
     match result {
         None => {
+            Counters::bump(&ctx.counters.aborted_running);
             permit.finish(Outcome::Cancelled, latency);
-            Counters::bump(&ctx.counters.aborted);
             ctx.given_up.lock().push(id);
             warn!(update_id = id, latency_ms, "handler aborted at the drain deadline");
             false
         }
         Some(Ok(Ok(()))) => {
+            // No counter here: successes are the gate's releases minus the other outcomes,
+            // so the common path writes no shared counter.
             permit.finish(Outcome::Success, latency);
-            Counters::bump(&ctx.counters.completed);
             debug!(update_id = id, outcome = "success", latency_ms, "update handled");
             true
         }
@@ -86,14 +96,14 @@ async fn execute<H: Handler>(ctx: &Ctx<H>, update: Update, permit: Permit) -> bo
             } else {
                 Outcome::Error
             };
-            permit.finish(outcome, latency);
             Counters::bump(&ctx.counters.failed);
+            permit.finish(outcome, latency);
             warn!(update_id = id, outcome = ?outcome, error = %e, latency_ms, "handler failed");
             true
         }
         Some(Err(panic)) => {
-            permit.finish(Outcome::Panic, latency);
             Counters::bump(&ctx.counters.panicked);
+            permit.finish(Outcome::Panic, latency);
             error!(
                 update_id = id,
                 outcome = "panic",
