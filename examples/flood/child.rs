@@ -130,10 +130,14 @@ async fn run(args: Args) -> Result<RunResult, String> {
     let (mut last_fetched, mut last_arrival) = (0, Instant::now());
     let mut last_progress = Instant::now();
     let mut tick = tokio::time::interval(Duration::from_millis(10));
+    let mut ended = None; // the run's result, when it stopped on its own (a fatal error)
     let drain = loop {
         tokio::select! {
             _ = tick.tick() => {}
-            _ = &mut run => break started.elapsed(),
+            result = &mut run => {
+                ended = Some(result);
+                break started.elapsed();
+            }
         }
         let handled = recorder.handled();
         if handled >= target {
@@ -156,7 +160,11 @@ async fn run(args: Args) -> Result<RunResult, String> {
         }
     };
     shutdown.cancel();
-    let summary = match run.await {
+    let result = match ended {
+        Some(result) => result,
+        None => run.await,
+    };
+    let summary = match result {
         Ok(Ok(summary)) => summary,
         Ok(Err(RunError::Transport { source, .. })) => return Err(format!("transport failed: {source}")),
         Ok(Err(e)) => return Err(e.to_string()),

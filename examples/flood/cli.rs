@@ -48,8 +48,9 @@ pub(crate) struct Args {
     /// Drain this Bot API-compatible server instead of the embedded one.
     #[arg(long = "api-url", value_name = "URL", requires = "token")]
     pub(crate) api_url: Option<String>,
-    /// The bot token for --api-url.
-    #[arg(long, value_name = "TOKEN", requires = "api_url")]
+    /// The bot token for --api-url (or the TELEGRAM_BOT_TOKEN environment variable, which
+    /// keeps it out of the process list).
+    #[arg(long, value_name = "TOKEN", env = "TELEGRAM_BOT_TOKEN", hide_env_values = true)]
     pub(crate) token: Option<String>,
     /// Append each handled update_id to this file, one per line, before the update
     /// counts as finished.

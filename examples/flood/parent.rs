@@ -111,7 +111,8 @@ async fn run_child(
     let mut cmd = Command::new(exe);
     cmd.arg("--child")
         .args(["--policy", &spec.to_string()])
-        .args(["--api-url", url, "--token", token])
+        .args(["--api-url", url])
+        .env("TELEGRAM_BOT_TOKEN", token) // not on the command line, where `ps` shows it
         .args(["--updates", &args.updates.to_string()])
         .args(["--text-bytes", &args.text_bytes.to_string()])
         .args(["--chats", &args.chats.to_string()])

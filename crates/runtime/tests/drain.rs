@@ -9,7 +9,7 @@ use std::sync::Arc;
 use std::sync::atomic::Ordering;
 use std::time::Duration;
 
-use common::{Probe, server_with, telegram, wait_until};
+use common::{Probe, run_until, server_with, telegram};
 use mock_bot_api::FaultRates;
 use pollgate_admission::{AdmissionPolicy, Barrier, ByteBudget, Fixed, Load, RssAdaptive, all_of};
 use pollgate_runtime::{Delivery, Runtime};
@@ -65,15 +65,11 @@ async fn drain_with_faults(name: &str, policy: Arc<dyn AdmissionPolicy>, faults:
         .poll_timeout(Duration::from_secs(1))
         .build();
     let stats = runtime.stats();
-    let shutdown = runtime.shutdown_token();
-    let run = tokio::spawn(runtime.run());
-    let done = wait_until(60, || {
+    let (done, summary) = run_until(runtime, || {
         let s = stats.snapshot();
         s.finished() + s.undecodable >= N as u64
     })
     .await;
-    shutdown.cancel();
-    let summary = run.await.unwrap().unwrap();
     assert!(done, "{name}: not drained: {:?}", stats.snapshot());
 
     let handled = probe.handled.lock().clone();
@@ -124,15 +120,8 @@ async fn every_policy_keeps_the_in_flight_limit_at_every_instant_in_at_least_onc
             .delivery(Delivery::AtLeastOnce)
             .poll_timeout(Duration::from_secs(1))
             .build();
-        let shutdown = runtime.shutdown_token();
-        let run = tokio::spawn(runtime.run());
-        assert!(
-            wait_until(60, || probe.count() >= N).await,
-            "{name}: stuck at {}",
-            probe.count()
-        );
-        shutdown.cancel();
-        let summary = run.await.unwrap().unwrap();
+        let (done, summary) = run_until(runtime, || probe.count() >= N).await;
+        assert!(done, "{name}: stuck at {}", probe.count());
         assert_eq!(probe.over_limit.load(Ordering::SeqCst), 0, "{name}");
         let unique: BTreeSet<i64> = probe.handled.lock().iter().copied().collect();
         assert_eq!(unique.len(), N, "{name}");

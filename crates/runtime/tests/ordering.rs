@@ -9,7 +9,7 @@ use std::sync::Arc;
 use std::sync::atomic::Ordering;
 use std::time::Duration;
 
-use common::{Probe, server_with, telegram, wait_until};
+use common::{Probe, run_until, server_with, telegram};
 use parking_lot::Mutex;
 use pollgate_admission::{ByteBudget, Fixed, all_of};
 use pollgate_core::{MemoryTransport, Update};
@@ -25,15 +25,8 @@ async fn same_key_runs_one_at_a_time_in_id_order_over_http() {
         .ordered(true)
         .poll_timeout(Duration::from_secs(1))
         .build();
-    let shutdown = runtime.shutdown_token();
-    let run = tokio::spawn(runtime.run());
-    assert!(
-        wait_until(60, || probe.count() >= N).await,
-        "stuck at {}",
-        probe.count()
-    );
-    shutdown.cancel();
-    let summary = run.await.unwrap().unwrap();
+    let (done, summary) = run_until(runtime, || probe.count() >= N).await;
+    assert!(done, "stuck at {}", probe.count());
     assert_eq!(probe.order_violations.load(Ordering::SeqCst), 0);
     assert_eq!(summary.stats.finished(), N as u64);
     assert!(

@@ -7,7 +7,7 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::Duration;
 
-use common::{server_with, telegram, wait_until};
+use common::{run_until, server_with, telegram};
 use pollgate_admission::{AdmissionPolicy, Completion, Load, Outcome};
 use pollgate_core::Update;
 use pollgate_runtime::{Overloaded, Runtime};
@@ -60,11 +60,8 @@ async fn errors_and_panics_are_counted_reported_and_do_not_stop_the_loop() {
         .poll_timeout(Duration::from_secs(1))
         .build();
     let stats = runtime.stats();
-    let shutdown = runtime.shutdown_token();
-    let run = tokio::spawn(runtime.run());
-    assert!(wait_until(30, || stats.snapshot().finished() >= N as u64).await);
-    shutdown.cancel();
-    let summary = run.await.unwrap().unwrap();
+    let (done, summary) = run_until(runtime, || stats.snapshot().finished() >= N as u64).await;
+    assert!(done);
     let s = summary.stats;
     let count = |r: u64| ids.iter().filter(|id| (**id as u64) % 10 == r).count() as u64;
     assert_eq!(s.panicked, count(3));

@@ -11,7 +11,8 @@ use std::time::Duration;
 
 use mock_bot_api::{BacklogSpec, MockConfig, MockServer};
 use parking_lot::Mutex;
-use pollgate_core::{Backoff, Sleep, SleepFuture, TelegramTransport, Update};
+use pollgate_core::{Backoff, Sleep, SleepFuture, TelegramTransport, Transport, Update};
+use pollgate_runtime::{Handler, Runtime, Summary};
 
 /// Waits at most 2 ms whatever the server asked (keeps fault tests fast; the exact waits
 /// are tested in poll-core with a recording sleeper).
@@ -166,4 +167,17 @@ pub async fn wait_until(secs: u64, mut cond: impl FnMut() -> bool) -> bool {
         tokio::time::sleep(Duration::from_millis(5)).await;
     }
     cond()
+}
+
+/// Runs `runtime` until `done` holds (polled for up to 60 s of real time), then shuts it
+/// down gracefully; returns whether `done` was reached, and the run's summary.
+pub async fn run_until<T: Transport, H: Handler>(
+    runtime: Runtime<T, H>,
+    done: impl FnMut() -> bool,
+) -> (bool, Summary) {
+    let shutdown = runtime.shutdown_token();
+    let run = tokio::spawn(runtime.run());
+    let reached = wait_until(60, done).await;
+    shutdown.cancel();
+    (reached, run.await.unwrap().unwrap())
 }
