@@ -234,7 +234,23 @@ impl Gate {
     ///
     /// Cancel safe: nothing is taken until it returns.
     pub async fn fetch_ready(&self) -> Result<usize, Closed> {
-        Watch::new(&self.shared, WatchMode::FetchReady).await
+        Watch::new(&self.shared, WatchMode::FetchAtLeast(1)).await
+    }
+
+    /// Waits until [`fetch_limit`](Self::fetch_limit) is at least `min` (at least 1) and
+    /// returns it. The waiting task is woken only when the limit reaches `min`, not at
+    /// every release: a dispatcher that wants to fetch in batches sleeps until a batch
+    /// fits.
+    ///
+    /// # Errors
+    ///
+    /// [`Closed`] when the gate is closed.
+    ///
+    /// # Cancel safety
+    ///
+    /// Cancel safe: dropping the future just stops waiting.
+    pub async fn fetch_ready_at_least(&self, min: usize) -> Result<usize, Closed> {
+        Watch::new(&self.shared, WatchMode::FetchAtLeast(min.max(1))).await
     }
 
     /// Resolves at the next capacity change: a release, a reservation drop, a cancelled
@@ -269,7 +285,7 @@ impl Gate {
             waiter.status.store(CLOSED, Ordering::Release);
             wake.extend(waiter.waker);
         }
-        State::finish_change(state, wake);
+        State::finish_change(state, &*self.shared.policy, wake);
     }
 
     /// Whether [`close`](Self::close) was called.
@@ -317,7 +333,7 @@ impl Shared {
         let mut state = self.state.lock();
         let mut wake = Vec::new();
         state.grant_waiters(&*self.policy, &mut wake);
-        State::finish_change(state, wake);
+        State::finish_change(state, &*self.policy, wake);
     }
 
     /// Returns a permit's slot and bytes, then serves waiters.
@@ -329,7 +345,7 @@ impl Shared {
         state.completed += 1;
         let mut wake = Vec::new();
         state.grant_waiters(&*self.policy, &mut wake);
-        State::finish_change(state, wake);
+        State::finish_change(state, &*self.policy, wake);
     }
 
     /// Returns a reservation's bytes, then serves waiters.
@@ -340,7 +356,7 @@ impl Shared {
         state.bytes -= cost;
         let mut wake = Vec::new();
         state.grant_waiters(&*self.policy, &mut wake);
-        State::finish_change(state, wake);
+        State::finish_change(state, &*self.policy, wake);
     }
 }
 
@@ -380,8 +396,9 @@ pub(crate) struct State {
     pub(crate) waiters: BTreeMap<u64, Waiter>,
     /// Bumped at every capacity change; `changed()` compares against it.
     pub(crate) generation: u64,
-    /// Wakers of `changed()` / `fetch_ready()` futures.
-    pub(crate) watchers: BTreeMap<u64, Waker>,
+    /// Wakers of `changed()` / `fetch_ready*()` futures, with the fetch limit each waits
+    /// for (0: any change).
+    pub(crate) watchers: BTreeMap<u64, (Waker, usize)>,
 }
 
 impl State {
@@ -435,11 +452,22 @@ impl State {
         }
     }
 
-    /// Records a capacity change, releases the lock and wakes `wake` plus every watcher.
-    pub(crate) fn finish_change(mut guard: MutexGuard<'_, Self>, mut wake: Vec<Waker>) {
+    /// Records a capacity change, releases the lock and wakes `wake` plus the watchers
+    /// whose condition may now hold: every `changed()` watcher, and the fetch watchers
+    /// whose threshold the policy's fetch limit now reaches (all of them once closed).
+    pub(crate) fn finish_change(mut guard: MutexGuard<'_, Self>, policy: &dyn AdmissionPolicy, mut wake: Vec<Waker>) {
         guard.generation = guard.generation.wrapping_add(1);
         if !guard.watchers.is_empty() {
-            wake.extend(std::mem::take(&mut guard.watchers).into_values());
+            let mut fetch = None;
+            let closed = guard.closed;
+            let load = guard.load();
+            guard.watchers.retain(|_, (waker, min)| {
+                let due = closed || *min == 0 || *fetch.get_or_insert_with(|| policy.fetch_limit(&load)) >= *min;
+                if due {
+                    wake.push(waker.clone());
+                }
+                !due
+            });
         }
         drop(guard);
         for waker in wake {

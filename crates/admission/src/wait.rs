@@ -119,7 +119,7 @@ impl Drop for Acquire<'_> {
             // Leaving may unblock whoever queued behind us, and `waiting` went down.
             let mut wake = Vec::new();
             state.grant_waiters(&*self.shared.policy, &mut wake);
-            State::finish_change(state, wake);
+            State::finish_change(state, &*self.shared.policy, wake);
         } else {
             drop(state);
             if status.load(Ordering::Acquire) == GRANTED {
@@ -135,8 +135,8 @@ impl Drop for Acquire<'_> {
 pub(crate) enum WatchMode {
     /// Any capacity change (`Gate::changed`).
     Changed,
-    /// `fetch_limit() > 0` (`Gate::fetch_ready`).
-    FetchReady,
+    /// `fetch_limit() >= n` (`Gate::fetch_ready`, `Gate::fetch_ready_at_least`).
+    FetchAtLeast(usize),
 }
 
 /// `Gate::changed` / `Gate::fetch_ready`.
@@ -174,10 +174,10 @@ impl Future for Watch<'_> {
                     None
                 }
             },
-            WatchMode::FetchReady if state.closed => Some(Err(Closed)),
-            WatchMode::FetchReady => {
+            WatchMode::FetchAtLeast(_) if state.closed => Some(Err(Closed)),
+            WatchMode::FetchAtLeast(min) => {
                 let n = this.shared.policy.fetch_limit(&state.load());
-                (n > 0).then_some(Ok(n))
+                (n >= min).then_some(Ok(n))
             }
         };
         match ready {
@@ -192,11 +192,15 @@ impl Future for Watch<'_> {
                     Some(key) => key,
                     None => *this.key.insert(state.next_id()),
                 };
+                let min = match this.mode {
+                    WatchMode::Changed => 0,
+                    WatchMode::FetchAtLeast(min) => min,
+                };
                 match state.watchers.get_mut(&key) {
-                    Some(waker) if waker.will_wake(cx.waker()) => {}
-                    Some(waker) => *waker = cx.waker().clone(),
+                    Some((waker, _)) if waker.will_wake(cx.waker()) => {}
+                    Some((waker, _)) => *waker = cx.waker().clone(),
                     None => {
-                        state.watchers.insert(key, cx.waker().clone());
+                        state.watchers.insert(key, (cx.waker().clone(), min));
                     }
                 }
                 Poll::Pending

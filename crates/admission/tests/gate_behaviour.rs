@@ -262,3 +262,22 @@ fn stats_count_admissions_and_completions() {
     drop(b);
     assert_eq!(gate.policy().fetch_limit(&gate.load()), 3);
 }
+
+#[tokio::test(start_paused = true)]
+async fn fetch_ready_at_least_sleeps_until_the_threshold_fits() {
+    let gate = Gate::new(Fixed::new(4));
+    let mut held: Vec<_> = (0..4).map(|_| gate.try_acquire(1).unwrap()).collect();
+    let ready = tokio::spawn({
+        let gate = gate.clone();
+        async move { gate.fetch_ready_at_least(3).await }
+    });
+    for _ in 0..2 {
+        drop(held.pop());
+        tokio::time::sleep(Duration::from_millis(1)).await;
+        assert!(!ready.is_finished(), "woken before 3 fit");
+    }
+    drop(held.pop());
+    assert_eq!(ready.await.unwrap(), Ok(3));
+    gate.close();
+    assert_eq!(gate.fetch_ready_at_least(1).await, Err(pollgate_admission::Closed));
+}

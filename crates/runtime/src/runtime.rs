@@ -22,7 +22,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use parking_lot::Mutex;
-use pollgate_admission::{AdmissionPolicy, Gate};
+use pollgate_admission::{AdmissionPolicy, Gate, TryAcquireError};
 use pollgate_core::{Ack, FetchRequest, Transport, Update};
 use tokio::sync::Notify;
 use tokio_util::sync::CancellationToken;
@@ -463,7 +463,7 @@ async fn dispatch_loop<T: Transport, H: Handler>(
 /// would otherwise cost a fetch of one update.
 async fn fetch_limit<H>(ctx: &Ctx<H>, window: usize) -> Option<usize> {
     let threshold = ctx.config.min_fetch.clamp(1, window);
-    let mut deadline = None;
+    let mut deadline: Option<tokio::time::Instant> = None;
     loop {
         let progressed = ctx.progress.notified();
         tokio::pin!(progressed);
@@ -478,24 +478,27 @@ async fn fetch_limit<H>(ctx: &Ctx<H>, window: usize) -> Option<usize> {
             progressed.await;
             continue;
         }
-        let admits = ctx.gate.fetch_ready().await.ok()?;
+        let want = threshold.min(room_queue).min(room_window);
+        let admits = match deadline {
+            // Coalescing: sleep until a batch fits (the gate wakes us only then), or until
+            // the deadline, whichever comes first.
+            Some(until) => tokio::select! {
+                ready = ctx.gate.fetch_ready_at_least(want) => ready.ok()?,
+                _ = tokio::time::sleep_until(until) => ctx.gate.fetch_limit(),
+            },
+            None => ctx.gate.fetch_ready().await.ok()?,
+        };
         // The wait may have been long: re-read what the server will send again.
         let again = ctx.acks.lock().redelivered_next();
         let new = admits.min(room_queue).min(window.saturating_sub(again));
         if new == 0 {
             continue;
         }
-        if new >= threshold.min(room_queue) || ctx.gate.load().in_flight == 0 {
+        let late = deadline.is_some_and(|until| tokio::time::Instant::now() >= until);
+        if new >= want || late || ctx.gate.load().in_flight == 0 {
             return Some(again + new);
         }
-        let until = *deadline.get_or_insert_with(|| tokio::time::Instant::now() + ctx.config.fetch_coalesce);
-        if tokio::time::Instant::now() >= until {
-            return Some(again + new);
-        }
-        tokio::select! {
-            _ = ctx.gate.changed() => {}
-            _ = tokio::time::sleep_until(until) => {}
-        }
+        deadline.get_or_insert_with(|| tokio::time::Instant::now() + ctx.config.fetch_coalesce);
     }
 }
 
@@ -517,8 +520,14 @@ async fn admit<H: Handler>(ctx: &Arc<Ctx<H>>, update: Update) {
 }
 
 async fn acquire_and_spawn<H: Handler>(ctx: &Arc<Ctx<H>>, update: Update, cost: u64) {
-    // At the drain deadline the gate is closed: a waiting acquire then fails.
-    match ctx.gate.acquire(cost).await.ok() {
+    // The common case needs no waiting: take the synchronous path first. At the drain
+    // deadline the gate is closed, and a waiting acquire then fails.
+    let permit = match ctx.gate.try_acquire(cost) {
+        Ok(permit) => Some(permit),
+        Err(TryAcquireError::Closed) => None,
+        Err(TryAcquireError::NoCapacity) => ctx.gate.acquire(cost).await.ok(),
+    };
+    match permit {
         Some(permit) => {
             if ctx.keys.is_some() && update.key().is_some() {
                 ctx.tracker.spawn(task::run(Arc::clone(ctx), update, permit));
