@@ -269,7 +269,7 @@ fn main() {
     // Micro benches.
     md.push_str("## Micro benchmarks (criterion, same run)\n\n");
     let gate = |g: &str, b: &str| criterion_ns(criterion, g, b);
-    md.push_str("### Gate: acquire + release\n\n| case | gate + Fixed ns | gate + RssAdaptive ns | tokio Semaphore ns | gate ÷ semaphore | RssAdaptive ÷ Fixed |\n|---|---|---|---|---|---|\n");
+    md.push_str("### Gate: acquire + release\n\nThe contended case moves by ±20% between runs on this shared 2-vCPU VM; `cargo bench -p pollgate-admission --bench gate` refreshes it.\n\n| case | gate + Fixed ns | gate + RssAdaptive ns | tokio Semaphore ns | gate ÷ semaphore | RssAdaptive ÷ Fixed |\n|---|---|---|---|---|---|\n");
     for group in ["uncontended", "contended_2_workers"] {
         if let (Some(fixed), Some(rss), Some(sem)) = (
             gate(group, "gate_fixed"),
