@@ -179,3 +179,97 @@ async fn api_url_drains_an_external_server_and_a_rejected_token_fails_clearly() 
     assert!(!stderr.contains("not-the-token"), "the token leaked: {stderr}");
     assert!(bad.stdout.is_empty(), "no result object for a failed run");
 }
+
+/// The secrets audit: the demo drains a server that fails in every way the mock can
+/// (429, HTML 5xx, malformed bodies and updates, dropped connections, slow answers, a
+/// 409 window), with every log level on — including the HTTP client's own records —
+/// and then meets a rejected token. The token appears nowhere in what it prints.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_token_never_appears_in_stdout_stderr_or_the_logs() {
+    const SECRET: &str = "AAF-very-recognisable-SECRET-0123456789";
+    let token = format!("4242:{SECRET}");
+    let server = MockServer::start(MockConfig {
+        token: token.clone(),
+        ..MockConfig::default()
+    })
+    .await
+    .unwrap();
+    server.generate(&BacklogSpec {
+        updates: 400,
+        text_bytes: 32,
+        chats: 5,
+        seed: 4,
+    });
+    server.set_fault_rates(mock_bot_api::FaultRates {
+        too_many_requests: 0.05,
+        retry_after_secs: 1,
+        server_error: 0.05,
+        malformed_json: 0.05,
+        malformed_update: 0.05,
+        drop_connection: 0.05,
+        slow: 0.05,
+        slow_ms: 50,
+    });
+    server.inject_conflict_window(2);
+    let url = server.url();
+    let run_with = |token: String| {
+        let url = url.clone();
+        tokio::task::spawn_blocking(move || {
+            Command::new(flood())
+                .args([
+                    "--api-url",
+                    &url,
+                    "--token",
+                    &token,
+                    "--updates",
+                    "400",
+                    "--work-kib",
+                    "4",
+                    "--work-ms",
+                    "1",
+                ])
+                .args(["--policy", "fixed:8", "--json"])
+                .env("RUST_LOG", "trace")
+                .output()
+                .unwrap()
+        })
+    };
+    let drained = run_with(token.clone()).await.unwrap();
+    let wrong = run_with(format!("4242:{SECRET}-revoked")).await.unwrap();
+    let stats = server.stats();
+    assert!(
+        stats.faults.len() >= 4,
+        "faults of several kinds were injected: {:?}",
+        stats.faults
+    );
+    for (name, out) in [("drained", &drained), ("rejected", &wrong)] {
+        let text = format!(
+            "{}{}",
+            String::from_utf8_lossy(&out.stdout),
+            String::from_utf8_lossy(&out.stderr)
+        );
+        assert!(text.len() > 1000, "{name}: trace logging was on, there must be output");
+        assert!(!text.contains(SECRET), "{name}: the token leaked");
+        assert!(
+            text.contains("starting new connection"),
+            "{name}: the HTTP client's own log records were captured"
+        );
+    }
+    assert!(
+        drained.status.success(),
+        "{}",
+        String::from_utf8_lossy(&drained.stderr)
+            .lines()
+            .rev()
+            .take(5)
+            .collect::<Vec<_>>()
+            .join("\n")
+    );
+    let v: serde_json::Value = serde_json::from_slice(&drained.stdout).unwrap();
+    assert_eq!(
+        v["handled"].as_u64().unwrap() + v["undecodable"].as_u64().unwrap(),
+        400,
+        "{v}"
+    );
+    assert!(!wrong.status.success());
+}

@@ -32,6 +32,14 @@ fn main() -> ExitCode {
             .error(clap::error::ErrorKind::ValueValidation, message)
             .exit();
     }
+    // Warnings and errors of the library (retries, handler failures) go to stderr;
+    // RUST_LOG raises or lowers the level (the bot token never appears in them).
+    let filter = tracing_subscriber::EnvFilter::try_from_default_env()
+        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("warn"));
+    tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr)
+        .init();
     ExitCode::from(if args.child {
         child::main(args)
     } else {

@@ -107,3 +107,35 @@ async fn an_html_page_that_echoes_the_path_is_redacted() {
     );
     assert_clean(&text);
 }
+
+#[tokio::test]
+async fn a_captive_portal_page_with_status_200_is_an_invalid_response_error() {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    tokio::spawn(async move {
+        while let Ok((mut sock, _)) = listener.accept().await {
+            let mut buf = vec![0u8; 4096];
+            let _ = sock.read(&mut buf).await;
+            let body = "<!DOCTYPE html><html><body><h1>Welcome to Airport Wi-Fi</h1><form>Accept</form></body></html>";
+            let reply = format!(
+                "HTTP/1.1 200 OK\r\ncontent-type: text/html\r\ncontent-length: {}\r\nconnection: close\r\n\r\n{body}",
+                body.len()
+            );
+            let _ = sock.write_all(reply.as_bytes()).await;
+        }
+    });
+    // Retried like any transient failure, then reported with the page's start kept.
+    let err = quick(&format!("http://{addr}")).fetch(REQ).await.unwrap_err();
+    let TelegramError::RetriesExhausted { last, attempts } = &err else {
+        panic!("{err:?}");
+    };
+    assert_eq!(*attempts, 3);
+    assert!(matches!(**last, TelegramError::InvalidJson { .. }), "{last:?}");
+    let text = full_text(&err);
+    assert!(
+        text.contains("Airport Wi-Fi"),
+        "the body excerpt helps debugging: {text}"
+    );
+    assert_clean(&text);
+}
