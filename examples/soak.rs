@@ -1,0 +1,225 @@
+//! Fault soak: live traffic plus faults on 10% of calls, handlers that fail on 1% and
+//! panic on 1% of updates; at the end, nothing may be lost and memory must have stayed
+//! within the budget.
+//!
+//! ```text
+//! cargo run --release --example soak -- --seconds 300          # minutes, for a report
+//! cargo run --release --example soak -- --seconds 5 --json     # what CI runs
+//! ```
+//!
+//! The embedded mock server generates `rate` updates per second for `seconds`, and
+//! answers `getUpdates` with, in equal shares of `--faults`: 429 (with `retry_after`), 5xx
+//! HTML pages, dropped connections, slow answers, malformed bodies and batches with one
+//! malformed update; a 409 window opens at the start. The consumer is a `ByteBudget`
+//! runtime whose handlers hold `work-kib` for `work-ms`. The report counts updates
+//! handled, failed, panicked, undecodable (reported and skipped) and lost (must be 0),
+//! peak RSS against the budget, retries per fault kind and whether every 429 was waited
+//! exactly as long as the server asked.
+
+use std::collections::HashSet;
+use std::sync::Arc;
+use std::time::Duration;
+
+use clap::Parser;
+use mock_bot_api::{BacklogSpec, FaultRates, LiveSpec, MockConfig, MockServer};
+use parking_lot::Mutex;
+use pollgate::core::Backoff;
+use pollgate::{ByteBudget, Runtime, TelegramTransport, Update};
+
+/// Live traffic and faults against a budgeted consumer.
+#[derive(Debug, Parser)]
+#[command(name = "soak")]
+struct Args {
+    /// How long traffic is generated.
+    #[arg(long, default_value_t = 60)]
+    seconds: u64,
+    /// Updates per second.
+    #[arg(long, default_value_t = 300.0)]
+    rate: f64,
+    /// Share of getUpdates calls that fail (spread over the fault kinds).
+    #[arg(long, default_value_t = 0.10)]
+    faults: f64,
+    /// Byte budget of the consumer, in MiB.
+    #[arg(long, default_value_t = 32)]
+    budget_mib: u64,
+    /// KiB each handler holds.
+    #[arg(long, default_value_t = 256)]
+    work_kib: u64,
+    /// Milliseconds each handler holds it.
+    #[arg(long, default_value_t = 20)]
+    work_ms: u64,
+    /// Seed of the traffic and the faults.
+    #[arg(long, default_value_t = 1)]
+    seed: u64,
+    /// Print the report as one JSON object.
+    #[arg(long)]
+    json: bool,
+}
+
+fn vm(field: &str) -> u64 {
+    std::fs::read_to_string("/proc/self/status")
+        .ok()
+        .and_then(|s| {
+            s.lines()
+                .find_map(|l| l.strip_prefix(field))
+                .and_then(|r| r.split_whitespace().next()?.parse::<u64>().ok())
+        })
+        .map_or(0, |kib| kib * 1024)
+}
+
+/// Deterministic per-update choice: 1% fail, 1% panic.
+fn fate(id: i64) -> u64 {
+    ((id as u64).wrapping_mul(0x9E37_79B9_7F4A_7C15) >> 32) % 100
+}
+
+#[tokio::main]
+async fn main() {
+    let args = Args::parse();
+    let default_hook = std::panic::take_hook();
+    std::panic::set_hook(Box::new(move |info| {
+        // The 1% of deliberate handler panics are counted, not printed.
+        let deliberate = info
+            .payload()
+            .downcast_ref::<String>()
+            .is_some_and(|m| m.starts_with("soak:"));
+        if !deliberate {
+            default_hook(info);
+        }
+    }));
+    let total = (args.rate * args.seconds as f64).round() as usize;
+    let share = args.faults / 6.0;
+    let server = MockServer::start(MockConfig {
+        live: Some(LiveSpec {
+            rate_per_sec: args.rate,
+            spec: BacklogSpec {
+                updates: total,
+                text_bytes: 256,
+                chats: 50,
+                seed: args.seed,
+            },
+        }),
+        faults: FaultRates {
+            too_many_requests: share,
+            retry_after_secs: 1,
+            server_error: share,
+            malformed_json: share,
+            malformed_update: share,
+            drop_connection: share,
+            slow: share,
+            slow_ms: 300,
+        },
+        seed: args.seed,
+        ..MockConfig::default()
+    })
+    .await
+    .expect("start the mock server");
+    server.inject_conflict_window(5);
+
+    let transport = Arc::new(
+        TelegramTransport::builder(server.token())
+            .api_url(server.url())
+            .http_timeout_margin(Duration::from_secs(2))
+            .backoff(Backoff {
+                initial: Duration::from_millis(50),
+                factor: 2.0,
+                max: Duration::from_secs(2),
+                max_retries: None,
+            })
+            .build()
+            .expect("transport"),
+    );
+    let work = args.work_kib * 1024;
+    let budget = args.budget_mib << 20;
+    let seen: Arc<Mutex<(HashSet<i64>, u64)>> = Arc::default();
+    let s = Arc::clone(&seen);
+    let work_ms = args.work_ms;
+    let handler = move |u: Update| {
+        let s = Arc::clone(&s);
+        async move {
+            {
+                let mut seen = s.lock();
+                if !seen.0.insert(u.id()) {
+                    seen.1 += 1;
+                }
+            }
+            let buf = vec![1u8; work as usize];
+            tokio::time::sleep(Duration::from_millis(work_ms)).await;
+            std::hint::black_box(&buf);
+            match fate(u.id()) {
+                0 => Err(std::io::Error::other("soak: deliberate failure")),
+                1 => panic!("soak: deliberate panic on {}", u.id()),
+                _ => Ok(()),
+            }
+        }
+    };
+    let baseline = vm("VmRSS:");
+    let runtime = Runtime::builder(Arc::clone(&transport), handler)
+        .policy(ByteBudget::new(budget).expected_cost(work))
+        .cost_fn(move |_| work)
+        .poll_timeout(Duration::from_secs(1))
+        .build();
+    let stats = runtime.stats();
+    let shutdown = runtime.shutdown_token();
+    let run = tokio::spawn(runtime.run());
+    // Traffic for `seconds`, then until everything generated is handled or reported.
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(args.seconds * 3 + 30);
+    loop {
+        tokio::time::sleep(Duration::from_millis(100)).await;
+        let s = stats.snapshot();
+        let generated = server.stats().next_update_id.saturating_sub(1) as usize;
+        if (generated >= total && s.finished() + s.undecodable >= total as u64)
+            || tokio::time::Instant::now() > deadline
+        {
+            break;
+        }
+    }
+    shutdown.cancel();
+    let summary = run.await.expect("runtime task").expect("no fatal transport error");
+    let peak = vm("VmHWM:");
+    let (handled, duplicates) = {
+        let seen = seen.lock();
+        (seen.0.len() as u64, seen.1)
+    };
+    let st = summary.stats;
+    let mock = server.stats();
+    let t = transport.stats();
+    let lost = (total as u64).saturating_sub(handled + st.undecodable);
+    let rate_limited = mock.faults.get("too_many_requests").copied().unwrap_or(0);
+    let report = serde_json::json!({
+        "seconds": args.seconds,
+        "rate": args.rate,
+        "generated": total,
+        "handled": handled,
+        "completed": st.completed,
+        "failed": st.failed,
+        "panicked": st.panicked,
+        "undecodable": st.undecodable,
+        "lost": lost,
+        "duplicates": duplicates,
+        "baseline_rss_bytes": baseline,
+        "peak_rss_bytes": peak,
+        "budget_bytes": budget,
+        "rss_within_budget": peak <= baseline + budget + budget / 10 + (16 << 20),
+        "faults_injected": mock.faults,
+        "retries": {
+            "network": t.retries_network,
+            "server_error": t.retries_server_error,
+            "rate_limited": t.retries_rate_limited,
+            "conflict": t.retries_conflict,
+            "invalid": t.retries_invalid,
+            "other": t.retries_other,
+        },
+        "rate_limit_wait_ms": t.rate_limit_wait_ms,
+        "rate_limit_asked_ms": rate_limited * 1000,
+        "retry_after_honoured": t.retries_rate_limited == rate_limited && t.rate_limit_wait_ms == rate_limited * 1000,
+    });
+    if args.json {
+        println!("{report}");
+    } else {
+        println!("{}", serde_json::to_string_pretty(&report).expect("serialisable"));
+    }
+    server.shutdown().await;
+    if lost > 0 || duplicates > 0 {
+        std::process::exit(1);
+    }
+}
