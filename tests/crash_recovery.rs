@@ -157,6 +157,8 @@ async fn crash_and_recover(server: &Server, policy: &str, seed: u64) {
         std::env::temp_dir().join(format!("pollgate-crash-{}-{policy}.ledger", std::process::id()).replace(':', "_"));
     let _ = std::fs::remove_file(&ledger);
     let mut rng = fastrand::Rng::with_seed(seed);
+    let duplicates_of = |counts: &BTreeMap<i64, usize>| counts.values().map(|n| n - 1).sum::<usize>();
+    let mut duplicates_before = 0;
     for kill in 0..kills {
         let mut child = flood(server, policy, n, &ledger).spawn().unwrap();
         tokio::time::sleep(Duration::from_millis(rng.u64(150..500))).await;
@@ -164,6 +166,15 @@ async fn crash_and_recover(server: &Server, policy: &str, seed: u64) {
         child.wait().await.unwrap();
         let confirmed = server.stats().await["highest_confirmed_offset"].as_i64().unwrap();
         let handled = ledger_counts(&ledger);
+        // What this run handled again of what the previous one had already handled: at
+        // most the acknowledgement window at the previous crash.
+        let duplicates_now = duplicates_of(&handled);
+        assert!(
+            duplicates_now - duplicates_before <= WINDOW,
+            "{policy}, run {kill}: {} duplicates after one crash",
+            duplicates_now - duplicates_before
+        );
+        duplicates_before = duplicates_now;
         let missing: Vec<i64> = (first..confirmed.min(last + 1))
             .filter(|id| !handled.contains_key(id))
             .collect();
@@ -183,6 +194,10 @@ async fn crash_and_recover(server: &Server, policy: &str, seed: u64) {
         "{policy}: drained and confirmed"
     );
     let handled = ledger_counts(&ledger);
+    assert!(
+        duplicates_of(&handled) - duplicates_before <= WINDOW,
+        "{policy}: the final run after the last crash"
+    );
     let all: BTreeSet<i64> = (first..=last).collect();
     let seen: BTreeSet<i64> = handled.keys().copied().collect();
     assert_eq!(seen, all, "{policy}: an update was never handled");

@@ -96,8 +96,9 @@ impl Update {
     /// Parses the update into a dynamically typed [`serde_json::Value`].
     ///
     /// # Errors
-    /// Never in practice (the text was already validated as JSON); the type is kept for
-    /// symmetry with [`Update::parse`].
+    /// When the update holds a number beyond the range of `f64`: valid JSON, which the
+    /// envelope accepts (it never converts numbers it does not need), but which `Value`
+    /// cannot represent. Found by fuzzing; see `tests/fuzz_regressions.rs`.
     pub fn value(&self) -> Result<serde_json::Value, serde_json::Error> {
         self.parse()
     }
