@@ -83,12 +83,17 @@ async fn bare_spawn_semaphore(updates: Vec<Update>) {
     .unwrap();
 }
 
-fn scheduling(c: &mut Criterion) {
-    let rt = tokio::runtime::Builder::new_multi_thread()
+/// The runtime both loops run on: two workers, as on the 2-core machines we measure on.
+fn two_workers() -> tokio::runtime::Runtime {
+    tokio::runtime::Builder::new_multi_thread()
         .worker_threads(2)
         .enable_all()
         .build()
-        .unwrap();
+        .unwrap()
+}
+
+fn scheduling(c: &mut Criterion) {
+    let rt = two_workers();
     let all = updates();
     let mut group = c.benchmark_group("scheduling_10k_noop");
     group.throughput(Throughput::Elements(N as u64));
@@ -109,11 +114,7 @@ criterion_group!(benches, scheduling);
 /// after round, and reports the median of the per-round throughput ratios.
 fn interleaved() {
     const ROUNDS: usize = 31;
-    let rt = tokio::runtime::Builder::new_multi_thread()
-        .worker_threads(2)
-        .enable_all()
-        .build()
-        .unwrap();
+    let rt = two_workers();
     let all = updates();
     let time = |runtime: bool| {
         let updates = all.clone();
