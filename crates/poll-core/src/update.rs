@@ -406,36 +406,64 @@ impl<'de> Deserialize<'de> for FieldName<'de> {
     }
 }
 
+/// `T` read from a JSON object only. Derived `Deserialize` impls also accept a struct
+/// written as an array (`"chat": [33]` would read as `{"id": 33}`), which the Bot API
+/// never sends; the fuzzer found that the key then disagreed with the object rules.
+struct Obj<T>(T);
+
+impl<'de, T: Deserialize<'de>> Deserialize<'de> for Obj<T> {
+    fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        struct V<T>(std::marker::PhantomData<T>);
+        impl<'de, T: Deserialize<'de>> Visitor<'de> for V<T> {
+            type Value = T;
+            fn expecting(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+                f.write_str("an object")
+            }
+            fn visit_map<A: MapAccess<'de>>(self, map: A) -> Result<T, A::Error> {
+                T::deserialize(de::value::MapAccessDeserializer::new(map))
+            }
+        }
+        d.deserialize_map(V(std::marker::PhantomData)).map(Obj)
+    }
+}
+
+/// An object's `id`.
 #[derive(Deserialize)]
 struct Id {
     id: i64,
 }
 
+type IdObj = Option<Obj<Id>>;
+
+fn id_of(o: IdObj) -> Option<i64> {
+    o.map(|Obj(i)| i.id)
+}
+
 #[derive(Deserialize)]
 struct WithChat {
-    chat: Option<Id>,
+    chat: IdObj,
 }
 
 #[derive(Deserialize)]
 struct WithFrom {
-    from: Option<Id>,
+    from: IdObj,
 }
 
 #[derive(Deserialize)]
 struct WithUser {
-    user: Option<Id>,
+    user: IdObj,
 }
 
 #[derive(Deserialize)]
 struct Callback {
-    message: Option<WithChat>,
-    from: Option<Id>,
+    message: Option<Obj<WithChat>>,
+    from: IdObj,
 }
 
 #[derive(Deserialize)]
 struct PollAnswer {
-    voter_chat: Option<Id>,
-    user: Option<Id>,
+    voter_chat: IdObj,
+    user: IdObj,
 }
 
 struct KeySeed(KeyRule);
@@ -445,16 +473,16 @@ impl<'de> DeserializeSeed<'de> for KeySeed {
 
     fn deserialize<D: Deserializer<'de>>(self, d: D) -> Result<Option<i64>, D::Error> {
         Ok(match self.0 {
-            KeyRule::Chat => WithChat::deserialize(d)?.chat.map(|c| c.id),
-            KeyRule::From => WithFrom::deserialize(d)?.from.map(|u| u.id),
-            KeyRule::User => WithUser::deserialize(d)?.user.map(|u| u.id),
+            KeyRule::Chat => id_of(Obj::<WithChat>::deserialize(d)?.0.chat),
+            KeyRule::From => id_of(Obj::<WithFrom>::deserialize(d)?.0.from),
+            KeyRule::User => id_of(Obj::<WithUser>::deserialize(d)?.0.user),
             KeyRule::Callback => {
-                let cb = Callback::deserialize(d)?;
-                cb.message.and_then(|m| m.chat).map(|c| c.id).or(cb.from.map(|u| u.id))
+                let Obj(cb) = Obj::<Callback>::deserialize(d)?;
+                cb.message.and_then(|Obj(m)| id_of(m.chat)).or(id_of(cb.from))
             }
             KeyRule::PollAnswer => {
-                let pa = PollAnswer::deserialize(d)?;
-                pa.voter_chat.map(|c| c.id).or(pa.user.map(|u| u.id))
+                let Obj(pa) = Obj::<PollAnswer>::deserialize(d)?;
+                id_of(pa.voter_chat).or(id_of(pa.user))
             }
             KeyRule::None => {
                 IgnoredAny::deserialize(d)?;

@@ -42,3 +42,21 @@ fn response_with_a_number_beyond_f64_decodes_every_update_or_reports_it() {
         }
     }
 }
+
+#[test]
+fn an_array_where_an_object_belongs_is_an_error_not_a_key() {
+    let text = input("update_envelope-array-instead-of-object.json");
+    // `"chat":[33]`: serde's derived structs would read the array as `{"id":33}`.
+    let err = Update::from_json(&text).unwrap_err();
+    assert_eq!(
+        err.update_id(),
+        Some(7),
+        "the id is still reported, so the update is skipped past"
+    );
+    for body in [
+        r#"{"update_id":1,"message":[{"id":5}]}"#,
+        r#"{"update_id":1,"callback_query":{"message":[[5]]}}"#,
+    ] {
+        assert!(Update::from_json(body).is_err(), "{body}");
+    }
+}
