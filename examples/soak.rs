@@ -54,6 +54,10 @@ struct Args {
     /// Print the report as one JSON object.
     #[arg(long)]
     json: bool,
+    /// Internal: consume from this server in this process (the parent starts the server
+    /// and runs the consumer as a child, so the child's peak RSS is the consumer's alone).
+    #[arg(long, hide = true)]
+    consumer: Option<String>,
 }
 
 fn vm(field: &str) -> u64 {
@@ -87,6 +91,11 @@ async fn main() {
         }
     }));
     let total = (args.rate * args.seconds as f64).round() as usize;
+    if let Some(url) = &args.consumer {
+        let token = std::env::var("TELEGRAM_BOT_TOKEN").expect("the parent passes the token");
+        println!("{}", consume(&args, url, &token, total).await);
+        return;
+    }
     let share = args.faults / 6.0;
     let server = MockServer::start(MockConfig {
         live: Some(LiveSpec {
@@ -115,9 +124,78 @@ async fn main() {
     .expect("start the mock server");
     server.inject_conflict_window(5);
 
+    let exe = std::env::current_exe().expect("this executable");
+    let mut child = std::process::Command::new(exe);
+    child
+        .args([
+            "--consumer",
+            &server.url(),
+            "--seconds",
+            &args.seconds.to_string(),
+            "--rate",
+            &args.rate.to_string(),
+        ])
+        .args([
+            "--budget-mib",
+            &args.budget_mib.to_string(),
+            "--work-kib",
+            &args.work_kib.to_string(),
+        ])
+        .args(["--work-ms", &args.work_ms.to_string()])
+        .env("TELEGRAM_BOT_TOKEN", server.token())
+        .stderr(std::process::Stdio::inherit());
+    if std::env::var_os("MALLOC_ARENA_MAX").is_none() {
+        child.env("MALLOC_ARENA_MAX", "1"); // as the flood demo does; see docs/tuning.md
+    }
+    let output = tokio::task::spawn_blocking(move || child.output())
+        .await
+        .expect("join")
+        .expect("run the consumer");
+    let mut report: serde_json::Value = serde_json::from_slice(&output.stdout).expect("the consumer's report");
+    let mock = server.stats();
+    let handled = report["handled"].as_u64().unwrap_or(0);
+    let undecodable = report["undecodable"].as_u64().unwrap_or(0);
+    let lost = (total as u64).saturating_sub(handled + undecodable);
+    let rate_limited = mock.faults.get("too_many_requests").copied().unwrap_or(0);
+    let (baseline, peak, budget) = (
+        report["baseline_rss_bytes"].as_u64().unwrap_or(0),
+        report["peak_rss_bytes"].as_u64().unwrap_or(0),
+        report["budget_bytes"].as_u64().unwrap_or(0),
+    );
+    let o = report.as_object_mut().expect("an object");
+    o.insert("seconds".into(), args.seconds.into());
+    o.insert("rate".into(), args.rate.into());
+    o.insert("generated".into(), total.into());
+    o.insert("lost".into(), lost.into());
+    o.insert(
+        "rss_within_budget".into(),
+        (peak <= baseline + budget + budget / 10 + (16 << 20)).into(),
+    );
+    o.insert(
+        "faults_injected".into(),
+        serde_json::to_value(&mock.faults).expect("serialisable"),
+    );
+    o.insert("rate_limit_asked_ms".into(), (rate_limited * 1000).into());
+    let honoured = report["retries"]["rate_limited"].as_u64() == Some(rate_limited)
+        && report["rate_limit_wait_ms"].as_u64() == Some(rate_limited * 1000);
+    report["retry_after_honoured"] = honoured.into();
+    if args.json {
+        println!("{report}");
+    } else {
+        println!("{}", serde_json::to_string_pretty(&report).expect("serialisable"));
+    }
+    let duplicates = report["duplicates"].as_u64().unwrap_or(0);
+    server.shutdown().await;
+    if lost > 0 || duplicates > 0 {
+        std::process::exit(1);
+    }
+}
+
+/// What the consumer child reports to the parent.
+async fn consume(args: &Args, url: &str, token: &str, total: usize) -> serde_json::Value {
     let transport = Arc::new(
-        TelegramTransport::builder(server.token())
-            .api_url(server.url())
+        TelegramTransport::builder(token)
+            .api_url(url)
             .http_timeout_margin(Duration::from_secs(2))
             .backoff(Backoff {
                 initial: Duration::from_millis(50),
@@ -166,10 +244,7 @@ async fn main() {
     loop {
         tokio::time::sleep(Duration::from_millis(100)).await;
         let s = stats.snapshot();
-        let generated = server.stats().next_update_id.saturating_sub(1) as usize;
-        if (generated >= total && s.finished() + s.undecodable >= total as u64)
-            || tokio::time::Instant::now() > deadline
-        {
+        if s.finished() + s.undecodable >= total as u64 || tokio::time::Instant::now() > deadline {
             break;
         }
     }
@@ -181,26 +256,17 @@ async fn main() {
         (seen.0.len() as u64, seen.1)
     };
     let st = summary.stats;
-    let mock = server.stats();
     let t = transport.stats();
-    let lost = (total as u64).saturating_sub(handled + st.undecodable);
-    let rate_limited = mock.faults.get("too_many_requests").copied().unwrap_or(0);
-    let report = serde_json::json!({
-        "seconds": args.seconds,
-        "rate": args.rate,
-        "generated": total,
+    serde_json::json!({
         "handled": handled,
         "completed": st.completed,
         "failed": st.failed,
         "panicked": st.panicked,
         "undecodable": st.undecodable,
-        "lost": lost,
         "duplicates": duplicates,
         "baseline_rss_bytes": baseline,
         "peak_rss_bytes": peak,
         "budget_bytes": budget,
-        "rss_within_budget": peak <= baseline + budget + budget / 10 + (16 << 20),
-        "faults_injected": mock.faults,
         "retries": {
             "network": t.retries_network,
             "server_error": t.retries_server_error,
@@ -210,16 +276,5 @@ async fn main() {
             "other": t.retries_other,
         },
         "rate_limit_wait_ms": t.rate_limit_wait_ms,
-        "rate_limit_asked_ms": rate_limited * 1000,
-        "retry_after_honoured": t.retries_rate_limited == rate_limited && t.rate_limit_wait_ms == rate_limited * 1000,
-    });
-    if args.json {
-        println!("{report}");
-    } else {
-        println!("{}", serde_json::to_string_pretty(&report).expect("serialisable"));
-    }
-    server.shutdown().await;
-    if lost > 0 || duplicates > 0 {
-        std::process::exit(1);
-    }
+    })
 }
