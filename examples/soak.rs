@@ -151,7 +151,13 @@ async fn main() {
         .await
         .expect("join")
         .expect("run the consumer");
-    let mut report: serde_json::Value = serde_json::from_slice(&output.stdout).expect("the consumer's report");
+    let mut report: serde_json::Value = match serde_json::from_slice(&output.stdout) {
+        Ok(report) => report,
+        Err(e) => {
+            eprintln!("soak: the consumer failed ({}) and left no report: {e}", output.status);
+            std::process::exit(1);
+        }
+    };
     let mock = server.stats();
     let handled = report["handled"].as_u64().unwrap_or(0);
     let undecodable = report["undecodable"].as_u64().unwrap_or(0);
