@@ -62,6 +62,11 @@ pub(crate) struct Ctx<H> {
     pub(crate) acks: Mutex<AckTracker>,
     /// Wakes the dispatcher when the ack window or the key queues moved.
     pub(crate) progress: Notify,
+    /// Whether the transport acknowledges each update by receipt (a queue): receipts are
+    /// then sent as soon as handlers finish, by the ack loop, not only before a fetch.
+    pub(crate) individual: bool,
+    /// Wakes the ack loop when a receipt is ready (individual acks only).
+    pub(crate) receipts_ready: Notify,
     pub(crate) keys: Option<Mutex<KeyQueues>>,
     /// Fires at the drain deadline: running handlers are dropped; the gate is closed at
     /// the same moment, so updates waiting for a permit give up.
@@ -86,6 +91,9 @@ impl<H> Ctx<H> {
         }
         if self.acks.lock().finished(id, receipt) {
             self.progress.notify_one();
+        }
+        if self.individual && receipt.is_some() {
+            self.receipts_ready.notify_one();
         }
     }
 
@@ -170,6 +178,8 @@ impl<T: Transport, H: Handler> Runtime<T, H> {
             config,
             counters: Arc::new(Counters::default()),
             progress: Notify::new(),
+            individual: !cumulative,
+            receipts_ready: Notify::new(),
             abort: CancellationToken::new(),
             tracker: TaskTracker::new(),
             track_completions,
@@ -239,11 +249,17 @@ impl<T: Transport, H: Handler> Runtime<T, H> {
             .summary_every
             .map(|every| tokio::spawn(report_every(every, stats_of(&ctx))));
 
-        let failure = dispatch_loop(&transport, &ctx, &stop).await.err();
-
-        stop.cancel();
-        ctx.tracker.close();
-        ctx.tracker.wait().await;
+        let done = CancellationToken::new();
+        let work = async {
+            let failure = dispatch_loop(&transport, &ctx, &stop).await.err();
+            stop.cancel();
+            ctx.tracker.close();
+            ctx.tracker.wait().await;
+            done.cancel();
+            failure
+        };
+        let (failure, ack_failure) = tokio::join!(work, ack_loop(&transport, &ctx, &done, &stop));
+        let failure = failure.or(ack_failure);
         watchdog.abort();
         if let Some(r) = reporter {
             r.abort();
@@ -451,6 +467,45 @@ async fn dispatch_loop<T: Transport, H: Handler>(
                 Item::Run(update) if fresh => admit(ctx, update).await,
                 _ => {}
             }
+        }
+    }
+}
+
+/// Sends receipts as handlers finish, while a fetch may be in flight, until `done`
+/// (every handler finished). Only for transports with individual acks: an entry finished
+/// but not acknowledged would be delivered again if the worker died, or claimed by
+/// another worker once idle. On a failed ack the run stops (`stop`) and the error is
+/// returned; the receipts not acknowledged stay pending in the queue and are delivered
+/// again (at-least-once).
+async fn ack_loop<T: Transport, H>(
+    transport: &T,
+    ctx: &Ctx<H>,
+    done: &CancellationToken,
+    stop: &CancellationToken,
+) -> Option<T::Error> {
+    if !ctx.individual {
+        return None;
+    }
+    loop {
+        let ready = ctx.receipts_ready.notified();
+        let receipts = ctx.acks.lock().take_receipts();
+        if receipts.is_empty() {
+            tokio::select! {
+                _ = ready => continue,
+                _ = done.cancelled() => return None,
+            }
+        }
+        let acked = transport
+            .ack(Ack {
+                below: None,
+                receipts: &receipts,
+            })
+            .instrument(info_span!("ack", receipts = receipts.len()))
+            .await;
+        if let Err(e) = acked {
+            error!(error = %e, receipts = receipts.len(), "acknowledgement failed; stopping (unacknowledged entries will be delivered again)");
+            stop.cancel();
+            return Some(e);
         }
     }
 }

@@ -1,0 +1,75 @@
+//! What can go wrong talking to Redis, typed so a caller can tell a dead server from a
+//! misconfiguration.
+//!
+//! Transient failures (connection refused or dropped, timeouts, `LOADING`, `TRYAGAIN`)
+//! are retried inside the transport with backoff; only what is left when retries are
+//! exhausted, or what no retry can fix (wrong type at the key, authentication), reaches
+//! the caller. A password in the Redis URL never appears in these messages: they carry
+//! the server's reply or the client's I/O error, never the URL.
+
+/// An error of [`RedisStreamTransport`](crate::RedisStreamTransport) or
+/// [`StreamProducer`](crate::StreamProducer).
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum RedisTransportError {
+    /// Redis could not be reached or kept failing transiently; retries are exhausted.
+    #[error("redis unavailable after {attempts} attempts ({command}): {source}")]
+    Unavailable {
+        /// The command that failed.
+        command: &'static str,
+        /// How many attempts were made.
+        attempts: u32,
+        /// The last error.
+        #[source]
+        source: redis::RedisError,
+    },
+    /// Redis refused a command for a reason no retry fixes (for example `WRONGTYPE`: the
+    /// key holds something other than a stream, or `NOAUTH`).
+    #[error("redis refused {command}: {source}")]
+    Refused {
+        /// The command that failed.
+        command: &'static str,
+        /// The server's error.
+        #[source]
+        source: redis::RedisError,
+    },
+    /// A reply did not have the shape the command documents.
+    #[error("unexpected reply to {command}: {detail}")]
+    Protocol {
+        /// The command whose reply was unexpected.
+        command: &'static str,
+        /// What was wrong with it.
+        detail: String,
+    },
+    /// The transport's configuration is invalid (empty stream or group name, a URL the
+    /// client cannot parse, ...).
+    #[error("invalid configuration: {0}")]
+    Config(String),
+}
+
+impl RedisTransportError {
+    /// Whether retrying later could help (the server was unreachable or busy).
+    pub fn is_transient(&self) -> bool {
+        matches!(self, RedisTransportError::Unavailable { .. })
+    }
+}
+
+/// Whether a client error is worth retrying: connection trouble, timeouts and the
+/// server's own "try again" replies.
+pub(crate) fn transient(e: &redis::RedisError) -> bool {
+    use redis::RetryMethod;
+    e.is_io_error()
+        || e.is_timeout()
+        || e.is_connection_dropped()
+        || e.is_connection_refusal()
+        || matches!(
+            e.retry_method(),
+            RetryMethod::Reconnect | RetryMethod::RetryImmediately | RetryMethod::WaitAndRetry
+        )
+}
+
+/// Whether the error says the consumer group (or the stream) does not exist, which the
+/// transport repairs by creating it again.
+pub(crate) fn no_group(e: &redis::RedisError) -> bool {
+    e.code() == Some("NOGROUP")
+}

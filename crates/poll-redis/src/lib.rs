@@ -1,0 +1,36 @@
+//! Redis Streams for pollgate: the scale-out transport.
+//!
+//! Telegram's `getUpdates` allows one consumer per bot (a second one gets 409), so a bot
+//! that outgrows one machine puts a queue between Telegram and its workers. This crate
+//! uses an existing, widely deployed one — Redis Streams with consumer groups — rather
+//! than a home-made queue:
+//!
+//! ```text
+//!  Telegram ──getUpdates──▶ bridge ──XADD──▶ stream ──XREADGROUP──▶ worker 1 (own budget)
+//!            (at-least-once,          (one entry     (consumer   ├──▶ worker 2
+//!             offset after XADD)       per update)    group)     └──▶ worker N
+//! ```
+//!
+//! - [`RedisStreamTransport`] is a [`Transport`](pollgate_core::Transport) with
+//!   per-entry acknowledgements: each worker runs the ordinary pollgate runtime with its
+//!   own admission policy, and takes from the stream only what that policy admits.
+//!   Entries are acknowledged (`XACK`) only after their handler finished; entries of a
+//!   dead worker are claimed (`XAUTOCLAIM`) by the others; entries that keep failing go
+//!   to a dead-letter stream with the reason.
+//! - [`StreamProducer`] appends updates (`XADD`), for the bridge.
+//! - [`LocalRedis`] starts a private `redis-server` for tests, examples and benchmarks.
+//!
+//! `docs/scale-out.md` describes the topology, the end-to-end guarantees and the failure
+//! modes.
+
+mod error;
+mod local;
+mod producer;
+mod reply;
+mod retry;
+mod transport;
+
+pub use error::RedisTransportError;
+pub use local::{LocalRedis, REDIS_URL_ENV, RedisServer};
+pub use producer::{StreamProducer, StreamProducerBuilder};
+pub use transport::{DEFAULT_FIELD, RedisStats, RedisStreamTransport, RedisStreamTransportBuilder, StartFrom};

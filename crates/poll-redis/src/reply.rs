@@ -1,0 +1,226 @@
+//! Parsing of stream replies from raw [`redis::Value`]s.
+//!
+//! The client's typed stream replies assume every entry has fields; a pending entry that
+//! was deleted from the stream (trimmed by `MAXLEN`, removed by `XDEL`) comes back as an
+//! id with a nil body, and must be acknowledged, not mistaken for a malformed reply.
+//! Parsing by hand keeps that case, and every other shape, explicit.
+
+use redis::Value;
+
+use crate::error::RedisTransportError;
+
+/// One stream entry as delivered: its id and its fields, or `None` when the entry is still
+/// pending but no longer in the stream.
+#[derive(Debug, Clone, PartialEq)]
+pub(crate) struct Entry {
+    pub(crate) id: String,
+    pub(crate) fields: Option<Vec<(String, Vec<u8>)>>,
+}
+
+impl Entry {
+    /// The value of `field`, if present.
+    pub(crate) fn field(&self, name: &str) -> Option<&[u8]> {
+        self.fields
+            .as_ref()?
+            .iter()
+            .find(|(f, _)| f == name)
+            .map(|(_, v)| v.as_slice())
+    }
+}
+
+fn bad(command: &'static str, detail: impl Into<String>) -> RedisTransportError {
+    RedisTransportError::Protocol {
+        command,
+        detail: detail.into(),
+    }
+}
+
+fn string(command: &'static str, v: Value) -> Result<String, RedisTransportError> {
+    match v {
+        Value::BulkString(b) => String::from_utf8(b).map_err(|_| bad(command, "an id is not UTF-8")),
+        Value::SimpleString(s) => Ok(s),
+        Value::VerbatimString { text, .. } => Ok(text),
+        other => Err(bad(command, format!("expected a string, got {other:?}"))),
+    }
+}
+
+fn bytes(v: Value) -> Vec<u8> {
+    match v {
+        Value::BulkString(b) => b,
+        Value::SimpleString(s) => s.into_bytes(),
+        Value::VerbatimString { text, .. } => text.into_bytes(),
+        Value::Int(i) => i.to_string().into_bytes(),
+        other => format!("{other:?}").into_bytes(),
+    }
+}
+
+fn array(command: &'static str, v: Value) -> Result<Vec<Value>, RedisTransportError> {
+    match v {
+        Value::Array(items) | Value::Set(items) => Ok(items),
+        other => Err(bad(command, format!("expected an array, got {other:?}"))),
+    }
+}
+
+/// One entry: `[id, [field, value, ...]]` or `[id, nil]`.
+fn entry(command: &'static str, v: Value) -> Result<Entry, RedisTransportError> {
+    let mut parts = array(command, v)?.into_iter();
+    let id = string(
+        command,
+        parts.next().ok_or_else(|| bad(command, "an entry without an id"))?,
+    )?;
+    let fields = match parts.next() {
+        None | Some(Value::Nil) => None,
+        Some(Value::Map(pairs)) => Some(
+            pairs
+                .into_iter()
+                .map(|(f, v)| Ok((string(command, f)?, bytes(v))))
+                .collect::<Result<_, RedisTransportError>>()?,
+        ),
+        Some(list) => {
+            let flat = array(command, list)?;
+            if flat.len() % 2 != 0 {
+                return Err(bad(command, "an odd number of field/value items"));
+            }
+            let mut out = Vec::with_capacity(flat.len() / 2);
+            let mut it = flat.into_iter();
+            while let (Some(f), Some(v)) = (it.next(), it.next()) {
+                out.push((string(command, f)?, bytes(v)));
+            }
+            Some(out)
+        }
+    };
+    Ok(Entry { id, fields })
+}
+
+/// A list of entries (`XRANGE`, `XCLAIM`, the entries of one stream in `XREADGROUP`).
+/// Nil items (Redis 6 `XAUTOCLAIM` for deleted entries) are skipped.
+pub(crate) fn entries(command: &'static str, v: Value) -> Result<Vec<Entry>, RedisTransportError> {
+    array(command, v)?
+        .into_iter()
+        .filter(|v| !matches!(v, Value::Nil))
+        .map(|v| entry(command, v))
+        .collect()
+}
+
+/// An `XREADGROUP` reply for one stream: nil on timeout, else `[[key, entries]]` (RESP2)
+/// or `{key: entries}` (RESP3).
+pub(crate) fn read_group(v: Value) -> Result<Vec<Entry>, RedisTransportError> {
+    const C: &str = "XREADGROUP";
+    let streams = match v {
+        Value::Nil => return Ok(Vec::new()),
+        Value::Map(pairs) => pairs.into_iter().map(|(_, e)| e).collect(),
+        other => array(C, other)?
+            .into_iter()
+            .map(|kv| {
+                let mut kv = array(C, kv)?.into_iter();
+                kv.nth(1).ok_or_else(|| bad(C, "a stream without entries"))
+            })
+            .collect::<Result<Vec<_>, _>>()?,
+    };
+    let mut out = Vec::new();
+    for s in streams {
+        out.extend(entries(C, s)?);
+    }
+    Ok(out)
+}
+
+/// An `XAUTOCLAIM` reply: the next cursor, the claimed entries, and the ids that were
+/// pending but deleted from the stream (Redis ≥ 7).
+pub(crate) fn auto_claim(v: Value) -> Result<(String, Vec<Entry>, Vec<String>), RedisTransportError> {
+    const C: &str = "XAUTOCLAIM";
+    let mut parts = array(C, v)?.into_iter();
+    let cursor = string(C, parts.next().ok_or_else(|| bad(C, "no cursor"))?)?;
+    let claimed = entries(C, parts.next().ok_or_else(|| bad(C, "no entries"))?)?;
+    let deleted = match parts.next() {
+        Some(list) => array(C, list)?
+            .into_iter()
+            .map(|v| string(C, v))
+            .collect::<Result<_, _>>()?,
+        None => Vec::new(),
+    };
+    Ok((cursor, claimed, deleted))
+}
+
+/// The extended `XPENDING` reply: `[[id, consumer, idle_ms, deliveries], ...]`, as
+/// `(id, deliveries)`.
+pub(crate) fn pending(v: Value) -> Result<Vec<(String, u64)>, RedisTransportError> {
+    const C: &str = "XPENDING";
+    array(C, v)?
+        .into_iter()
+        .map(|row| {
+            let row = array(C, row)?;
+            let mut it = row.into_iter();
+            let id = string(C, it.next().ok_or_else(|| bad(C, "a row without an id"))?)?;
+            let deliveries = match it.nth(2) {
+                Some(Value::Int(n)) => n.max(0) as u64,
+                other => return Err(bad(C, format!("a delivery count that is not an integer: {other:?}"))),
+            };
+            Ok((id, deliveries))
+        })
+        .collect()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn bulk(s: &str) -> Value {
+        Value::BulkString(s.as_bytes().to_vec())
+    }
+
+    #[test]
+    fn read_group_parses_entries_and_deleted_ones() {
+        let reply = Value::Array(vec![Value::Array(vec![
+            bulk("s"),
+            Value::Array(vec![
+                Value::Array(vec![bulk("1-0"), Value::Array(vec![bulk("update"), bulk("{}")])]),
+                Value::Array(vec![bulk("2-0"), Value::Nil]),
+            ]),
+        ])]);
+        let got = read_group(reply).unwrap();
+        assert_eq!(got.len(), 2);
+        assert_eq!(got[0].field("update"), Some(&b"{}"[..]));
+        assert_eq!(got[1].fields, None);
+        assert!(read_group(Value::Nil).unwrap().is_empty());
+    }
+
+    #[test]
+    fn malformed_replies_are_protocol_errors_not_panics() {
+        for v in [
+            Value::Int(3),
+            Value::Array(vec![Value::Int(1)]),
+            Value::Array(vec![Value::Array(vec![bulk("s")])]),
+            Value::Array(vec![Value::Array(vec![
+                bulk("s"),
+                Value::Array(vec![Value::Array(vec![bulk("1-0"), Value::Array(vec![bulk("odd")])])]),
+            ])]),
+        ] {
+            assert!(matches!(read_group(v), Err(RedisTransportError::Protocol { .. })));
+        }
+        assert!(auto_claim(Value::Array(vec![])).is_err());
+        assert!(pending(Value::Array(vec![Value::Array(vec![bulk("1-0"), bulk("c")])])).is_err());
+    }
+
+    #[test]
+    fn auto_claim_and_pending_shapes() {
+        let reply = Value::Array(vec![
+            bulk("0-0"),
+            Value::Array(vec![Value::Array(vec![
+                bulk("5-0"),
+                Value::Array(vec![bulk("update"), bulk("x")]),
+            ])]),
+            Value::Array(vec![bulk("4-0")]),
+        ]);
+        let (cursor, claimed, deleted) = auto_claim(reply).unwrap();
+        assert_eq!(cursor, "0-0");
+        assert_eq!(claimed[0].id, "5-0");
+        assert_eq!(deleted, vec!["4-0".to_string()]);
+        let rows = Value::Array(vec![Value::Array(vec![
+            bulk("5-0"),
+            bulk("c"),
+            Value::Int(10),
+            Value::Int(3),
+        ])]);
+        assert_eq!(pending(rows).unwrap(), vec![("5-0".to_string(), 3)]);
+    }
+}

@@ -1,0 +1,391 @@
+//! The Redis Streams transport against a real `redis-server` (`$POLLGATE_REDIS_URL`, or a
+//! private one started from `PATH`): workers drain a stream with nothing lost, a dead
+//! worker's entries are claimed and finished by the others, poison entries land in the
+//! dead-letter stream with their reason, and a slow handler keeps its entries.
+//!
+//! Redis measures idle time on its own clock, so these tests wait for real time to pass
+//! (with short `claim_idle` settings); every wait polls a condition under a deadline.
+
+use std::collections::HashMap;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use parking_lot::Mutex;
+use pollgate_admission::{ByteBudget, Fixed};
+use pollgate_core::{Backoff, FetchRequest, Transport, Update};
+use pollgate_redis::{RedisServer, RedisStreamTransport, StreamProducer};
+use pollgate_runtime::{Delivery, Runtime};
+use redis::AsyncCommands;
+use tokio_util::sync::CancellationToken;
+
+fn server() -> RedisServer {
+    RedisServer::from_env_or_start().expect("a Redis server for the tests")
+}
+
+/// A stream name no other test (or earlier run against a shared server) uses.
+fn unique(name: &str) -> String {
+    format!("pollgate-test:{name}:{}:{}", std::process::id(), fastrand::u64(..))
+}
+
+fn update_json(id: i64) -> String {
+    format!(
+        r#"{{"update_id":{id},"message":{{"message_id":{id},"date":0,"chat":{{"id":{},"type":"private"}},"text":"hi"}}}}"#,
+        id % 17
+    )
+}
+
+async fn fill(url: &str, stream: &str, ids: std::ops::Range<i64>) {
+    let producer = StreamProducer::builder(url, stream).build().unwrap();
+    for id in ids {
+        producer
+            .add(&Update::from_json(&update_json(id)).unwrap())
+            .await
+            .unwrap();
+    }
+}
+
+async fn conn(url: &str) -> redis::aio::MultiplexedConnection {
+    redis::Client::open(url)
+        .unwrap()
+        .get_multiplexed_async_connection()
+        .await
+        .unwrap()
+}
+
+/// Entries pending in the group (delivered, not acknowledged).
+async fn pending(url: &str, stream: &str, group: &str) -> i64 {
+    let v: redis::Value = redis::cmd("XPENDING")
+        .arg(stream)
+        .arg(group)
+        .query_async(&mut conn(url).await)
+        .await
+        .unwrap();
+    match v {
+        redis::Value::Array(items) => match items.first() {
+            Some(redis::Value::Int(n)) => *n,
+            other => panic!("unexpected XPENDING summary {other:?}"),
+        },
+        other => panic!("unexpected XPENDING reply {other:?}"),
+    }
+}
+
+async fn wait_for(what: &str, deadline: Duration, mut done: impl AsyncFnMut() -> bool) {
+    let until = Instant::now() + deadline;
+    while !done().await {
+        assert!(Instant::now() < until, "timed out waiting for {what}");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+}
+
+fn transport(url: &str, stream: &str, consumer: &str) -> pollgate_redis::RedisStreamTransportBuilder {
+    RedisStreamTransport::builder(url, stream, "workers")
+        .consumer(consumer)
+        .claim_idle(Duration::from_millis(300))
+        .max_block(Duration::from_millis(100))
+}
+
+/// Handled ids, per worker.
+type Seen = Arc<Mutex<HashMap<i64, Vec<usize>>>>;
+
+/// Runs one worker until `stop`, recording which ids it handled.
+fn worker(
+    t: RedisStreamTransport,
+    index: usize,
+    seen: Seen,
+    hold: Duration,
+    stop: CancellationToken,
+) -> tokio::task::JoinHandle<pollgate_runtime::Summary> {
+    let runtime = Runtime::builder(t, move |u: Update| {
+        let seen = Arc::clone(&seen);
+        async move {
+            tokio::time::sleep(hold).await;
+            seen.lock().entry(u.id()).or_default().push(index);
+            Ok::<(), std::io::Error>(())
+        }
+    })
+    .policy(ByteBudget::new(64 << 10))
+    .cost_fn(|_| 1 << 10)
+    .delivery(Delivery::AtLeastOnce)
+    .poll_timeout(Duration::from_millis(100))
+    .shutdown(stop)
+    .build();
+    tokio::spawn(async move { runtime.run().await.expect("worker run") })
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn three_workers_drain_a_stream_with_nothing_lost_or_duplicated() {
+    let redis = server();
+    let url = redis.url();
+    let stream = unique("drain");
+    const N: i64 = 3000;
+    fill(&url, &stream, 0..N).await;
+
+    let seen: Seen = Arc::default();
+    let stop = CancellationToken::new();
+    let workers: Vec<_> = (0..3)
+        .map(|i| {
+            let t = transport(&url, &stream, &format!("w{i}")).build().unwrap();
+            worker(t, i, Arc::clone(&seen), Duration::from_millis(2), stop.clone())
+        })
+        .collect();
+    wait_for("every update handled", Duration::from_secs(60), async || {
+        seen.lock().len() as i64 == N
+    })
+    .await;
+    wait_for("nothing pending", Duration::from_secs(10), async || {
+        pending(&url, &stream, "workers").await == 0
+    })
+    .await;
+    stop.cancel();
+    for w in workers {
+        let summary = w.await.unwrap();
+        assert!(summary.unfinished.is_empty(), "{:?}", summary.unfinished);
+    }
+    let seen = seen.lock();
+    let duplicates: Vec<_> = seen.iter().filter(|(_, by)| by.len() > 1).collect();
+    assert!(duplicates.is_empty(), "handled twice: {duplicates:?}");
+    for i in 0..3 {
+        let n = seen.values().filter(|by| by[0] == i).count();
+        assert!(n > 0, "worker {i} handled nothing: the stream was not shared");
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_dead_workers_entries_are_claimed_and_finished_by_the_others() {
+    let redis = server();
+    let url = redis.url();
+    let stream = unique("claim");
+    const N: i64 = 200;
+    fill(&url, &stream, 0..N).await;
+
+    // A worker takes 50 entries and dies without acknowledging them (no heartbeat either:
+    // its transport is gone).
+    let doomed = transport(&url, &stream, "doomed").build().unwrap();
+    let taken = doomed
+        .fetch(FetchRequest {
+            limit: 50,
+            timeout: Duration::ZERO,
+        })
+        .await
+        .unwrap();
+    assert_eq!(taken.updates.len(), 50);
+    drop(doomed);
+    assert_eq!(pending(&url, &stream, "workers").await, 50);
+
+    let seen: Seen = Arc::default();
+    let stop = CancellationToken::new();
+    let transports: Vec<_> = (0..2)
+        .map(|i| Arc::new(transport(&url, &stream, &format!("w{i}")).build().unwrap()))
+        .collect();
+    let workers: Vec<_> = transports
+        .iter()
+        .enumerate()
+        .map(|(i, t)| worker_shared(Arc::clone(t), i, Arc::clone(&seen), stop.clone()))
+        .collect();
+    wait_for("every update handled", Duration::from_secs(30), async || {
+        seen.lock().len() as i64 == N
+    })
+    .await;
+    wait_for("nothing pending", Duration::from_secs(10), async || {
+        pending(&url, &stream, "workers").await == 0
+    })
+    .await;
+    stop.cancel();
+    for w in workers {
+        w.await.unwrap();
+    }
+    let claimed: u64 = transports.iter().map(|t| t.stats().claimed).sum();
+    assert_eq!(claimed, 50, "the dead worker's entries were claimed");
+    for u in &taken.updates {
+        assert!(
+            seen.lock().contains_key(&u.id()),
+            "update {} of the dead worker was lost",
+            u.id()
+        );
+    }
+}
+
+fn worker_shared(
+    t: Arc<RedisStreamTransport>,
+    index: usize,
+    seen: Seen,
+    stop: CancellationToken,
+) -> tokio::task::JoinHandle<()> {
+    let runtime = Runtime::builder(t, move |u: Update| {
+        let seen = Arc::clone(&seen);
+        async move {
+            seen.lock().entry(u.id()).or_default().push(index);
+            Ok::<(), std::io::Error>(())
+        }
+    })
+    .policy(Fixed::new(16))
+    .delivery(Delivery::AtLeastOnce)
+    .poll_timeout(Duration::from_millis(100))
+    .shutdown(stop)
+    .build();
+    tokio::spawn(async move {
+        runtime.run().await.expect("worker run");
+    })
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn poison_entries_land_in_the_dead_letter_stream_with_their_reason() {
+    let redis = server();
+    let url = redis.url();
+    let stream = unique("poison");
+    let mut c = conn(&url).await;
+    // Not an update at all, and an update whose handler "kills" every worker.
+    let _: String = c.xadd(&stream, "*", &[("update", "<html>502</html>")]).await.unwrap();
+    let _: String = c.xadd(&stream, "*", &[("other", "x")]).await.unwrap();
+    fill(&url, &stream, 7..8).await;
+
+    let build = |name: &str| {
+        transport(&url, &stream, name)
+            .max_deliveries(2)
+            .claim_idle(Duration::from_millis(100))
+            .build()
+            .unwrap()
+    };
+    let req = FetchRequest {
+        limit: 10,
+        timeout: Duration::ZERO,
+    };
+    // Delivery 1: the malformed entries are dead-lettered at once; the update is
+    // delivered and its worker dies.
+    let first = build("a");
+    let batch = first.fetch(req).await.unwrap();
+    assert_eq!(batch.updates.iter().map(Update::id).collect::<Vec<_>>(), vec![7]);
+    assert_eq!(first.stats().dead_lettered, 2);
+    drop(first);
+    // Delivery 2: claimed by the next worker, which dies too.
+    let mut deliveries = 1;
+    let mut last = None;
+    for name in ["b", "c", "d"] {
+        let t = build(name);
+        let mut got = Vec::new();
+        let until = Instant::now() + Duration::from_secs(10);
+        while got.is_empty() && t.stats().dead_lettered == 0 && Instant::now() < until {
+            tokio::time::sleep(Duration::from_millis(50)).await;
+            got = t.fetch(req).await.unwrap().updates;
+        }
+        if t.stats().dead_lettered == 1 {
+            last = Some(t);
+            break;
+        }
+        assert_eq!(got.len(), 1, "delivered again to {name}");
+        deliveries += 1;
+    }
+    assert_eq!(deliveries, 2, "max_deliveries = 2");
+    let last = last.expect("the third delivery dead-letters the entry");
+    let dead: redis::streams::StreamRangeReply = c.xrange_all(last.dead_letter_stream()).await.unwrap();
+    assert_eq!(dead.ids.len(), 3);
+    let reasons: Vec<String> = dead.ids.iter().map(|e| e.get("pollgate_reason").unwrap()).collect();
+    assert!(reasons[0].starts_with("not a Telegram update"), "{reasons:?}");
+    assert!(reasons[1].contains("no `update` field"), "{reasons:?}");
+    assert!(reasons[2].contains("delivered 3 times"), "{reasons:?}");
+    let original: String = dead.ids[2].get("update").unwrap();
+    assert_eq!(original, update_json(7), "the dead letter keeps the entry's fields");
+    assert_eq!(
+        pending(&url, &stream, "workers").await,
+        0,
+        "dead-lettered entries are acknowledged"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_slow_handler_keeps_its_entries_through_heartbeats() {
+    let redis = server();
+    let url = redis.url();
+    let stream = unique("slow");
+    fill(&url, &stream, 0..4).await;
+    let seen: Seen = Arc::default();
+    let stop = CancellationToken::new();
+    // Handlers take 5× claim_idle; a second, idle worker looks for entries to claim.
+    let slow = transport(&url, &stream, "slow").build().unwrap();
+    let slow = worker(slow, 0, Arc::clone(&seen), Duration::from_millis(1500), stop.clone());
+    tokio::time::sleep(Duration::from_millis(200)).await;
+    let thief = Arc::new(transport(&url, &stream, "thief").build().unwrap());
+    let other = worker_shared(Arc::clone(&thief), 1, Arc::clone(&seen), stop.clone());
+    wait_for("all handled", Duration::from_secs(20), async || seen.lock().len() == 4).await;
+    stop.cancel();
+    slow.await.unwrap();
+    other.await.unwrap();
+    assert_eq!(thief.stats().claimed, 0, "a live worker's entries were claimed");
+    assert!(seen.lock().values().all(|by| by == &vec![0]), "{:?}", seen.lock());
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_lost_read_is_recovered_from_the_own_pending_list() {
+    let redis = server();
+    let url = redis.url();
+    let stream = unique("own");
+    fill(&url, &stream, 0..5).await;
+    // A consumer read 5 entries and restarted under the same (stable) name before
+    // handling them: the new incarnation gets them back at once, without waiting for
+    // claim_idle.
+    let before = transport(&url, &stream, "stable")
+        .claim_idle(Duration::from_secs(3600))
+        .build()
+        .unwrap();
+    let req = FetchRequest {
+        limit: 10,
+        timeout: Duration::ZERO,
+    };
+    assert_eq!(before.fetch(req).await.unwrap().updates.len(), 5);
+    drop(before);
+    let after = transport(&url, &stream, "stable")
+        .claim_idle(Duration::from_secs(3600))
+        .build()
+        .unwrap();
+    let again = after.fetch(req).await.unwrap().updates;
+    assert_eq!(
+        again.iter().map(Update::id).collect::<Vec<_>>(),
+        (0..5).collect::<Vec<_>>()
+    );
+    assert_eq!(after.stats().recovered, 5);
+    // And not a second time while they are in flight.
+    assert!(after.fetch(req).await.unwrap().updates.is_empty());
+    let receipts: Vec<Arc<str>> = again.iter().map(|u| Arc::clone(u.receipt().unwrap())).collect();
+    after
+        .ack(pollgate_core::Ack {
+            below: None,
+            receipts: &receipts,
+        })
+        .await
+        .unwrap();
+    assert_eq!(pending(&url, &stream, "workers").await, 0);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn redis_down_is_retried_and_then_a_typed_error() {
+    // Nothing listens on this port: with bounded retries the fetch gives up with a
+    // transient error that names the command; the URL's password is not in it.
+    let port = std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port();
+    let t = RedisStreamTransport::builder(format!("redis://:hunter2@127.0.0.1:{port}"), "s", "g")
+        .backoff(Backoff {
+            initial: Duration::from_millis(1),
+            factor: 1.0,
+            max: Duration::from_millis(1),
+            max_retries: Some(2),
+        })
+        .build()
+        .unwrap();
+    let e = t
+        .fetch(FetchRequest {
+            limit: 1,
+            timeout: Duration::ZERO,
+        })
+        .await
+        .unwrap_err();
+    assert!(e.is_transient(), "{e}");
+    assert!(e.to_string().contains("XGROUP CREATE"), "{e}");
+    assert!(
+        !e.to_string().contains("hunter2") && !format!("{t:?}").contains("hunter2"),
+        "{e} / {t:?}"
+    );
+    assert_eq!(t.stats().retries, 2);
+}
