@@ -19,6 +19,8 @@ mod parent;
 mod plot;
 mod proc_mem;
 mod report;
+#[path = "../shared/size.rs"]
+mod size;
 mod workload;
 
 use std::process::ExitCode;

@@ -1,0 +1,169 @@
+//! The bridge: Telegram `getUpdates` → a Redis stream, for N workers to share.
+//!
+//! ```text
+//! TELEGRAM_BOT_TOKEN=… cargo run --release --example bridge -- --redis-url redis://127.0.0.1:6379
+//! ```
+//!
+//! `getUpdates` allows one consumer per bot, so the bridge is that consumer: it runs the
+//! ordinary pollgate runtime in at-least-once mode with a handler that appends each update
+//! to the stream (`XADD`) and returns once Redis stored it. The Telegram offset therefore
+//! passes an update only after Redis accepted it; a bridge killed at any moment loses
+//! nothing, and after a restart appends at most the unconfirmed updates again (the
+//! workers are at-least-once anyway). Appends from concurrent handlers share one
+//! multiplexed connection, so they are pipelined; per-chat ordering (`ordered`) keeps
+//! each chat's updates in stream order.
+//!
+//! An append that fails for good (Redis refuses it) is never confirmed to Telegram: the
+//! bridge stops, the update stays unfinished, and it is fetched again on the next start.
+//! `--max-len` caps the stream (`MAXLEN ~`); it is off by default, since a cap deletes
+//! entries whether or not a worker handled them.
+
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::time::{Duration, Instant};
+
+use clap::Parser;
+use pollgate::core::TelegramTransport;
+use pollgate::{Delivery, Fixed, Runtime, Update};
+use pollgate_redis::StreamProducer;
+use tokio_util::sync::CancellationToken;
+
+/// Bridge Telegram `getUpdates` to a Redis stream (the bot token is read from
+/// `TELEGRAM_BOT_TOKEN`).
+#[derive(Debug, Clone, Parser)]
+#[command(name = "bridge", version)]
+pub(crate) struct BridgeArgs {
+    /// The Bot API server.
+    #[arg(long, default_value = pollgate::core::DEFAULT_API_URL)]
+    pub(crate) api_url: String,
+    /// The Redis server (`redis://[:password@]host:port[/db]`).
+    #[arg(long)]
+    pub(crate) redis_url: String,
+    /// The stream to append to.
+    #[arg(long, default_value = "pollgate:updates")]
+    pub(crate) stream: String,
+    /// Cap the stream at about this many entries (`XADD … MAXLEN ~ N`); off by default.
+    #[arg(long)]
+    pub(crate) max_len: Option<usize>,
+    /// Appends in flight at once.
+    #[arg(long, default_value_t = 256)]
+    pub(crate) concurrency: usize,
+    /// Stop (gracefully, offset confirmed) after this many updates were appended.
+    #[arg(long)]
+    pub(crate) stop_after: Option<u64>,
+}
+
+/// What a bridge run did.
+#[derive(Debug, Clone, Copy)]
+pub(crate) struct BridgeReport {
+    pub(crate) appended: u64,
+    pub(crate) elapsed: Duration,
+}
+
+/// Runs the bridge until `stop` is cancelled (or `--stop-after` is reached).
+pub(crate) async fn run_bridge(
+    args: &BridgeArgs,
+    token: String,
+    stop: CancellationToken,
+) -> Result<BridgeReport, String> {
+    let started = Instant::now();
+    let transport = TelegramTransport::builder(token)
+        .api_url(&args.api_url)
+        .build()
+        .map_err(|e| format!("bridge: {e}"))?;
+    let mut producer = StreamProducer::builder(&args.redis_url, &args.stream);
+    if let Some(n) = args.max_len {
+        producer = producer.max_len_approx(n);
+    }
+    let producer = Arc::new(producer.build().map_err(|e| format!("bridge: {e}"))?);
+    let failed = Arc::new(AtomicBool::new(false));
+    let runtime = Runtime::builder(transport, {
+        let (producer, stop, failed) = (Arc::clone(&producer), stop.clone(), Arc::clone(&failed));
+        move |update: Update| {
+            let (producer, stop, failed) = (Arc::clone(&producer), stop.clone(), Arc::clone(&failed));
+            async move {
+                if let Err(e) = producer.add(&update).await {
+                    // Never let the runtime count this update as finished: it would
+                    // confirm the offset past an update Redis does not have. Stop, and
+                    // stay unfinished until the drain deadline gives up on it.
+                    tracing::error!(update_id = update.id(), error = %e, "append failed; stopping the bridge");
+                    failed.store(true, Ordering::Release);
+                    stop.cancel();
+                    std::future::pending::<()>().await;
+                }
+                Ok::<(), std::io::Error>(())
+            }
+        }
+    })
+    .policy(Fixed::new(args.concurrency.max(1)))
+    .delivery(Delivery::AtLeastOnce)
+    .ordered(true)
+    .drain_deadline(Duration::from_secs(10))
+    .shutdown(stop.clone())
+    .build();
+    if let Some(n) = args.stop_after {
+        let stop = stop.clone();
+        let producer = Arc::clone(&producer);
+        tokio::spawn(async move {
+            while producer.added() < n {
+                tokio::time::sleep(Duration::from_millis(20)).await;
+            }
+            stop.cancel();
+        });
+    }
+    let summary = runtime.run().await.map_err(|e| format!("bridge: {e}"))?;
+    if failed.load(Ordering::Acquire) {
+        return Err(format!(
+            "bridge: an append failed; {} update(s) left unconfirmed on the Bot API server",
+            summary.unfinished.len()
+        ));
+    }
+    if let Some(e) = summary.flush_error {
+        return Err(format!("bridge: could not confirm the final offset: {e}"));
+    }
+    Ok(BridgeReport {
+        appended: producer.added(),
+        elapsed: started.elapsed(),
+    })
+}
+
+#[allow(dead_code)] // unused where this file is a module of scale_out
+fn main() -> std::process::ExitCode {
+    let args = BridgeArgs::parse();
+    let filter = tracing_subscriber::EnvFilter::try_from_default_env()
+        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
+    tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr)
+        .init();
+    let Ok(token) = std::env::var("TELEGRAM_BOT_TOKEN") else {
+        eprintln!("bridge: set TELEGRAM_BOT_TOKEN");
+        return std::process::ExitCode::from(2);
+    };
+    let rt = tokio::runtime::Runtime::new().expect("tokio runtime");
+    let result = rt.block_on(async {
+        let stop = CancellationToken::new();
+        tokio::spawn({
+            let stop = stop.clone();
+            async move {
+                let _ = tokio::signal::ctrl_c().await;
+                stop.cancel();
+            }
+        });
+        run_bridge(&args, token, stop).await
+    });
+    match result {
+        Ok(r) => {
+            eprintln!(
+                "bridge: appended {} updates in {:.1} s",
+                r.appended,
+                r.elapsed.as_secs_f64()
+            );
+            std::process::ExitCode::SUCCESS
+        }
+        Err(e) => {
+            eprintln!("{e}");
+            std::process::ExitCode::FAILURE
+        }
+    }
+}

@@ -1,0 +1,103 @@
+//! The command-line contract (scripts and docs rely on it; keep it exact), and the hidden
+//! arguments of the worker processes.
+
+use std::path::PathBuf;
+
+use clap::Parser;
+
+use crate::size::Size;
+
+/// Scale out on one machine: a mock Bot API backlog → the bridge → a Redis stream → N
+/// worker processes, each with its own byte budget.
+///
+/// Without --redis-url a private redis-server is started on a free loopback port (and
+/// stopped at the end). Prints a table (or, with --json, one object per worker and a
+/// final one) and exits non-zero if any update was lost.
+#[derive(Debug, Clone, Parser)]
+#[command(name = "scale_out", version)]
+pub(crate) struct Args {
+    /// Worker processes.
+    #[arg(long, default_value_t = 3, value_parser = clap::value_parser!(u32).range(1..=64))]
+    pub(crate) workers: u32,
+    /// Updates in the backlog.
+    #[arg(long, default_value_t = 20_000, value_parser = clap::value_parser!(u64).range(1..))]
+    pub(crate) updates: u64,
+    /// Each worker's byte budget (sizes accept suffixes: 64MiB).
+    #[arg(long, default_value = "64MiB")]
+    pub(crate) budget: Size,
+    /// Memory each handler touches and holds, in KiB.
+    #[arg(long, default_value_t = 256, value_parser = clap::value_parser!(u64).range(1..))]
+    pub(crate) work_kib: u64,
+    /// How long each handler holds it, in ms.
+    #[arg(long, default_value_t = 200)]
+    pub(crate) work_ms: u64,
+    /// SIGKILL one worker this many seconds after the start.
+    #[arg(long)]
+    pub(crate) kill_one_after: Option<f64>,
+    /// Use this Redis server instead of starting a private one.
+    #[arg(long)]
+    pub(crate) redis_url: Option<String>,
+    /// One JSON object per worker, then a final one, on stdout.
+    #[arg(long)]
+    pub(crate) json: bool,
+    /// How long a dead worker's entries stay pending before another worker claims them,
+    /// in ms.
+    #[arg(long, default_value_t = 2000)]
+    pub(crate) claim_idle_ms: u64,
+    /// Text size of each generated message, in bytes.
+    #[arg(long, default_value_t = 1024)]
+    pub(crate) text_bytes: usize,
+    /// Chats the updates are spread over.
+    #[arg(long, default_value_t = 100, value_parser = clap::value_parser!(u64).range(1..))]
+    pub(crate) chats: u64,
+    /// Give up (exit non-zero) if the backlog is not drained within this many seconds.
+    #[arg(long, default_value_t = 600)]
+    pub(crate) timeout_s: u64,
+}
+
+impl Args {
+    pub(crate) fn validate(&self) -> Result<(), String> {
+        if let Some(s) = self.kill_one_after {
+            if !(s.is_finite() && s >= 0.0) {
+                return Err(format!(
+                    "--kill-one-after must be a non-negative number of seconds, not {s}"
+                ));
+            }
+            if self.workers < 2 {
+                return Err("--kill-one-after needs --workers 2 or more (someone must finish the work)".into());
+            }
+        }
+        if self.budget.0 < self.work_kib << 10 {
+            return Err(format!(
+                "--budget {} is smaller than one handler's working set ({} KiB)",
+                self.budget, self.work_kib
+            ));
+        }
+        Ok(())
+    }
+}
+
+/// A worker process (started by the parent with `__worker`; not part of the contract).
+#[derive(Debug, Clone, Parser)]
+pub(crate) struct WorkerArgs {
+    #[arg(long)]
+    pub(crate) index: u32,
+    #[arg(long)]
+    pub(crate) redis_url: String,
+    #[arg(long)]
+    pub(crate) stream: String,
+    #[arg(long)]
+    pub(crate) group: String,
+    #[arg(long)]
+    pub(crate) budget: u64,
+    #[arg(long)]
+    pub(crate) work_kib: u64,
+    #[arg(long)]
+    pub(crate) work_ms: u64,
+    #[arg(long)]
+    pub(crate) claim_idle_ms: u64,
+    #[arg(long)]
+    pub(crate) updates: usize,
+    #[arg(long)]
+    pub(crate) ledger: PathBuf,
+}

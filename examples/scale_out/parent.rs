@@ -1,0 +1,456 @@
+//! Orchestration: Redis, the mock Bot API server, the bridge and the workers; the kill;
+//! the end condition; the report.
+//!
+//! The run is over when the bridge appended the whole backlog (and confirmed it to the
+//! Bot API server), every update is in some worker's ledger or in the dead-letter stream,
+//! and nothing is pending in the consumer group. Lost = backlog − unique handled −
+//! dead-lettered, counted from the ledgers, which are written before an update is
+//! acknowledged.
+
+use std::collections::HashMap;
+use std::io::{Read, Seek, SeekFrom};
+use std::path::{Path, PathBuf};
+use std::process::Stdio;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use indicatif::{MultiProgress, ProgressBar, ProgressStyle};
+use mock_bot_api::{BacklogSpec, MockConfig, MockServer};
+use parking_lot::Mutex;
+use pollgate_redis::LocalRedis;
+use redis::AsyncCommands;
+use serde_json::{Value, json};
+use tokio::io::{AsyncBufReadExt, BufReader};
+use tokio::process::{Child, ChildStdin, Command};
+use tokio_util::sync::CancellationToken;
+
+use crate::bridge::{BridgeArgs, run_bridge};
+use crate::cli::Args;
+use crate::size::Size;
+
+const GROUP: &str = "workers";
+
+/// The bridge as a child process: token from the environment, stops when stdin closes
+/// or after `--stop-after` appends.
+pub(crate) fn bridge_main(args: BridgeArgs) -> u8 {
+    let Ok(token) = std::env::var("TELEGRAM_BOT_TOKEN") else {
+        eprintln!("scale_out bridge: TELEGRAM_BOT_TOKEN is not set");
+        return 2;
+    };
+    let rt = tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+        .expect("tokio runtime");
+    let stop = CancellationToken::new();
+    {
+        let stop = stop.clone();
+        std::thread::spawn(move || {
+            let mut sink = [0u8; 64];
+            while matches!(std::io::stdin().read(&mut sink), Ok(n) if n > 0) {}
+            stop.cancel();
+        });
+    }
+    match rt.block_on(run_bridge(&args, token, stop)) {
+        Ok(_) => 0,
+        Err(e) => {
+            eprintln!("scale_out {e}");
+            1
+        }
+    }
+}
+
+/// Runs the demo; returns the process exit code.
+pub(crate) fn main(args: Args) -> u8 {
+    let rt = tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+        .expect("tokio runtime");
+    match rt.block_on(run(args)) {
+        Ok(true) => 0,
+        Ok(false) => 1,
+        Err(e) => {
+            eprintln!("scale_out: {e}");
+            1
+        }
+    }
+}
+
+/// What the parent knows of one worker.
+#[derive(Debug, Default)]
+struct Seen {
+    handled: u64,
+    rss: u64,
+    peak: u64,
+    baseline: Option<u64>,
+    result: Option<Value>,
+}
+
+struct Worker {
+    index: u32,
+    child: Child,
+    stdin: Option<ChildStdin>,
+    seen: Arc<Mutex<Seen>>,
+    reader: tokio::task::JoinHandle<()>,
+    ledger: PathBuf,
+    killed_at: Option<f64>,
+    bar: ProgressBar,
+}
+
+/// Reads the ids appended to the ledgers since the last call.
+#[derive(Debug, Default)]
+struct LedgerTail {
+    offsets: HashMap<PathBuf, u64>,
+    partial: HashMap<PathBuf, String>,
+    counts: HashMap<i64, u32>,
+    per_file: HashMap<PathBuf, u64>,
+}
+
+impl LedgerTail {
+    fn poll(&mut self, path: &Path) {
+        let Ok(mut f) = std::fs::File::open(path) else { return };
+        let off = self.offsets.get(path).copied().unwrap_or(0);
+        if f.seek(SeekFrom::Start(off)).is_err() {
+            return;
+        }
+        let mut buf = String::new();
+        let Ok(n) = f.read_to_string(&mut buf) else { return };
+        self.offsets.insert(path.to_path_buf(), off + n as u64);
+        let partial = self.partial.entry(path.to_path_buf()).or_default();
+        partial.push_str(&buf);
+        let complete = partial.rfind('\n').map_or(0, |i| i + 1);
+        let lines: String = partial.drain(..complete).collect();
+        for line in lines.lines() {
+            if let Ok(id) = line.trim().parse::<i64>() {
+                *self.counts.entry(id).or_default() += 1;
+                *self.per_file.entry(path.to_path_buf()).or_default() += 1;
+            }
+        }
+    }
+
+    fn unique(&self) -> u64 {
+        self.counts.len() as u64
+    }
+
+    fn duplicates(&self) -> u64 {
+        self.counts.values().map(|&c| u64::from(c.saturating_sub(1))).sum()
+    }
+}
+
+fn style() -> ProgressStyle {
+    ProgressStyle::with_template("{prefix:>10} [{bar:30}] {pos:>7}/{len:7} {per_sec:>10} {msg}")
+        .expect("valid template")
+        .progress_chars("=> ")
+}
+
+async fn run(args: Args) -> Result<bool, String> {
+    let local;
+    let (url, private) = match &args.redis_url {
+        Some(u) => (u.clone(), false),
+        None => {
+            local = LocalRedis::start().map_err(|e| format!("cannot start redis-server: {e}"))?;
+            (local.url(), true)
+        }
+    };
+    let mut redis = redis::Client::open(url.as_str())
+        .map_err(|e| format!("bad --redis-url: {:?}", e.kind()))?
+        .get_multiplexed_async_connection()
+        .await
+        .map_err(|e| format!("cannot reach Redis: {e}"))?;
+    let tag = format!(
+        "{}-{}",
+        std::process::id(),
+        std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map_or(0, |d| d.as_millis())
+    );
+    let stream = format!("pollgate:scale-out:{tag}");
+    let dead = format!("{stream}:dead");
+    let ledgers = std::env::temp_dir().join(format!("pollgate-scale-out-{tag}"));
+    std::fs::create_dir_all(&ledgers).map_err(|e| format!("cannot create {}: {e}", ledgers.display()))?;
+
+    let server = MockServer::start(MockConfig::default())
+        .await
+        .map_err(|e| format!("cannot start the embedded mock Bot API server: {e}"))?;
+    server.generate(&BacklogSpec {
+        updates: args.updates as usize,
+        text_bytes: args.text_bytes,
+        chats: args.chats as usize,
+        seed: 1,
+    });
+    if !args.json {
+        println!(
+            "scale_out: {} updates → bridge → stream {stream} on {} Redis → {} workers, {} budget each; handler holds {} KiB for {} ms",
+            args.updates,
+            if private { "a private" } else { "the given" },
+            args.workers,
+            args.budget,
+            args.work_kib,
+            args.work_ms,
+        );
+    }
+    let exe = std::env::current_exe().map_err(|e| format!("cannot find this executable: {e}"))?;
+    let bars = MultiProgress::new();
+    let started = Instant::now();
+    let mut bridge = Command::new(&exe)
+        .arg("__bridge")
+        .args(["--api-url", &server.url(), "--redis-url", &url, "--stream", &stream])
+        .args(["--stop-after", &args.updates.to_string()])
+        .env("TELEGRAM_BOT_TOKEN", server.token())
+        .stdin(Stdio::piped())
+        .stdout(Stdio::null())
+        .stderr(Stdio::inherit())
+        .kill_on_drop(true)
+        .spawn()
+        .map_err(|e| format!("cannot start the bridge: {e}"))?;
+    let bridge_bar = bars.add(ProgressBar::new(args.updates));
+    bridge_bar.set_style(style());
+    bridge_bar.set_prefix("bridge");
+
+    let mut workers = Vec::new();
+    for index in 0..args.workers {
+        workers.push(spawn_worker(&exe, &args, index, &url, &stream, &ledgers, &bars)?);
+    }
+
+    let mut tail = LedgerTail::default();
+    let mut bridge_done = false;
+    let deadline = started + Duration::from_secs(args.timeout_s);
+    let mut tick = tokio::time::interval(Duration::from_millis(50));
+    let (drain_s, dead_lettered) = loop {
+        tick.tick().await;
+        let t = started.elapsed().as_secs_f64();
+        if let Some(after) = args.kill_one_after {
+            let victim = &mut workers[0];
+            if t >= after && victim.killed_at.is_none() {
+                victim
+                    .child
+                    .start_kill()
+                    .map_err(|e| format!("cannot kill worker 0: {e}"))?;
+                victim.killed_at = Some(t);
+                victim.bar.abandon_with_message(format!("SIGKILLed at {t:.1} s"));
+            }
+        }
+        if !bridge_done {
+            if let Some(status) = bridge.try_wait().map_err(|e| e.to_string())? {
+                if !status.success() {
+                    return Err(format!("the bridge failed ({status})"));
+                }
+                bridge_done = true;
+            }
+        }
+        for w in &mut workers {
+            if w.killed_at.is_none() {
+                if let Some(status) = w.child.try_wait().map_err(|e| e.to_string())? {
+                    return Err(format!("worker {} exited early ({status})", w.index));
+                }
+            }
+            tail.poll(&w.ledger);
+            let s = w.seen.lock();
+            if w.killed_at.is_none() {
+                w.bar.set_position(tail.per_file.get(&w.ledger).copied().unwrap_or(0));
+                w.bar
+                    .set_message(format!("RSS {:>4} MiB (peak {:>4})", s.rss >> 20, s.peak >> 20));
+            }
+        }
+        let appended: u64 = redis.xlen(&stream).await.map_err(|e| format!("XLEN: {e}"))?;
+        bridge_bar.set_position(appended.min(args.updates));
+        let dead: u64 = redis.xlen(&dead).await.map_err(|e| format!("XLEN: {e}"))?;
+        // Until a worker created the group there is nothing pending, and nothing done.
+        let pending = match redis
+            .xpending::<_, _, redis::streams::StreamPendingReply>(&stream, GROUP)
+            .await
+        {
+            Ok(p) => Some(p.count()),
+            Err(e) if e.code() == Some("NOGROUP") => None,
+            Err(e) => return Err(format!("XPENDING: {e}")),
+        };
+        if bridge_done && tail.unique() + dead >= args.updates && pending == Some(0) {
+            break (started.elapsed().as_secs_f64(), dead);
+        }
+        if Instant::now() > deadline {
+            return Err(format!(
+                "not drained after {} s: {} of {} handled, {} pending",
+                args.timeout_s,
+                tail.unique(),
+                args.updates,
+                pending.unwrap_or(0)
+            ));
+        }
+    };
+    bridge_bar.finish_with_message("appended");
+
+    // Stop: close each live worker's stdin; it drains and reports.
+    for w in &mut workers {
+        w.stdin.take();
+    }
+    for w in &mut workers {
+        let status = w.child.wait().await.map_err(|e| e.to_string())?;
+        if w.killed_at.is_none() && !status.success() {
+            return Err(format!("worker {} failed on shutdown ({status})", w.index));
+        }
+    }
+    for w in &mut workers {
+        (&mut w.reader).await.ok();
+        tail.poll(&w.ledger);
+    }
+    drop(bridge);
+    server.shutdown().await;
+    if !private {
+        let _: Result<(), _> = redis.del(&[&stream, &dead]).await;
+    }
+    let _ = std::fs::remove_dir_all(&ledgers);
+
+    let total_unique = tail.unique();
+    let lost = args.updates.saturating_sub(total_unique + dead_lettered);
+    let duplicates = tail.duplicates();
+    let mut rows = Vec::new();
+    let mut all_within = true;
+    for w in &workers {
+        let s = w.seen.lock();
+        let handled = tail.per_file.get(&w.ledger).copied().unwrap_or(0);
+        let r = s.result.as_ref();
+        let field = |name: &str| r.and_then(|r| r[name].as_u64());
+        let peak = field("peak_rss_bytes").unwrap_or(s.peak);
+        let baseline = field("baseline_rss_bytes").or(s.baseline);
+        // The flood demo's bound: the process's own baseline, the budget plus 10% for
+        // the allocator, and 16 MiB for the runtime's own buffers.
+        let limit = baseline.map(|b| b + args.budget.0 + args.budget.0 / 10 + (16 << 20));
+        let within = limit.is_none_or(|l| peak <= l);
+        all_within &= within;
+        let row = json!({
+            "worker": w.index,
+            "handled": handled,
+            "peak_rss_bytes": peak,
+            "budget_bytes": args.budget.0,
+            "baseline_rss_bytes": baseline,
+            "within_budget": within,
+            "killed": w.killed_at.is_some(),
+            "claimed": field("claimed"),
+            "recovered": field("recovered"),
+        });
+        if args.json {
+            println!("{row}");
+        }
+        rows.push((row, w.killed_at));
+    }
+    let claimed: u64 = rows.iter().filter_map(|(r, _)| r["claimed"].as_u64()).sum();
+    let total = json!({
+        "updates": args.updates,
+        "workers": args.workers,
+        "total_unique": total_unique,
+        "lost": lost,
+        "duplicates": duplicates,
+        "dead_lettered": dead_lettered,
+        "drain_s": drain_s,
+        "throughput_per_s": total_unique as f64 / drain_s.max(1e-9),
+        "claimed": claimed,
+        "killed_workers": workers.iter().filter(|w| w.killed_at.is_some()).count(),
+        "budget_bytes": args.budget.0,
+        "work_kib": args.work_kib,
+        "work_ms": args.work_ms,
+    });
+    if args.json {
+        println!("{total}");
+    } else {
+        println!(
+            "\n{:>6} {:>8} {:>10} {:>10} {:>10} {:>8}  status",
+            "worker", "handled", "peak RSS", "baseline", "budget", "claimed"
+        );
+        for (r, killed) in &rows {
+            let mib = |v: &Value| v.as_u64().map_or("-".to_string(), |b| format!("{} MiB", b >> 20));
+            println!(
+                "{:>6} {:>8} {:>10} {:>10} {:>10} {:>8}  {}",
+                r["worker"].to_string(),
+                r["handled"].to_string(),
+                mib(&r["peak_rss_bytes"]),
+                mib(&r["baseline_rss_bytes"]),
+                Size(args.budget.0).to_string(),
+                r["claimed"].as_u64().map_or("-".into(), |c| c.to_string()),
+                match killed {
+                    Some(t) => format!("SIGKILLed at {t:.1} s"),
+                    None if r["within_budget"] == true => "ok, within budget".into(),
+                    None => "OVER BUDGET".into(),
+                }
+            );
+        }
+        println!(
+            "\ntotal: {total_unique} unique of {}, lost {lost}, duplicates {duplicates}, dead-lettered {dead_lettered}, \
+             claimed {claimed}; drained in {drain_s:.2} s ({:.0} updates/s)",
+            args.updates,
+            total_unique as f64 / drain_s.max(1e-9)
+        );
+    }
+    Ok(lost == 0 && all_within)
+}
+
+fn spawn_worker(
+    exe: &Path,
+    args: &Args,
+    index: u32,
+    url: &str,
+    stream: &str,
+    ledgers: &Path,
+    bars: &MultiProgress,
+) -> Result<Worker, String> {
+    let ledger = ledgers.join(format!("worker-{index}.ledger"));
+    let mut cmd = Command::new(exe);
+    cmd.arg("__worker")
+        .args(["--index", &index.to_string()])
+        .args(["--redis-url", url, "--stream", stream, "--group", GROUP])
+        .args(["--budget", &args.budget.0.to_string()])
+        .args(["--work-kib", &args.work_kib.to_string()])
+        .args(["--work-ms", &args.work_ms.to_string()])
+        .args(["--claim-idle-ms", &args.claim_idle_ms.to_string()])
+        .args(["--updates", &args.updates.to_string()])
+        .arg("--ledger")
+        .arg(&ledger);
+    if std::env::var_os("MALLOC_ARENA_MAX").is_none() {
+        // As in the flood demo: one glibc arena, so freed handler memory is reused across
+        // threads instead of inflating the peak (docs/tuning.md).
+        cmd.env("MALLOC_ARENA_MAX", "1");
+    }
+    let mut child = cmd
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::inherit())
+        .kill_on_drop(true)
+        .spawn()
+        .map_err(|e| format!("cannot start worker {index}: {e}"))?;
+    let stdin = child.stdin.take();
+    let stdout = child.stdout.take().expect("piped stdout");
+    let seen = Arc::new(Mutex::new(Seen::default()));
+    let reader = tokio::spawn({
+        let seen = Arc::clone(&seen);
+        async move {
+            let mut lines = BufReader::new(stdout).lines();
+            while let Ok(Some(line)) = lines.next_line().await {
+                let Ok(v) = serde_json::from_str::<Value>(&line) else {
+                    continue;
+                };
+                let mut s = seen.lock();
+                match v["event"].as_str() {
+                    Some("progress") => {
+                        s.handled = v["handled"].as_u64().unwrap_or(s.handled);
+                        s.rss = v["rss_bytes"].as_u64().unwrap_or(0);
+                        s.peak = s.peak.max(v["peak_rss_bytes"].as_u64().unwrap_or(0));
+                        s.baseline = v["baseline_rss_bytes"].as_u64().or(s.baseline);
+                    }
+                    Some("result") => s.result = Some(v),
+                    _ => {}
+                }
+            }
+        }
+    });
+    let bar = bars.add(ProgressBar::new(args.updates));
+    bar.set_style(style());
+    bar.set_prefix(format!("worker {index}"));
+    Ok(Worker {
+        index,
+        child,
+        stdin,
+        seen,
+        reader,
+        ledger,
+        killed_at: None,
+        bar,
+    })
+}
