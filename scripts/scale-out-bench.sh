@@ -6,6 +6,7 @@
 #
 #   scripts/scale-out-bench.sh                 # 3 rounds of 6000 updates
 #   ROUNDS=5 UPDATES=10000 scripts/scale-out-bench.sh
+#   REPORT_ONLY=1 scripts/scale-out-bench.sh   # rewrite the report from the last run's figures
 #
 # Each worker has a 16 MiB budget and each handler holds 256 KiB for 200 ms, so one
 # worker runs at most 64 handlers at once (320 updates/s): the handler, not Redis or the
@@ -15,10 +16,11 @@ cd "$(dirname "$0")/.."
 rounds=${ROUNDS:-3}
 updates=${UPDATES:-6000}
 out=target/bench/scale-out
+args="--updates $updates --budget 16MiB --work-kib 256 --work-ms 200 --json"
+if [ -z "${REPORT_ONLY:-}" ]; then
 rm -rf "$out" && mkdir -p "$out"
 cargo build --release --example scale_out
 bin=./target/release/examples/scale_out
-args="--updates $updates --budget 16MiB --work-kib 256 --work-ms 200 --json"
 
 {
   echo "date: $(date -u +%Y-%m-%dT%H:%M:%SZ)"
@@ -37,13 +39,14 @@ for round in $(seq "$rounds"); do
     tail -n 1 "$out/run-$round-$workers.jsonl" | sed "s/^/$round /" >> "$out/totals.txt"
   done
 done
+fi
 
 # Median throughput per worker count, and its ratio to one worker.
 field() { grep -o "\"$1\":[0-9.eE+-]*" | cut -d: -f2; }
 median() { sort -g | awk '{a[NR]=$1} END {print (NR%2 ? a[(NR+1)/2] : (a[NR/2]+a[NR/2+1])/2)}'; }
 declare -A med
 for workers in 1 2 3; do
-  med[$workers]=$(grep "\"workers\":$workers," "$out/totals.txt" | field throughput_per_s | median)
+  med[$workers]=$(grep -E "\"workers\":$workers[,}]" "$out/totals.txt" | field throughput_per_s | median)
 done
 
 doc=docs/scale-out-benchmark.md

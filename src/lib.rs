@@ -6,10 +6,17 @@
 //! - [`admission`] (`pollgate-admission`): the [`AdmissionPolicy`] trait, the gate and the
 //!   built-in policies.
 //! - [`runtime`] (`pollgate-runtime`): the [`Runtime`] that composes them.
+//! - `redis` (`pollgate-redis`, with the `redis` feature): the Redis Streams transport
+//!   for scaling out to N workers (`docs/scale-out.md`).
 
 pub use pollgate_admission as admission;
 pub use pollgate_core as core;
 pub use pollgate_runtime as runtime;
+
+/// The Redis Streams transport, the stream producer for a bridge, and a private
+/// `redis-server` for tests (the `redis` feature).
+#[cfg(feature = "redis")]
+pub use pollgate_redis as redis;
 
 pub use pollgate_admission::{
     AdmissionPolicy, Barrier, ByteBudget, Fixed, Gate, Limit, Load, MemoryProbe, Outcome, RssAdaptive, all_of,

@@ -726,6 +726,23 @@ impl Inner {
         Ok(())
     }
 
+    /// Deletes this consumer from the group if it has no pending entry, in one script so
+    /// no entry can be delivered to it between the check and the deletion (deleting a
+    /// consumer drops its pending entries for good).
+    async fn leave_group(&self) -> Result<(), RedisTransportError> {
+        const SCRIPT: &str = "if #redis.call('XPENDING', KEYS[1], ARGV[1], '-', '+', 1, ARGV[2]) == 0 then \
+             return redis.call('XGROUP', 'DELCONSUMER', KEYS[1], ARGV[1], ARGV[2]) end return -1";
+        let s = &self.settings;
+        let mut cmd = redis::cmd("EVAL");
+        cmd.arg(SCRIPT).arg(1).arg(&s.stream).arg(&s.group).arg(&s.consumer);
+        if let Value::Int(-1) = self.query("EVAL (leave group)", cmd, &self.writer).await? {
+            debug!(consumer = %s.consumer, "entries still pending: the consumer stays in the group");
+        } else {
+            debug!(consumer = %s.consumer, "consumer removed from the group");
+        }
+        Ok(())
+    }
+
     async fn xack(&self, ids: &[&str]) -> Result<u64, RedisTransportError> {
         let s = &self.settings;
         let mut acked = 0;
@@ -885,8 +902,14 @@ impl Transport for RedisStreamTransport {
         Ok(())
     }
 
-    /// Acknowledgements are sent when made: nothing is buffered.
+    /// Acknowledgements are sent when made, so nothing is buffered. A worker that leaves
+    /// with nothing in flight and nothing pending removes its consumer from the group, so
+    /// the group's consumer list does not grow with every restart (a default consumer
+    /// name is new per process).
     async fn flush(&self) -> Result<(), RedisTransportError> {
+        if self.inner.state.lock().in_flight.is_empty() {
+            self.inner.leave_group().await?;
+        }
         Ok(())
     }
 }

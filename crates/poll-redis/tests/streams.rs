@@ -141,6 +141,15 @@ async fn three_workers_drain_a_stream_with_nothing_lost_or_duplicated() {
         let summary = w.await.unwrap();
         assert!(summary.unfinished.is_empty(), "{:?}", summary.unfinished);
     }
+    // Workers that left cleanly removed themselves from the group.
+    let consumers: redis::Value = redis::cmd("XINFO")
+        .arg("CONSUMERS")
+        .arg(&stream)
+        .arg("workers")
+        .query_async(&mut conn(&url).await)
+        .await
+        .unwrap();
+    assert_eq!(consumers, redis::Value::Array(vec![]), "consumers left behind");
     let seen = seen.lock();
     let duplicates: Vec<_> = seen.iter().filter(|(_, by)| by.len() > 1).collect();
     assert!(duplicates.is_empty(), "handled twice: {duplicates:?}");
