@@ -163,7 +163,30 @@ fn interleaved() {
     let _ = std::fs::write(dir.join("criterion/scheduling_interleaved.json"), report.to_string());
 }
 
+/// `SCHED_ONLY=runtime|bare [SCHED_ROUNDS=n]`: runs one side only, `n` rounds (default
+/// 200), for a profiler (`perf record`, `valgrind --tool=callgrind`) to look at alone.
+fn one_side(side: &str) {
+    let rt = two_workers();
+    let all = updates();
+    let rounds: usize = std::env::var("SCHED_ROUNDS")
+        .ok()
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(200);
+    let started = std::time::Instant::now();
+    for _ in 0..rounds {
+        if side == "runtime" {
+            rt.block_on(through_runtime(all.clone()));
+        } else {
+            rt.block_on(bare_spawn_semaphore(all.clone()));
+        }
+    }
+    eprintln!("{side}: {rounds} rounds in {:.3} s", started.elapsed().as_secs_f64());
+}
+
 fn main() {
+    if let Ok(side) = std::env::var("SCHED_ONLY") {
+        return one_side(&side);
+    }
     benches();
     Criterion::default().configure_from_args().final_summary();
     if std::env::args().any(|a| a == "--bench") {

@@ -397,8 +397,9 @@ pub(crate) struct State {
     /// Bumped at every capacity change; `changed()` compares against it.
     pub(crate) generation: u64,
     /// Wakers of `changed()` / `fetch_ready*()` futures, with the fetch limit each waits
-    /// for (0: any change).
-    pub(crate) watchers: BTreeMap<u64, (Waker, usize)>,
+    /// for (0: any change). A vector: there are one or two (the dispatcher's), and every
+    /// release scans it.
+    pub(crate) watchers: Vec<(u64, Waker, usize)>,
 }
 
 impl State {
@@ -461,7 +462,7 @@ impl State {
             let mut fetch = None;
             let closed = guard.closed;
             let load = guard.load();
-            guard.watchers.retain(|_, (waker, min)| {
+            guard.watchers.retain(|(_, waker, min)| {
                 let due = closed || *min == 0 || *fetch.get_or_insert_with(|| policy.fetch_limit(&load)) >= *min;
                 if due {
                     wake.push(waker.clone());

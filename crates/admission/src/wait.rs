@@ -183,7 +183,7 @@ impl Future for Watch<'_> {
         match ready {
             Some(out) => {
                 if let Some(key) = this.key.take() {
-                    state.watchers.remove(&key);
+                    state.watchers.retain(|(k, ..)| *k != key);
                 }
                 Poll::Ready(out)
             }
@@ -196,12 +196,10 @@ impl Future for Watch<'_> {
                     WatchMode::Changed => 0,
                     WatchMode::FetchAtLeast(min) => min,
                 };
-                match state.watchers.get_mut(&key) {
-                    Some((waker, _)) if waker.will_wake(cx.waker()) => {}
-                    Some((waker, _)) => *waker = cx.waker().clone(),
-                    None => {
-                        state.watchers.insert(key, (cx.waker().clone(), min));
-                    }
+                match state.watchers.iter_mut().find(|(k, ..)| *k == key) {
+                    Some((_, waker, _)) if waker.will_wake(cx.waker()) => {}
+                    Some((_, waker, _)) => *waker = cx.waker().clone(),
+                    None => state.watchers.push((key, cx.waker().clone(), min)),
                 }
                 Poll::Pending
             }
@@ -212,7 +210,7 @@ impl Future for Watch<'_> {
 impl Drop for Watch<'_> {
     fn drop(&mut self) {
         if let Some(key) = self.key {
-            self.shared.state.lock().watchers.remove(&key);
+            self.shared.state.lock().watchers.retain(|(k, ..)| *k != key);
         }
     }
 }

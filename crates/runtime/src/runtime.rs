@@ -423,11 +423,28 @@ async fn dispatch_loop<T: Transport, H: Handler>(
         Counters::bump(&ctx.counters.fetches);
         ctx.gate.on_batch(batch.len());
 
-        let mut items: Vec<Item> = batch.updates.into_iter().map(Item::Run).collect();
-        if !batch.failures.is_empty() {
-            items.extend(batch.failures.into_iter().map(Item::Skip));
-            items.sort_by_key(Item::id);
+        if batch.failures.is_empty() {
+            // The common case: every update decoded. Filter in place, under one lock.
+            let mut updates = batch.updates;
+            let received = updates.len();
+            {
+                let mut acks = ctx.acks.lock();
+                updates.retain(|u| acks.fetched(u.id(), u.receipt()) == Seen::New);
+            }
+            ctx.counters
+                .fetched
+                .fetch_add(updates.len() as u64, std::sync::atomic::Ordering::Relaxed);
+            ctx.counters
+                .redelivered
+                .fetch_add((received - updates.len()) as u64, std::sync::atomic::Ordering::Relaxed);
+            for update in updates {
+                admit(ctx, update).await;
+            }
+            continue;
         }
+        let mut items: Vec<Item> = batch.updates.into_iter().map(Item::Run).collect();
+        items.extend(batch.failures.into_iter().map(Item::Skip));
+        items.sort_by_key(Item::id);
         // Register the whole batch under one lock: which ids are new, and the broken ones
         // are finished at once (reported below, acknowledged past).
         let fresh: Vec<bool> = {
@@ -587,7 +604,7 @@ async fn acquire_and_spawn<H: Handler>(ctx: &Arc<Ctx<H>>, update: Update, cost: 
             if ctx.keys.is_some() && update.key().is_some() {
                 ctx.tracker.spawn(task::run(Arc::clone(ctx), update, permit));
             } else {
-                ctx.tracker.spawn(task::run_one(Arc::clone(ctx), update, permit));
+                ctx.tracker.spawn(task::RunOne::new(Arc::clone(ctx), update, permit));
             }
         }
         None => {

@@ -1,78 +1,131 @@
 //! One tracked task: runs an update's handler, reports its outcome, and goes on with the
 //! next update of the same key when ordering is on.
+//!
+//! The task of an unordered update is a hand-written future ([`RunOne`]) rather than an
+//! `async fn`: the update moves straight into the handler's future when the task is
+//! created, and nothing else is kept but the permit, the id and the receipt. An `async fn`
+//! taking the update would keep a copy of it (and of the permit) in its state beside the
+//! handler's future, and every spawn and completion copies the whole state: with a cheap
+//! handler that copying was a measurable part of the per-update cost. The wait for the
+//! drain deadline is only set up (and boxed) once a handler actually has to wait.
 
 use std::any::Any;
+use std::future::Future;
 use std::panic::AssertUnwindSafe;
+use std::pin::Pin;
 use std::sync::Arc;
+use std::task::{Context, Poll, ready};
 
 use futures_util::FutureExt;
+use futures_util::future::CatchUnwind;
 use pollgate_admission::{Outcome, Permit};
 use pollgate_core::Update;
 use tokio::time::Instant;
-use tracing::{Instrument, debug, debug_span, error, warn};
+use tokio_util::sync::WaitForCancellationFutureOwned;
+use tracing::{Span, debug, debug_span, error, warn};
 
 use crate::handler::{BoxError, Handler, is_overload};
 use crate::runtime::Ctx;
 use crate::stats::Counters;
 
-/// Runs one update that has no ordering to keep (a smaller task than [`run`]).
-pub(crate) async fn run_one<H: Handler>(ctx: Arc<Ctx<H>>, update: Update, permit: Permit) {
-    let (id, receipt) = (update.id(), update.receipt().cloned());
-    if execute(&ctx, update, permit).await {
-        ctx.finished(id, receipt.as_ref());
+type Panic = Box<dyn Any + Send>;
+
+pin_project_lite::pin_project! {
+    /// Runs one handler to its end, or until the drain deadline, and reports the outcome
+    /// to the permit, the counters and the log. Resolves to `false` when aborted.
+    pub(crate) struct Execute<H: Handler> {
+        ctx: Arc<Ctx<H>>,
+        #[pin]
+        handler: Started<H::Future>,
+        abort: Option<Pin<Box<WaitForCancellationFutureOwned>>>,
+        permit: Option<Permit>,
+        // Boxed, and only when tracing wants it: a disabled span is 40 bytes of task
+        // state that every spawn and completion would copy.
+        span: Option<Box<Span>>,
+        started: Option<Instant>,
+        id: i64,
     }
 }
 
-/// Runs an update, then the updates queued behind its key, one at a time.
-pub(crate) async fn run<H: Handler>(ctx: Arc<Ctx<H>>, mut update: Update, mut permit: Permit) {
-    loop {
-        let (id, key, receipt) = (update.id(), update.key(), update.receipt().cloned());
-        if !execute(&ctx, update, permit).await {
-            ctx.abandon_key(key);
-            return;
+pin_project_lite::pin_project! {
+    /// The handler's future, or the panic that creating it raised.
+    #[project = StartedProj]
+    enum Started<F> {
+        Running { #[pin] future: CatchUnwind<AssertUnwindSafe<F>> },
+        Panicked { panic: Option<Panic> },
+    }
+}
+
+impl<H: Handler> Execute<H> {
+    /// Starts the handler: the update moves into its future now.
+    pub(crate) fn new(ctx: Arc<Ctx<H>>, update: Update, permit: Permit) -> Execute<H> {
+        let id = update.id();
+        let span = debug_span!("update", update_id = id, key = ?update.key(), cost = permit.cost());
+        let span = (!span.is_disabled()).then(|| Box::new(span));
+        let started = (ctx.policy_times || tracing::enabled!(tracing::Level::DEBUG)).then(Instant::now);
+        let created = {
+            let _entered = span.as_deref().map(Span::enter);
+            std::panic::catch_unwind(AssertUnwindSafe(|| ctx.handler.handle(update)))
+        };
+        let handler = match created {
+            Ok(f) => Started::Running {
+                future: AssertUnwindSafe(f).catch_unwind(),
+            },
+            Err(p) => Started::Panicked { panic: Some(p) },
+        };
+        Execute {
+            ctx,
+            handler,
+            abort: None,
+            permit: Some(permit),
+            span,
+            started,
+            id,
         }
-        ctx.finished(id, receipt.as_ref());
-        let (Some(keys), Some(key)) = (&ctx.keys, key) else {
-            return;
-        };
-        let Some(next) = keys.lock().next(key) else {
-            return;
-        };
-        ctx.progress.notify_one();
-        update = next.update;
-        // At the drain deadline the gate is closed: a waiting acquire then fails.
-        match ctx.gate.acquire_reserved(next.reservation).await.ok() {
-            Some(p) => permit = p,
-            None => {
-                ctx.give_up(&update);
-                ctx.abandon_key(Some(key));
-                return;
+    }
+}
+
+impl<H: Handler> Future for Execute<H> {
+    type Output = bool;
+
+    fn poll(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<bool> {
+        let this = self.project();
+        let result = match this.handler.project() {
+            StartedProj::Panicked { panic } => Some(Err(panic.take().expect("polled after completion"))),
+            StartedProj::Running { future } => {
+                let polled = {
+                    let _entered = this.span.as_deref().map(Span::enter);
+                    future.poll(cx)
+                };
+                match polled {
+                    Poll::Ready(r) => Some(r),
+                    Poll::Pending => {
+                        // The handler waits: from now on the drain deadline may end it.
+                        let ctx = &*this.ctx;
+                        let abort = this
+                            .abort
+                            .get_or_insert_with(|| Box::pin(ctx.abort.clone().cancelled_owned()));
+                        ready!(abort.as_mut().poll(cx));
+                        None
+                    }
+                }
             }
-        }
+        };
+        let permit = this.permit.take().expect("polled after completion");
+        Poll::Ready(report(this.ctx, *this.id, permit, *this.started, result))
     }
 }
 
-/// Runs the handler for one update; `false` when it was aborted at the drain deadline.
-async fn execute<H: Handler>(ctx: &Ctx<H>, update: Update, permit: Permit) -> bool {
-    let id = update.id();
-    let span = debug_span!("update", update_id = id, key = ?update.key(), cost = permit.cost());
-    let started = (ctx.policy_times || tracing::enabled!(tracing::Level::DEBUG)).then(Instant::now);
-    let result = async {
-        let future = std::panic::catch_unwind(AssertUnwindSafe(|| ctx.handler.handle(update)));
-        let future = match future {
-            Ok(f) => f,
-            Err(panic) => return Some(Err(panic)),
-        };
-        tokio::select! {
-            biased;
-            r = AssertUnwindSafe(future).catch_unwind() => Some(r),
-            _ = ctx.abort.cancelled() => None,
-        }
-    }
-    .instrument(span.clone())
-    .await;
+/// Reports a handler's outcome (`None`: aborted at the drain deadline); `false` when
+/// aborted.
+fn report<H: Handler>(
+    ctx: &Ctx<H>,
+    id: i64,
+    permit: Permit,
+    started: Option<Instant>,
+    result: Option<Result<Result<(), H::Error>, Panic>>,
+) -> bool {
     let latency = started.map(|t| t.elapsed()).unwrap_or_default();
-    let _entered = span.enter();
     let latency_ms = latency.as_secs_f64() * 1e3;
     match result {
         None => {
@@ -112,6 +165,68 @@ async fn execute<H: Handler>(ctx: &Ctx<H>, update: Update, permit: Permit) -> bo
                 "handler panicked"
             );
             true
+        }
+    }
+}
+
+pin_project_lite::pin_project! {
+    /// The task of an update that has no ordering to keep: [`Execute`], then the
+    /// completion is recorded for acknowledgement.
+    pub(crate) struct RunOne<H: Handler> {
+        #[pin]
+        execute: Execute<H>,
+        receipt: Option<Arc<str>>,
+    }
+}
+
+impl<H: Handler> RunOne<H> {
+    pub(crate) fn new(ctx: Arc<Ctx<H>>, update: Update, permit: Permit) -> RunOne<H> {
+        let receipt = update.receipt().cloned();
+        RunOne {
+            execute: Execute::new(ctx, update, permit),
+            receipt,
+        }
+    }
+}
+
+impl<H: Handler> Future for RunOne<H> {
+    type Output = ();
+
+    fn poll(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<()> {
+        let mut this = self.project();
+        if ready!(this.execute.as_mut().poll(cx)) {
+            let execute = this.execute.project();
+            execute.ctx.finished(*execute.id, this.receipt.as_ref());
+        }
+        Poll::Ready(())
+    }
+}
+
+/// Runs an update, then the updates queued behind its key, one at a time.
+pub(crate) async fn run<H: Handler>(ctx: Arc<Ctx<H>>, mut update: Update, mut permit: Permit) {
+    loop {
+        let (id, key, receipt) = (update.id(), update.key(), update.receipt().cloned());
+        if !Execute::new(Arc::clone(&ctx), update, permit).await {
+            ctx.abandon_key(key);
+            return;
+        }
+        ctx.finished(id, receipt.as_ref());
+        let (Some(keys), Some(key)) = (&ctx.keys, key) else {
+            return;
+        };
+        let Some(next) = keys.lock().next(key) else {
+            return;
+        };
+        ctx.progress.notify_one();
+        update = next.update;
+        // At the drain deadline the gate is closed: a waiting acquire then fails.
+        match ctx.gate.acquire_reserved(next.reservation).await.ok() {
+            Some(p) => permit = p,
+            None => {
+                ctx.give_up(&update);
+                ctx.abandon_key(Some(key));
+                return;
+            }
         }
     }
 }
