@@ -14,7 +14,7 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::Duration;
 
-use criterion::{Criterion, Throughput, criterion_group};
+use criterion::{BatchSize, Criterion, Throughput, criterion_group};
 use pollgate::{Fixed, MemoryTransport, Runtime, Update};
 use tokio::sync::{Notify, Semaphore};
 
@@ -33,7 +33,9 @@ fn updates() -> Vec<Update> {
         .collect()
 }
 
-async fn through_runtime(updates: Vec<Update>) {
+/// The runtime over a transport that already holds the updates (building it is setup,
+/// as building the bare loop's vector is).
+async fn through_runtime(transport: Arc<MemoryTransport>) {
     let done = Arc::new((AtomicUsize::new(0), Notify::new()));
     let d = Arc::clone(&done);
     let handler = move |_u: Update| {
@@ -45,7 +47,6 @@ async fn through_runtime(updates: Vec<Update>) {
             Ok::<(), Infallible>(())
         }
     };
-    let transport = Arc::new(MemoryTransport::with_updates(updates));
     let runtime = Runtime::builder(Arc::clone(&transport), handler)
         .policy(Fixed::new(CONCURRENCY))
         .poll_timeout(Duration::from_secs(1))
@@ -99,10 +100,15 @@ fn scheduling(c: &mut Criterion) {
     group.throughput(Throughput::Elements(N as u64));
     group.sample_size(20);
     group.bench_function("runtime_fixed_256", |b| {
-        b.to_async(&rt).iter(|| through_runtime(all.clone()))
+        b.to_async(&rt).iter_batched(
+            || Arc::new(MemoryTransport::with_updates(all.clone())),
+            through_runtime,
+            BatchSize::PerIteration,
+        )
     });
     group.bench_function("bare_spawn_semaphore_256", |b| {
-        b.to_async(&rt).iter(|| bare_spawn_semaphore(all.clone()))
+        b.to_async(&rt)
+            .iter_batched(|| all.clone(), bare_spawn_semaphore, BatchSize::PerIteration)
     });
     group.finish();
 }
@@ -113,18 +119,23 @@ criterion_group!(benches, scheduling);
 /// burst of noise can land on one side only. This also runs both loops alternately, round
 /// after round, and reports the median of the per-round throughput ratios.
 fn interleaved() {
-    const ROUNDS: usize = 31;
+    const ROUNDS: usize = 101;
     let rt = two_workers();
     let all = updates();
+    // Inputs are built before the clock starts: a vector for the bare loop, a transport
+    // holding the same updates for the runtime.
     let time = |runtime: bool| {
-        let updates = all.clone();
-        let started = std::time::Instant::now();
         if runtime {
-            rt.block_on(through_runtime(updates));
+            let transport = Arc::new(MemoryTransport::with_updates(all.clone()));
+            let started = std::time::Instant::now();
+            rt.block_on(through_runtime(transport));
+            started.elapsed().as_secs_f64()
         } else {
+            let updates = all.clone();
+            let started = std::time::Instant::now();
             rt.block_on(bare_spawn_semaphore(updates));
+            started.elapsed().as_secs_f64()
         }
-        started.elapsed().as_secs_f64()
     };
     for _ in 0..3 {
         time(true);
@@ -175,7 +186,7 @@ fn one_side(side: &str) {
     let started = std::time::Instant::now();
     for _ in 0..rounds {
         if side == "runtime" {
-            rt.block_on(through_runtime(all.clone()));
+            rt.block_on(through_runtime(Arc::new(MemoryTransport::with_updates(all.clone()))));
         } else {
             rt.block_on(bare_spawn_semaphore(all.clone()));
         }

@@ -103,7 +103,7 @@ impl<T: Transport, H: Handler> RuntimeBuilder<T, H> {
                 max_queued: 1024,
                 cost: Cost::Factor(DEFAULT_COST_FACTOR),
                 poll_timeout: Duration::from_secs(30),
-                min_fetch: 16,
+                min_fetch: 64,
                 fetch_coalesce: Duration::from_millis(1),
                 drain_deadline: Duration::from_secs(30),
                 summary_every: None,
@@ -174,11 +174,12 @@ impl<T: Transport, H: Handler> RuntimeBuilder<T, H> {
         self
     }
 
-    /// While handlers run, do not fetch fewer than `min` updates unless `coalesce` has
-    /// passed since the policy first allowed a smaller fetch (defaults: 16 and 1 ms).
+    /// While handlers run, do not fetch fewer than a quarter of the policy's current
+    /// capacity (in flight plus admissible), capped at `min` updates, unless `coalesce`
+    /// has passed since the policy first allowed a smaller fetch (defaults: 64 and 1 ms).
     /// With fast handlers this turns one fetch per completion into one fetch per batch
-    /// of completions; it never lets more in than the policy admits. `min` 1 fetches as
-    /// soon as anything fits.
+    /// of completions; it never lets more in than the policy admits, and never delays a
+    /// fetch by more than `coalesce`. `min` 1 fetches as soon as anything fits.
     pub fn fetch_batching(mut self, min: usize, coalesce: Duration) -> Self {
         self.config.min_fetch = min.max(1);
         self.config.fetch_coalesce = coalesce;

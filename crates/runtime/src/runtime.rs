@@ -530,12 +530,15 @@ async fn ack_loop<T: Transport, H>(
 /// Waits until something may be fetched; returns the `limit` to ask for (new updates the
 /// policy admits plus the ones the server will send again), or `None` when the gate closed.
 ///
-/// While handlers are running and the policy allows fewer than `min_fetch` new updates,
-/// it waits up to `fetch_coalesce` for more room: with fast handlers every completion
-/// would otherwise cost a fetch of one update.
+/// While handlers are running, a fetch waits (up to `fetch_coalesce`) until a batch worth
+/// a request fits: a quarter of what the policy currently lets run at once (in flight plus
+/// admissible now), at most `min_fetch`. With fast handlers every completion would
+/// otherwise cost a fetch of one update; relative to the capacity, a small policy
+/// (`Fixed::new(8)`) is not made to wait for a batch it can never hold.
 async fn fetch_limit<H>(ctx: &Ctx<H>, window: usize) -> Option<usize> {
-    let threshold = ctx.config.min_fetch.clamp(1, window);
+    let max_batch = ctx.config.min_fetch.clamp(1, window);
     let mut deadline: Option<tokio::time::Instant> = None;
+    let mut want = 1;
     loop {
         let progressed = ctx.progress.notified();
         tokio::pin!(progressed);
@@ -550,12 +553,11 @@ async fn fetch_limit<H>(ctx: &Ctx<H>, window: usize) -> Option<usize> {
             progressed.await;
             continue;
         }
-        let want = threshold.min(room_queue).min(room_window);
         let admits = match deadline {
             // Coalescing: sleep until a batch fits (the gate wakes us only then), or until
             // the deadline, whichever comes first.
             Some(until) => tokio::select! {
-                ready = ctx.gate.fetch_ready_at_least(want) => ready.ok()?,
+                ready = ctx.gate.fetch_ready_at_least(want.min(room_queue).min(room_window)) => ready.ok()?,
                 _ = tokio::time::sleep_until(until) => ctx.gate.fetch_limit(),
             },
             None => ctx.gate.fetch_ready().await.ok()?,
@@ -566,8 +568,10 @@ async fn fetch_limit<H>(ctx: &Ctx<H>, window: usize) -> Option<usize> {
         if new == 0 {
             continue;
         }
+        let in_flight = ctx.gate.load().in_flight;
+        want = ((in_flight + admits) / 4).clamp(1, max_batch);
         let late = deadline.is_some_and(|until| tokio::time::Instant::now() >= until);
-        if new >= want || late || ctx.gate.load().in_flight == 0 {
+        if new >= want.min(room_queue).min(room_window) || late || in_flight == 0 {
             return Some(again + new);
         }
         deadline.get_or_insert_with(|| tokio::time::Instant::now() + ctx.config.fetch_coalesce);
