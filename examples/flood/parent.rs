@@ -15,17 +15,7 @@ use crate::report::{RunResult, table};
 
 /// Runs the comparison; returns the process exit code.
 pub(crate) fn main(args: Args) -> u8 {
-    let rt = tokio::runtime::Builder::new_multi_thread()
-        .enable_all()
-        .build()
-        .expect("tokio runtime");
-    match rt.block_on(run(args)) {
-        Ok(()) => 0,
-        Err(e) => {
-            eprintln!("flood: {e}");
-            1
-        }
-    }
+    crate::process::run_main("flood", run(args), |()| 0)
 }
 
 async fn run(args: Args) -> Result<(), String> {

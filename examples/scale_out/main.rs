@@ -19,6 +19,8 @@ mod cli;
 mod parent;
 #[path = "../flood/proc_mem.rs"]
 mod proc_mem;
+#[path = "../shared/process.rs"]
+mod process;
 #[path = "../shared/size.rs"]
 mod size;
 mod worker;
@@ -31,12 +33,7 @@ use std::process::ExitCode;
 use clap::{CommandFactory, Parser};
 
 fn main() -> ExitCode {
-    let filter = tracing_subscriber::EnvFilter::try_from_default_env()
-        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("warn"));
-    tracing_subscriber::fmt()
-        .with_env_filter(filter)
-        .with_writer(std::io::stderr)
-        .init();
+    process::init_tracing("warn");
     let mut argv: Vec<String> = std::env::args().collect();
     let code = match argv.get(1).map(String::as_str) {
         Some("__worker") => {

@@ -26,6 +26,7 @@ use tokio_util::sync::CancellationToken;
 
 use crate::bridge::{BridgeArgs, run_bridge};
 use crate::cli::Args;
+use crate::process::{on_stdin_close, run_main};
 use crate::size::Size;
 
 const GROUP: &str = "workers";
@@ -37,42 +38,17 @@ pub(crate) fn bridge_main(args: BridgeArgs) -> u8 {
         eprintln!("scale_out bridge: TELEGRAM_BOT_TOKEN is not set");
         return 2;
     };
-    let rt = tokio::runtime::Builder::new_multi_thread()
-        .enable_all()
-        .build()
-        .expect("tokio runtime");
     let stop = CancellationToken::new();
-    {
+    on_stdin_close({
         let stop = stop.clone();
-        std::thread::spawn(move || {
-            let mut sink = [0u8; 64];
-            while matches!(std::io::stdin().read(&mut sink), Ok(n) if n > 0) {}
-            stop.cancel();
-        });
-    }
-    match rt.block_on(run_bridge(&args, token, stop)) {
-        Ok(_) => 0,
-        Err(e) => {
-            eprintln!("scale_out {e}");
-            1
-        }
-    }
+        move || stop.cancel()
+    });
+    run_main("scale_out", run_bridge(&args, token, stop), |_| 0)
 }
 
 /// Runs the demo; returns the process exit code.
 pub(crate) fn main(args: Args) -> u8 {
-    let rt = tokio::runtime::Builder::new_multi_thread()
-        .enable_all()
-        .build()
-        .expect("tokio runtime");
-    match rt.block_on(run(args)) {
-        Ok(true) => 0,
-        Ok(false) => 1,
-        Err(e) => {
-            eprintln!("scale_out: {e}");
-            1
-        }
-    }
+    run_main("scale_out", run(args), |ok| if ok { 0 } else { 1 })
 }
 
 /// What the parent knows of one worker.

@@ -6,7 +6,6 @@
 //! line at the end on stdout. Shuts down gracefully when stdin closes (the parent's stop
 //! signal; also what happens when the parent dies).
 
-use std::io::{Read, Write};
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -16,45 +15,20 @@ use tokio_util::sync::CancellationToken;
 
 use crate::cli::WorkerArgs;
 use crate::proc_mem::rss_and_peak;
+use crate::process::{emit, on_stdin_close, run_main};
 use crate::workload::{Recorder, Workload, handle};
-
-fn emit(value: serde_json::Value) {
-    let mut out = std::io::stdout().lock();
-    let _ = writeln!(out, "{value}");
-    let _ = out.flush();
-}
-
-/// Cancels `stop` when stdin reaches its end.
-fn stop_on_stdin_close(stop: CancellationToken) {
-    std::thread::Builder::new()
-        .name("parent-watch".into())
-        .spawn(move || {
-            let mut sink = [0u8; 64];
-            let mut stdin = std::io::stdin();
-            while matches!(stdin.read(&mut sink), Ok(n) if n > 0) {}
-            stop.cancel();
-        })
-        .expect("spawn the parent watcher");
-}
 
 /// Runs a worker; returns the process exit code.
 pub(crate) fn main(args: WorkerArgs) -> u8 {
-    let rt = tokio::runtime::Builder::new_multi_thread()
-        .enable_all()
-        .build()
-        .expect("tokio runtime");
-    match rt.block_on(run(args)) {
-        Ok(()) => 0,
-        Err(e) => {
-            eprintln!("scale_out worker: {e}");
-            1
-        }
-    }
+    run_main("scale_out worker", run(args), |()| 0)
 }
 
 async fn run(args: WorkerArgs) -> Result<(), String> {
     let stop = CancellationToken::new();
-    stop_on_stdin_close(stop.clone());
+    on_stdin_close({
+        let stop = stop.clone();
+        move || stop.cancel()
+    });
     let work = args.work_kib << 10;
     let workload = Workload {
         bytes: work as usize,

@@ -11,7 +11,7 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use parking_lot::Mutex;
-use pollgate_admission::{ByteBudget, Fixed};
+use pollgate_admission::ByteBudget;
 use pollgate_core::{Backoff, FetchRequest, Transport, Update};
 use pollgate_redis::{RedisServer, RedisStreamTransport, StreamProducer};
 use pollgate_runtime::{Delivery, Runtime};
@@ -89,7 +89,7 @@ type Seen = Arc<Mutex<HashMap<i64, Vec<usize>>>>;
 
 /// Runs one worker until `stop`, recording which ids it handled.
 fn worker(
-    t: RedisStreamTransport,
+    t: Arc<RedisStreamTransport>,
     index: usize,
     seen: Seen,
     hold: Duration,
@@ -124,7 +124,7 @@ async fn three_workers_drain_a_stream_with_nothing_lost_or_duplicated() {
     let stop = CancellationToken::new();
     let workers: Vec<_> = (0..3)
         .map(|i| {
-            let t = transport(&url, &stream, &format!("w{i}")).build().unwrap();
+            let t = Arc::new(transport(&url, &stream, &format!("w{i}")).build().unwrap());
             worker(t, i, Arc::clone(&seen), Duration::from_millis(2), stop.clone())
         })
         .collect();
@@ -189,7 +189,7 @@ async fn a_dead_workers_entries_are_claimed_and_finished_by_the_others() {
     let workers: Vec<_> = transports
         .iter()
         .enumerate()
-        .map(|(i, t)| worker_shared(Arc::clone(t), i, Arc::clone(&seen), stop.clone()))
+        .map(|(i, t)| worker(Arc::clone(t), i, Arc::clone(&seen), Duration::ZERO, stop.clone()))
         .collect();
     wait_for("every update handled", Duration::from_secs(30), async || {
         seen.lock().len() as i64 == N
@@ -212,29 +212,6 @@ async fn a_dead_workers_entries_are_claimed_and_finished_by_the_others() {
             u.id()
         );
     }
-}
-
-fn worker_shared(
-    t: Arc<RedisStreamTransport>,
-    index: usize,
-    seen: Seen,
-    stop: CancellationToken,
-) -> tokio::task::JoinHandle<()> {
-    let runtime = Runtime::builder(t, move |u: Update| {
-        let seen = Arc::clone(&seen);
-        async move {
-            seen.lock().entry(u.id()).or_default().push(index);
-            Ok::<(), std::io::Error>(())
-        }
-    })
-    .policy(Fixed::new(16))
-    .delivery(Delivery::AtLeastOnce)
-    .poll_timeout(Duration::from_millis(100))
-    .shutdown(stop)
-    .build();
-    tokio::spawn(async move {
-        runtime.run().await.expect("worker run");
-    })
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -310,11 +287,11 @@ async fn a_slow_handler_keeps_its_entries_through_heartbeats() {
     let seen: Seen = Arc::default();
     let stop = CancellationToken::new();
     // Handlers take 5× claim_idle; a second, idle worker looks for entries to claim.
-    let slow = transport(&url, &stream, "slow").build().unwrap();
+    let slow = Arc::new(transport(&url, &stream, "slow").build().unwrap());
     let slow = worker(slow, 0, Arc::clone(&seen), Duration::from_millis(1500), stop.clone());
     tokio::time::sleep(Duration::from_millis(200)).await;
     let thief = Arc::new(transport(&url, &stream, "thief").build().unwrap());
-    let other = worker_shared(Arc::clone(&thief), 1, Arc::clone(&seen), stop.clone());
+    let other = worker(Arc::clone(&thief), 1, Arc::clone(&seen), Duration::ZERO, stop.clone());
     wait_for("all handled", Duration::from_secs(20), async || seen.lock().len() == 4).await;
     stop.cancel();
     slow.await.unwrap();
