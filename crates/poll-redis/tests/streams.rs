@@ -112,6 +112,32 @@ fn worker(
     tokio::spawn(async move { runtime.run().await.expect("worker run") })
 }
 
+/// Waits until `n` distinct updates were handled and nothing is pending, then stops the
+/// workers and returns their summaries.
+async fn drain(
+    url: &str,
+    stream: &str,
+    seen: &Seen,
+    n: i64,
+    stop: CancellationToken,
+    workers: Vec<tokio::task::JoinHandle<pollgate_runtime::Summary>>,
+) -> Vec<pollgate_runtime::Summary> {
+    wait_for("every update handled", Duration::from_secs(60), async || {
+        seen.lock().len() as i64 == n
+    })
+    .await;
+    wait_for("nothing pending", Duration::from_secs(10), async || {
+        pending(url, stream, "workers").await == 0
+    })
+    .await;
+    stop.cancel();
+    let mut summaries = Vec::new();
+    for w in workers {
+        summaries.push(w.await.unwrap());
+    }
+    summaries
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn three_workers_drain_a_stream_with_nothing_lost_or_duplicated() {
     let redis = server();
@@ -128,17 +154,7 @@ async fn three_workers_drain_a_stream_with_nothing_lost_or_duplicated() {
             worker(t, i, Arc::clone(&seen), Duration::from_millis(2), stop.clone())
         })
         .collect();
-    wait_for("every update handled", Duration::from_secs(60), async || {
-        seen.lock().len() as i64 == N
-    })
-    .await;
-    wait_for("nothing pending", Duration::from_secs(10), async || {
-        pending(&url, &stream, "workers").await == 0
-    })
-    .await;
-    stop.cancel();
-    for w in workers {
-        let summary = w.await.unwrap();
+    for summary in drain(&url, &stream, &seen, N, stop, workers).await {
         assert!(summary.unfinished.is_empty(), "{:?}", summary.unfinished);
     }
     // Workers that left cleanly removed themselves from the group.
@@ -191,18 +207,7 @@ async fn a_dead_workers_entries_are_claimed_and_finished_by_the_others() {
         .enumerate()
         .map(|(i, t)| worker(Arc::clone(t), i, Arc::clone(&seen), Duration::ZERO, stop.clone()))
         .collect();
-    wait_for("every update handled", Duration::from_secs(30), async || {
-        seen.lock().len() as i64 == N
-    })
-    .await;
-    wait_for("nothing pending", Duration::from_secs(10), async || {
-        pending(&url, &stream, "workers").await == 0
-    })
-    .await;
-    stop.cancel();
-    for w in workers {
-        w.await.unwrap();
-    }
+    drain(&url, &stream, &seen, N, stop, workers).await;
     let claimed: u64 = transports.iter().map(|t| t.stats().claimed).sum();
     assert_eq!(claimed, 50, "the dead worker's entries were claimed");
     for u in &taken.updates {
