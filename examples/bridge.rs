@@ -36,8 +36,9 @@ pub(crate) struct BridgeArgs {
     /// The Bot API server.
     #[arg(long, default_value = pollgate::core::DEFAULT_API_URL)]
     pub(crate) api_url: String,
-    /// The Redis server (`redis://[:password@]host:port[/db]`).
-    #[arg(long)]
+    /// The Redis server (`redis://[:password@]host:port[/db]`); prefer the environment
+    /// variable, which `ps` does not show.
+    #[arg(long, env = "REDIS_URL", hide_env_values = true)]
     pub(crate) redis_url: String,
     /// The stream to append to.
     #[arg(long, default_value = "pollgate:updates")]

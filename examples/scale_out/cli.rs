@@ -34,8 +34,8 @@ pub(crate) struct Args {
     /// SIGKILL one worker this many seconds after the start.
     #[arg(long)]
     pub(crate) kill_one_after: Option<f64>,
-    /// Use this Redis server instead of starting a private one.
-    #[arg(long)]
+    /// Use this Redis server instead of starting a private one (also `REDIS_URL`).
+    #[arg(long, env = "REDIS_URL", hide_env_values = true)]
     pub(crate) redis_url: Option<String>,
     /// One JSON object per worker, then a final one, on stdout.
     #[arg(long)]
@@ -82,7 +82,7 @@ impl Args {
 pub(crate) struct WorkerArgs {
     #[arg(long)]
     pub(crate) index: u32,
-    #[arg(long)]
+    #[arg(long, env = "REDIS_URL", hide_env_values = true)]
     pub(crate) redis_url: String,
     #[arg(long)]
     pub(crate) stream: String,

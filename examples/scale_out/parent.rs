@@ -147,7 +147,7 @@ async fn run(args: Args) -> Result<bool, String> {
     let server = MockServer::start(MockConfig::default())
         .await
         .map_err(|e| format!("cannot start the embedded mock Bot API server: {e}"))?;
-    server.generate(&BacklogSpec {
+    let backlog = server.generate(&BacklogSpec {
         updates: args.updates as usize,
         text_bytes: args.text_bytes,
         chats: args.chats as usize,
@@ -169,7 +169,8 @@ async fn run(args: Args) -> Result<bool, String> {
     let started = Instant::now();
     let mut bridge = Command::new(&exe)
         .arg("__bridge")
-        .args(["--api-url", &server.url(), "--redis-url", &url, "--stream", &stream])
+        .args(["--api-url", &server.url(), "--stream", &stream])
+        .env("REDIS_URL", &url) // not on the command line, where `ps` shows a password
         .args(["--stop-after", &args.updates.to_string()])
         .env("TELEGRAM_BOT_TOKEN", server.token())
         .stdin(Stdio::piped())
@@ -270,13 +271,24 @@ async fn run(args: Args) -> Result<bool, String> {
     }
     drop(bridge);
     server.shutdown().await;
+    // Dead-lettered entries keep the update's fields, `update_id` among them.
+    let dead_entries: redis::streams::StreamRangeReply =
+        redis.xrange_all(&dead).await.map_err(|e| format!("XRANGE: {e}"))?;
+    let dead_ids: std::collections::HashSet<i64> = dead_entries
+        .ids
+        .iter()
+        .filter_map(|e| e.get::<i64>("update_id"))
+        .collect();
     if !private {
         let _: Result<(), _> = redis.del(&[&stream, &dead]).await;
     }
     let _ = std::fs::remove_dir_all(&ledgers);
 
     let total_unique = tail.unique();
-    let lost = args.updates.saturating_sub(total_unique + dead_lettered);
+    // Lost: a backlog id neither handled by a worker nor in the dead-letter stream.
+    let lost = backlog
+        .filter(|id| !tail.counts.contains_key(id) && !dead_ids.contains(id))
+        .count() as u64;
     let duplicates = tail.duplicates();
     let mut rows = Vec::new();
     let mut all_within = true;
@@ -371,7 +383,8 @@ fn spawn_worker(
     let mut cmd = Command::new(exe);
     cmd.arg("__worker")
         .args(["--index", &index.to_string()])
-        .args(["--redis-url", url, "--stream", stream, "--group", GROUP])
+        .env("REDIS_URL", url)
+        .args(["--stream", stream, "--group", GROUP])
         .args(["--budget", &args.budget.0.to_string()])
         .args(["--work-kib", &args.work_kib.to_string()])
         .args(["--work-ms", &args.work_ms.to_string()])

@@ -58,6 +58,11 @@ impl RedisTransportError {
 /// server's own "try again" replies.
 pub(crate) fn transient(e: &redis::RedisError) -> bool {
     use redis::RetryMethod;
+    // A wrong password does not fix itself (the client would reconnect and retry).
+    if e.kind() == redis::ErrorKind::AuthenticationFailed || matches!(e.code(), Some("WRONGPASS" | "NOAUTH" | "NOPERM"))
+    {
+        return false;
+    }
     e.is_io_error()
         || e.is_timeout()
         || e.is_connection_dropped()

@@ -127,12 +127,23 @@ fn ping(port: u16) -> io::Result<()> {
 }
 
 /// A Redis server to use: the one [`REDIS_URL_ENV`] names, or a private one started here.
-#[derive(Debug)]
 pub enum RedisServer {
     /// An existing server, from the environment.
     External(String),
     /// A private server, stopped on drop.
     Local(LocalRedis),
+}
+
+impl std::fmt::Debug for RedisServer {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            RedisServer::External(url) => f
+                .debug_tuple("External")
+                .field(&crate::transport::redact_url(url))
+                .finish(),
+            RedisServer::Local(l) => f.debug_tuple("Local").field(l).finish(),
+        }
+    }
 }
 
 impl RedisServer {

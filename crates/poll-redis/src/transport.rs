@@ -9,23 +9,30 @@
 //!   handler finished, so a worker that dies leaves its unfinished entries pending.
 //! - **`XAUTOCLAIM`**: entries pending longer than `claim_idle` belong to a consumer that
 //!   died (or hangs); a worker with room claims them, so nothing waits for a restart.
-//! - **Heartbeat**: a handler slower than `claim_idle` is not a dead consumer. A
-//!   background task re-claims this worker's own in-flight entries (`XCLAIM … JUSTID`,
-//!   which resets their idle time without counting a delivery), so only entries of a
-//!   consumer that stopped heart-beating are claimed by others.
+//! - **Heartbeat**: a handler slower than `claim_idle` is not a dead consumer. Every
+//!   `claim_idle / 4` a background task re-claims this worker's in-flight entries that it
+//!   still owns (`XCLAIM … JUSTID` in a script that checks the owner first: it resets
+//!   their idle time without counting a delivery, and never takes an entry back from a
+//!   worker that claimed it), so only a consumer that stopped heart-beating (dead, or cut
+//!   off from Redis) loses its entries to the others.
 //! - **Dead-letter stream**: an entry delivered more than `max_deliveries` times (its
 //!   handler keeps killing workers) or one that is not an update at all is moved to the
-//!   dead-letter stream with the reason, in one `MULTI` with its `XACK`: never dropped,
-//!   never retried forever.
-//! - **Own pending entries first**: on start, and after any read whose reply may have
-//!   been lost (a dropped connection, a cancelled fetch), the worker re-reads its own
-//!   pending list (`XREADGROUP … 0`), so an entry delivered into a lost reply is not stuck
-//!   until another worker claims it.
+//!   dead-letter stream with the reason, by a script that adds it there before
+//!   acknowledging it (if the add fails, the entry stays pending): never dropped, never
+//!   retried forever.
+//! - **Own pending entries first**: on start, and after any fetch that did not complete
+//!   (an error, a lost reply, a cancelled fetch), the worker re-reads its own pending list
+//!   (`XPENDING … consumer`), so an entry delivered into a lost reply is not stuck until
+//!   another worker claims it. At start (a restart with a stable consumer name) each such
+//!   entry counts as a delivery; after a lost reply it does not.
+//! - **One delivery per entry at a time**: an entry is handed to the runtime only if it is
+//!   still pending on this consumer and not in flight here, checked after the in-flight
+//!   set (so an acknowledgement racing a re-read or a claim cannot deliver it twice).
 //!
 //! Two connections: the blocking read has its own, so acknowledgements never wait behind
 //! a `BLOCK` (the runtime acknowledges while a fetch is in flight).
 
-use std::collections::{HashMap, HashSet};
+use std::collections::HashSet;
 use std::fmt;
 use std::future::Future;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
@@ -114,23 +121,26 @@ impl RedisStreamTransportBuilder {
     /// worker; it must stay well above a network hiccup, since a worker cut off for
     /// longer loses its entries to the others (they are then handled twice).
     pub fn claim_idle(mut self, idle: Duration) -> Self {
-        self.claim_idle = idle.max(Duration::from_millis(10));
+        self.claim_idle = idle.clamp(Duration::from_millis(10), Duration::from_secs(86_400));
         self
     }
 
     /// How many deliveries an entry gets before it is moved to the dead-letter stream
     /// (default 5). A delivery that ends in a finished handler (success or error) is
-    /// acknowledged; only entries whose handler never finishes (the worker died, or hung
-    /// past `claim_idle`) are delivered again.
+    /// acknowledged; only entries whose worker died (or was cut off from Redis for longer
+    /// than `claim_idle`) before the handler finished are delivered again. A handler that
+    /// hangs in a live worker keeps its entry (the heartbeat goes on): give handlers
+    /// timeouts.
     pub fn max_deliveries(mut self, n: u32) -> Self {
         self.max_deliveries = n.max(1);
         self
     }
 
-    /// The longest one `XREADGROUP … BLOCK` waits (default 2 s), whatever the runtime's
-    /// poll timeout: an idle worker looks for entries to claim at least this often.
+    /// The longest one `XREADGROUP … BLOCK` waits (default 2 s, at least 10 ms), whatever
+    /// the runtime's poll timeout: an idle worker looks for entries to claim at least this
+    /// often, and no more often than every `claim_idle / 4`.
     pub fn max_block(mut self, d: Duration) -> Self {
-        self.max_block = d;
+        self.max_block = d.clamp(Duration::from_millis(10), Duration::from_secs(3600));
         self
     }
 
@@ -194,11 +204,12 @@ impl RedisStreamTransportBuilder {
                 reader,
                 writer,
                 state: Mutex::new(State {
-                    history: true,
-                    history_cursor: "0-0".into(),
+                    history: History::AtStart,
+                    history_cursor: None,
                     claim_cursor: "0-0".into(),
                     next_claim: Instant::now(),
-                    in_flight: HashMap::new(),
+                    in_flight: HashSet::new(),
+                    blocked_until: None,
                 }),
                 group_ready: AtomicBool::new(false),
                 stats: Counters::default(),
@@ -234,18 +245,38 @@ pub(crate) fn connection(
         .map_err(|e| RedisTransportError::Config(format!("could not set up a Redis connection: {e}")))
 }
 
-/// `redis://user:secret@host:6379/0` → `redis://user:***@host:6379/0`.
+/// `redis://user:secret@host:6379/0` → `redis://user:***@host:6379/0`; a `pass` or
+/// `password` query parameter (`redis+unix:///s.sock?pass=secret`) is masked too.
 pub(crate) fn redact_url(url: &str) -> String {
-    let Some((scheme, rest)) = url.split_once("://") else {
-        return url.to_string();
+    let (base, query) = match url.split_once('?') {
+        Some((b, q)) => (b, Some(q)),
+        None => (url, None),
     };
-    match rest.rsplit_once('@') {
-        Some((userinfo, host)) => {
-            let user = userinfo.split_once(':').map_or("", |(u, _)| u);
-            format!("{scheme}://{user}:***@{host}")
-        }
-        None => url.to_string(),
+    let mut out = match base.split_once("://") {
+        Some((scheme, rest)) => match rest.rsplit_once('@') {
+            Some((userinfo, host)) => {
+                let user = userinfo.split_once(':').map_or(userinfo, |(u, _)| u);
+                let masked = if userinfo.contains(':') { ":***" } else { "" };
+                format!("{scheme}://{user}{masked}@{host}")
+            }
+            None => base.to_string(),
+        },
+        None => base.to_string(),
+    };
+    if let Some(q) = query {
+        let params: Vec<String> = q
+            .split('&')
+            .map(|kv| match kv.split_once('=') {
+                Some((k, _)) if k.eq_ignore_ascii_case("pass") || k.eq_ignore_ascii_case("password") => {
+                    format!("{k}=***")
+                }
+                _ => kv.to_string(),
+            })
+            .collect();
+        out.push('?');
+        out.push_str(&params.join("&"));
     }
+    out
 }
 
 /// `{hostname}-{pid}`.
@@ -277,17 +308,40 @@ struct Settings {
     backoff: Backoff,
 }
 
+/// Whether this consumer's own pending list must be read before new entries.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum History {
+    /// Nothing to re-read.
+    Done,
+    /// The first fetch of this transport: entries pending on this consumer name were
+    /// delivered to a previous process that is gone; each counts as a delivery.
+    AtStart,
+    /// A fetch did not complete: entries may have been delivered into a lost reply.
+    Recover,
+}
+
 #[derive(Debug)]
 struct State {
-    /// This consumer's own pending list must be read before new entries.
-    history: bool,
-    history_cursor: String,
+    history: History,
+    /// Where the re-read of the own pending list continues (exclusive).
+    history_cursor: Option<String>,
     /// Where the next `XAUTOCLAIM` scan continues (`0-0`: from the start).
     claim_cursor: String,
     next_claim: Instant,
-    /// Entries handed to the runtime and not yet acknowledged, with when they were
-    /// delivered or last heart-beaten.
-    in_flight: HashMap<Arc<str>, Instant>,
+    /// Entries handed to the runtime and not yet acknowledged.
+    in_flight: HashSet<Arc<str>>,
+    /// Until when a cancelled blocking read may still be waiting on the server (and could
+    /// still deliver entries to this consumer).
+    blocked_until: Option<Instant>,
+}
+
+impl State {
+    fn recover(&mut self) {
+        if self.history == History::Done {
+            self.history = History::Recover;
+            self.history_cursor = None;
+        }
+    }
 }
 
 #[derive(Debug, Default)]
@@ -336,6 +390,11 @@ struct Inner {
 
 /// Reads a Redis stream through a consumer group, one consumer per worker process; see
 /// the module docs for what each mechanism is for.
+///
+/// One runtime at a time: the runtime calls [`Transport::flush`] when it ends, which
+/// releases whatever was still in flight. After a run that ended in an error (no flush),
+/// call `flush` yourself, or drop the transport, before running it again: otherwise the
+/// heartbeat keeps the entries that run had in flight.
 ///
 /// ```no_run
 /// use pollgate_redis::RedisStreamTransport;
@@ -441,83 +500,97 @@ impl RedisStreamTransport {
         let mut slot = self.heartbeat.lock();
         if slot.is_none() {
             let weak = Arc::downgrade(&self.inner);
-            let every = (self.inner.settings.claim_idle / 3).max(Duration::from_millis(5));
+            let every = (self.inner.settings.claim_idle / 4).max(Duration::from_millis(2));
             *slot = Some(tokio::spawn(heartbeat(weak, every)));
         }
     }
 }
 
-/// Resets the idle time of this worker's in-flight entries that have not been touched for
-/// `every`, so slow handlers are not mistaken for a dead consumer.
+/// Re-claims (`XCLAIM … JUSTID`) the in-flight entries this consumer still owns, resetting
+/// their idle time without counting a delivery; entries another worker claimed meanwhile
+/// are left to it.
+const HEARTBEAT: &str = "local n = 0 \
+    for i = 3, #ARGV do \
+      local p = redis.call('XPENDING', KEYS[1], ARGV[1], ARGV[i], ARGV[i], 1) \
+      if #p > 0 and p[1][2] == ARGV[2] then \
+        redis.call('XCLAIM', KEYS[1], ARGV[1], ARGV[2], 0, ARGV[i], 'JUSTID') \
+        n = n + 1 \
+      end \
+    end \
+    return n";
+
+/// Every `every` (a quarter of `claim_idle`), heart-beats all in-flight entries, so slow
+/// handlers are not mistaken for a dead consumer; a failed beat is retried at the next
+/// tick, still well within `claim_idle`.
 async fn heartbeat(inner: Weak<Inner>, every: Duration) {
     let mut tick = tokio::time::interval(every);
     tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     loop {
         tick.tick().await;
         let Some(inner) = inner.upgrade() else { return };
-        let stale: Vec<Arc<str>> = {
-            let state = inner.state.lock();
-            let now = Instant::now();
-            state
-                .in_flight
-                .iter()
-                .filter(|(_, at)| now.duration_since(**at) >= every)
-                .map(|(id, _)| Arc::clone(id))
-                .collect()
-        };
-        if stale.is_empty() {
-            continue;
-        }
+        let ids: Vec<Arc<str>> = inner.state.lock().in_flight.iter().cloned().collect();
         let s = &inner.settings;
-        for chunk in stale.chunks(1000) {
-            let mut cmd = redis::cmd("XCLAIM");
-            cmd.arg(&s.stream).arg(&s.group).arg(&s.consumer).arg(0);
+        for chunk in ids.chunks(500) {
+            let mut cmd = redis::cmd("EVAL");
+            cmd.arg(HEARTBEAT).arg(1).arg(&s.stream).arg(&s.group).arg(&s.consumer);
             for id in chunk {
                 cmd.arg(&**id);
             }
-            cmd.arg("JUSTID");
             let mut conn = inner.writer.clone();
-            match cmd.query_async::<Value>(&mut conn).await {
-                Ok(_) => {
-                    let now = Instant::now();
-                    let mut state = inner.state.lock();
-                    for id in chunk {
-                        if let Some(at) = state.in_flight.get_mut(id) {
-                            *at = now;
-                        }
-                    }
-                    inner.stats.heartbeats.fetch_add(chunk.len() as u64, Ordering::Relaxed);
+            match cmd.query_async::<i64>(&mut conn).await {
+                Ok(n) => {
+                    inner.stats.heartbeats.fetch_add(n.max(0) as u64, Ordering::Relaxed);
                 }
                 Err(e) => {
-                    warn!(error = %e, entries = chunk.len(), "heartbeat failed; in-flight entries may be claimed by another worker");
+                    warn!(error = %e, entries = chunk.len(), "heartbeat failed; retrying at the next tick");
                 }
             }
         }
     }
 }
 
-/// Marks the own pending list for re-reading if a new-entries read does not complete
-/// (cancelled, or its reply lost): the entries it delivered are pending on this consumer.
-struct ReadGuard<'a> {
+/// Marks the own pending list for re-reading if a fetch does not complete (an error, or
+/// the future dropped): entries it read or claimed are pending on this consumer but were
+/// never handed to the runtime.
+struct FetchGuard<'a> {
     inner: &'a Inner,
     armed: bool,
 }
 
-impl Drop for ReadGuard<'_> {
+impl Drop for FetchGuard<'_> {
     fn drop(&mut self) {
         if self.armed {
-            let mut s = self.inner.state.lock();
-            s.history = true;
-            s.history_cursor = "0-0".into();
+            // `blocked_until` stays set if a blocking read was cut short: the server may
+            // still serve it (`flush` waits that out).
+            self.inner.state.lock().recover();
         }
     }
 }
 
-/// A stream id as a comparable pair.
-fn parse_id(id: &str) -> (u64, u64) {
-    let (ms, seq) = id.split_once('-').unwrap_or((id, "0"));
-    (ms.parse().unwrap_or(0), seq.parse().unwrap_or(0))
+/// The stream's JSON field of an entry as an update, or why it is not one.
+fn decode(entry: &Entry, field: &str) -> Result<Update, String> {
+    match entry.field(field) {
+        None => Err(format!("the entry has no `{field}` field")),
+        Some(raw) => std::str::from_utf8(raw)
+            .map_err(|_| format!("the `{field}` field is not UTF-8"))
+            .and_then(|json| Update::from_json(json).map_err(|e| format!("not a Telegram update: {e}"))),
+    }
 }
+
+/// Adds an entry to the dead-letter stream, then acknowledges it, if it is still pending
+/// on this consumer. An error (the add refused) aborts before the acknowledgement, so the
+/// entry stays pending; a retried call after a lost reply does nothing the second time.
+const DEAD_LETTER: &str = "local p = redis.call('XPENDING', KEYS[1], ARGV[1], ARGV[3], ARGV[3], 1, ARGV[2]) \
+    if #p == 0 then return 0 end \
+    redis.call('XADD', KEYS[2], '*', unpack(ARGV, 4)) \
+    redis.call('XACK', KEYS[1], ARGV[1], ARGV[3]) \
+    return 1";
+
+/// Deletes this consumer from the group if it has no pending entry, in one script so no
+/// entry can be delivered to it between the check and the deletion (deleting a consumer
+/// drops its pending entries for good).
+const LEAVE_GROUP: &str = "if #redis.call('XPENDING', KEYS[1], ARGV[1], '-', '+', 1, ARGV[2]) == 0 then \
+    return redis.call('XGROUP', 'DELCONSUMER', KEYS[1], ARGV[1], ARGV[2]) end return -1";
 
 impl Inner {
     /// Runs a command, retrying transient failures with backoff and re-creating the group
@@ -534,7 +607,7 @@ impl Inner {
                     warn!(command, group = %self.settings.group, "consumer group missing; creating it again");
                     recreated = true;
                     self.group_ready.store(false, Ordering::Release);
-                    Box::pin(self.ensure_group()).await?;
+                    Box::pin(self.create_group(true)).await?;
                 }
                 other => return other,
             }
@@ -546,77 +619,93 @@ impl Inner {
         if self.group_ready.load(Ordering::Acquire) {
             return Ok(());
         }
+        self.create_group(false).await
+    }
+
+    /// Creates the group. A group re-created because it disappeared starts at the
+    /// beginning of the stream whatever [`StartFrom`] says: entries added since it
+    /// vanished must not be skipped.
+    async fn create_group(&self, again: bool) -> Result<(), RedisTransportError> {
         let s = &self.settings;
         let start = match s.start {
-            StartFrom::Beginning => "0",
-            StartFrom::NewEntries => "$",
+            StartFrom::NewEntries if !again => "$",
+            _ => "0",
         };
-        let created = self
-            .retry("XGROUP CREATE", || {
-                let mut conn = self.writer.clone();
-                let mut cmd = redis::cmd("XGROUP");
-                cmd.arg("CREATE")
-                    .arg(&s.stream)
-                    .arg(&s.group)
-                    .arg(start)
-                    .arg("MKSTREAM");
-                async move {
-                    match cmd.query_async::<Value>(&mut conn).await {
-                        Ok(_) => Ok(true),
-                        Err(e) if e.code() == Some("BUSYGROUP") => Ok(false),
-                        Err(e) => Err(e),
-                    }
+        let created = with_retries(&s.backoff, &self.stats.retries, "XGROUP CREATE", || {
+            let mut conn = self.writer.clone();
+            let mut cmd = redis::cmd("XGROUP");
+            cmd.arg("CREATE")
+                .arg(&s.stream)
+                .arg(&s.group)
+                .arg(start)
+                .arg("MKSTREAM");
+            async move {
+                match cmd.query_async::<Value>(&mut conn).await {
+                    Ok(_) => Ok(true),
+                    Err(e) if e.code() == Some("BUSYGROUP") => Ok(false),
+                    Err(e) => Err(e),
                 }
-            })
-            .await?;
+            }
+        })
+        .await?;
         if created {
-            info!(stream = %s.stream, group = %s.group, "consumer group created");
+            info!(stream = %s.stream, group = %s.group, start, "consumer group created");
         }
         self.group_ready.store(true, Ordering::Release);
         Ok(())
     }
 
-    async fn query(
+    async fn query<T: redis::FromRedisValue>(
         &self,
         command: &'static str,
-        cmd: redis::Cmd,
+        cmd: &redis::Cmd,
         conn: &ConnectionManager,
-    ) -> Result<Value, RedisTransportError> {
+    ) -> Result<T, RedisTransportError> {
         self.retry(command, || {
             let mut conn = conn.clone();
             let cmd = cmd.clone();
-            async move { cmd.query_async::<Value>(&mut conn).await }
+            async move { cmd.query_async::<T>(&mut conn).await }
         })
         .await
     }
 
-    /// Reads up to `count` entries of this consumer's own pending list.
-    async fn read_own(&self, count: usize) -> Result<Vec<Entry>, RedisTransportError> {
-        let s = &self.settings;
-        let cursor = self.state.lock().history_cursor.clone();
-        let mut cmd = redis::cmd("XREADGROUP");
-        cmd.arg("GROUP")
-            .arg(&s.group)
-            .arg(&s.consumer)
-            .arg("COUNT")
-            .arg(count)
-            .arg("STREAMS")
-            .arg(&s.stream)
-            .arg(&cursor);
-        let entries = reply::read_group(self.query("XREADGROUP", cmd, &self.writer).await?)?;
-        let mut state = self.state.lock();
-        if let Some(last) = entries.last() {
-            state.history_cursor = last.id.clone();
+    fn script(&self, script: &str, keys: &[&str]) -> redis::Cmd {
+        let mut cmd = redis::cmd("EVAL");
+        cmd.arg(script).arg(keys.len());
+        for k in keys {
+            cmd.arg(*k);
         }
-        if entries.len() < count {
-            state.history = false;
-            state.history_cursor = "0-0".into();
-        }
-        Ok(entries)
+        cmd
     }
 
-    /// Claims up to `count` entries idle for longer than `claim_idle`.
-    async fn claim(&self, count: usize) -> Result<(Vec<Entry>, Vec<String>), RedisTransportError> {
+    /// Ids of up to `count` entries of this consumer's own pending list, after the cursor.
+    async fn own_pending(&self, count: usize) -> Result<Vec<String>, RedisTransportError> {
+        let s = &self.settings;
+        let (cursor, in_flight) = {
+            let st = self.state.lock();
+            (st.history_cursor.clone(), st.in_flight.len())
+        };
+        let start = cursor.map_or_else(|| "-".to_string(), |c| format!("({c}"));
+        let want = count + in_flight;
+        let mut cmd = redis::cmd("XPENDING");
+        cmd.arg(&s.stream)
+            .arg(&s.group)
+            .arg(start)
+            .arg("+")
+            .arg(want)
+            .arg(&s.consumer);
+        let rows = reply::pending(self.query("XPENDING", &cmd, &self.writer).await?)?;
+        let mut st = self.state.lock();
+        st.history_cursor = rows.last().map(|(id, _)| id.clone());
+        if rows.len() < want {
+            st.history = History::Done;
+            st.history_cursor = None;
+        }
+        Ok(rows.into_iter().map(|(id, _)| id).collect())
+    }
+
+    /// Claims up to `count` entries idle for longer than `claim_idle`; returns their ids.
+    async fn claim(&self, count: usize) -> Result<Vec<String>, RedisTransportError> {
         let s = &self.settings;
         let cursor = self.state.lock().claim_cursor.clone();
         let mut cmd = redis::cmd("XAUTOCLAIM");
@@ -627,14 +716,19 @@ impl Inner {
             .arg(&cursor)
             .arg("COUNT")
             .arg(count);
-        let (next, claimed, deleted) = reply::auto_claim(self.query("XAUTOCLAIM", cmd, &self.writer).await?)?;
-        let mut state = self.state.lock();
+        let (next, claimed, deleted) = reply::auto_claim(self.query("XAUTOCLAIM", &cmd, &self.writer).await?)?;
+        if !deleted.is_empty() {
+            // Redis removed them from the pending list itself.
+            warn!(entries = ?deleted, "pending entries were deleted from the stream before being handled");
+            self.stats.deleted.fetch_add(deleted.len() as u64, Ordering::Relaxed);
+        }
+        let mut st = self.state.lock();
         if next == "0-0" {
             // A full pass: look again after a fraction of the idle time.
-            state.next_claim = Instant::now() + (s.claim_idle / 4).max(Duration::from_millis(5));
+            st.next_claim = Instant::now() + (s.claim_idle / 4).max(Duration::from_millis(5));
         }
-        state.claim_cursor = next;
-        Ok((claimed, deleted))
+        st.claim_cursor = next;
+        Ok(claimed.into_iter().map(|e| e.id).collect())
     }
 
     /// Reads up to `count` new entries, blocking up to `block` when there are none.
@@ -646,10 +740,10 @@ impl Inner {
             cmd.arg("BLOCK").arg(block.as_millis().max(1) as u64);
         }
         cmd.arg("STREAMS").arg(&s.stream).arg(">");
-        let mut guard = ReadGuard {
-            inner: self,
-            armed: true,
-        };
+        let started = Instant::now();
+        // Until this read completes, a dropped fetch leaves it possibly blocked on the
+        // server (the fetch guard then marks the own pending list for re-reading).
+        self.state.lock().blocked_until = Some(started + block);
         let value = self
             .retry("XREADGROUP", || {
                 let mut conn = self.reader.clone();
@@ -658,53 +752,106 @@ impl Inner {
                     let r = cmd.query_async::<Value>(&mut conn).await;
                     if r.is_err() {
                         // The reply may have been lost after Redis delivered entries.
-                        let mut st = self.state.lock();
-                        st.history = true;
-                        st.history_cursor = "0-0".into();
+                        self.state.lock().recover();
                     }
                     r
                 }
             })
             .await?;
-        guard.armed = false;
-        reply::read_group(value)
+        let entries = reply::read_group(value)?;
+        self.state.lock().blocked_until = None;
+        Ok(entries)
     }
 
-    /// Delivery counts of `ids` (all pending on this consumer).
-    async fn deliveries(&self, ids: &[&str]) -> Result<HashMap<String, u64>, RedisTransportError> {
-        let (Some(min), Some(max)) = (
-            ids.iter().min_by_key(|i| parse_id(i)),
-            ids.iter().max_by_key(|i| parse_id(i)),
-        ) else {
-            return Ok(HashMap::new());
+    /// For re-deliveries (own pending entries, claimed ones): which are still pending on
+    /// this consumer, how often they were delivered, and their content, in one pipeline.
+    /// `count_delivery` claims each to itself (`XCLAIM`), which counts a delivery;
+    /// otherwise the content is read with `XRANGE`, which does not.
+    ///
+    /// Entries in flight here are skipped before asking, so an acknowledgement that races
+    /// this cannot make an entry look fresh: if it is no longer in the in-flight set, its
+    /// `XACK` has run, and the `XPENDING` below no longer lists it.
+    async fn redeliver(
+        &self,
+        ids: Vec<String>,
+        count_delivery: bool,
+        seen: &HashSet<String>,
+    ) -> Result<Vec<(Entry, u64)>, RedisTransportError> {
+        let ids: Vec<String> = {
+            let st = self.state.lock();
+            ids.into_iter()
+                .filter(|id| !st.in_flight.contains(id.as_str()) && !seen.contains(id))
+                .collect()
         };
-        let s = &self.settings;
-        let span = ids.len() + self.state.lock().in_flight.len() + 16;
-        let mut cmd = redis::cmd("XPENDING");
-        cmd.arg(&s.stream)
-            .arg(&s.group)
-            .arg(*min)
-            .arg(*max)
-            .arg(span)
-            .arg(&s.consumer);
-        let wanted: HashSet<&str> = ids.iter().copied().collect();
-        Ok(reply::pending(self.query("XPENDING", cmd, &self.writer).await?)?
-            .into_iter()
-            .filter(|(id, _)| wanted.contains(id.as_str()))
-            .collect())
-    }
-
-    /// Moves an entry to the dead-letter stream with the reason, and acknowledges it, in
-    /// one transaction.
-    async fn dead_letter(&self, entry: &Entry, reason: &str, deliveries: u64) -> Result<(), RedisTransportError> {
+        if ids.is_empty() {
+            return Ok(Vec::new());
+        }
         let s = &self.settings;
         let mut pipe = redis::pipe();
-        pipe.atomic();
-        let add = pipe.cmd("XADD").arg(&s.dead_letter).arg("*");
-        for (field, value) in entry.fields.iter().flatten() {
-            add.arg(field).arg(value.as_slice());
+        for id in &ids {
+            pipe.cmd("XPENDING")
+                .arg(&s.stream)
+                .arg(&s.group)
+                .arg(id)
+                .arg(id)
+                .arg(1)
+                .arg(&s.consumer);
+            if count_delivery {
+                pipe.cmd("XCLAIM")
+                    .arg(&s.stream)
+                    .arg(&s.group)
+                    .arg(&s.consumer)
+                    .arg(0)
+                    .arg(id);
+            } else {
+                pipe.cmd("XRANGE").arg(&s.stream).arg(id).arg(id);
+            }
         }
-        add.arg("pollgate_reason")
+        let replies: Vec<Value> = self
+            .retry("XPENDING+XRANGE", || {
+                let mut conn = self.writer.clone();
+                let pipe = pipe.clone();
+                async move { pipe.query_async::<Vec<Value>>(&mut conn).await }
+            })
+            .await?;
+        let mut out = Vec::new();
+        let mut gone = Vec::new();
+        let mut replies = replies.into_iter();
+        for id in ids {
+            let (Some(pending), Some(content)) = (replies.next(), replies.next()) else {
+                return Err(RedisTransportError::Protocol {
+                    command: "XPENDING+XRANGE",
+                    detail: "fewer replies than commands".into(),
+                });
+            };
+            let Some((_, deliveries)) = reply::pending(pending)?.into_iter().next() else {
+                continue; // acknowledged meanwhile, or claimed by another worker
+            };
+            match reply::entries("XRANGE", content)?.into_iter().next() {
+                Some(entry) if entry.fields.is_some() => {
+                    out.push((entry, deliveries + u64::from(count_delivery)));
+                }
+                _ => gone.push(id),
+            }
+        }
+        if !gone.is_empty() {
+            warn!(entries = ?gone, "pending entries were deleted from the stream before being handled; acknowledged");
+            let ids: Vec<&str> = gone.iter().map(String::as_str).collect();
+            self.xack(&ids).await?;
+            self.stats.deleted.fetch_add(ids.len() as u64, Ordering::Relaxed);
+        }
+        Ok(out)
+    }
+
+    /// Moves an entry to the dead-letter stream with the reason, then acknowledges it.
+    async fn dead_letter(&self, entry: &Entry, reason: &str, deliveries: u64) -> Result<(), RedisTransportError> {
+        let s = &self.settings;
+        let mut cmd = self.script(DEAD_LETTER, &[&s.stream, &s.dead_letter]);
+        cmd.arg(&s.group).arg(&s.consumer).arg(&entry.id);
+        for (field, value) in entry.fields.iter().flatten() {
+            cmd.arg(field).arg(value.as_slice());
+        }
+        cmd.arg("pollgate_reason")
             .arg(reason)
             .arg("pollgate_source_stream")
             .arg(&s.stream)
@@ -714,28 +861,19 @@ impl Inner {
             .arg(deliveries)
             .arg("pollgate_consumer")
             .arg(&s.consumer);
-        pipe.cmd("XACK").arg(&s.stream).arg(&s.group).arg(&entry.id).ignore();
-        self.retry("MULTI XADD+XACK (dead letter)", || {
-            let mut conn = self.writer.clone();
-            let pipe = pipe.clone();
-            async move { pipe.query_async::<Value>(&mut conn).await }
-        })
-        .await?;
-        self.stats.dead_lettered.fetch_add(1, Ordering::Relaxed);
-        error!(entry = %entry.id, deliveries, reason, dead_letter = %s.dead_letter, "entry moved to the dead-letter stream");
+        let moved: i64 = self.query("EVAL (dead letter)", &cmd, &self.writer).await?;
+        if moved == 1 {
+            self.stats.dead_lettered.fetch_add(1, Ordering::Relaxed);
+            error!(entry = %entry.id, deliveries, reason, dead_letter = %s.dead_letter, "entry moved to the dead-letter stream");
+        }
         Ok(())
     }
 
-    /// Deletes this consumer from the group if it has no pending entry, in one script so
-    /// no entry can be delivered to it between the check and the deletion (deleting a
-    /// consumer drops its pending entries for good).
     async fn leave_group(&self) -> Result<(), RedisTransportError> {
-        const SCRIPT: &str = "if #redis.call('XPENDING', KEYS[1], ARGV[1], '-', '+', 1, ARGV[2]) == 0 then \
-             return redis.call('XGROUP', 'DELCONSUMER', KEYS[1], ARGV[1], ARGV[2]) end return -1";
         let s = &self.settings;
-        let mut cmd = redis::cmd("EVAL");
-        cmd.arg(SCRIPT).arg(1).arg(&s.stream).arg(&s.group).arg(&s.consumer);
-        if let Value::Int(-1) = self.query("EVAL (leave group)", cmd, &self.writer).await? {
+        let mut cmd = self.script(LEAVE_GROUP, &[&s.stream]);
+        cmd.arg(&s.group).arg(&s.consumer);
+        if let Value::Int(-1) = self.query("EVAL (leave group)", &cmd, &self.writer).await? {
             debug!(consumer = %s.consumer, "entries still pending: the consumer stays in the group");
         } else {
             debug!(consumer = %s.consumer, "consumer removed from the group");
@@ -752,69 +890,42 @@ impl Inner {
             for id in chunk {
                 cmd.arg(*id);
             }
-            if let Value::Int(n) = self.query("XACK", cmd, &self.writer).await? {
-                acked += n.max(0) as u64;
-            }
+            let n: i64 = self.query("XACK", &cmd, &self.writer).await?;
+            acked += n.max(0) as u64;
         }
         Ok(acked)
     }
 
-    /// Turns delivered entries into updates: deleted ones are acknowledged, entries in
-    /// flight here are skipped, over-delivered and malformed ones are dead-lettered.
+    /// Turns delivered entries into updates (appended to `out`, their ids to `seen`);
+    /// over-delivered and malformed entries are dead-lettered instead.
     async fn accept(
         &self,
-        entries: Vec<Entry>,
+        entries: Vec<(Entry, u64)>,
         source: Source,
         out: &mut Vec<Update>,
+        seen: &mut HashSet<String>,
     ) -> Result<(), RedisTransportError> {
-        if entries.is_empty() {
-            return Ok(());
-        }
-        let fresh: Vec<Entry> = {
-            let state = self.state.lock();
-            entries
-                .into_iter()
-                .filter(|e| !state.in_flight.contains_key(e.id.as_str()))
-                .collect()
-        };
-        let gone: Vec<&str> = fresh
-            .iter()
-            .filter(|e| e.fields.is_none())
-            .map(|e| e.id.as_str())
-            .collect();
-        if !gone.is_empty() {
-            warn!(entries = ?gone, "pending entries were deleted from the stream before being handled; acknowledged");
-            self.xack(&gone).await?;
-            self.stats.deleted.fetch_add(gone.len() as u64, Ordering::Relaxed);
-        }
-        let live: Vec<&Entry> = fresh.iter().filter(|e| e.fields.is_some()).collect();
-        let counts = match source {
-            Source::New => HashMap::new(),
-            Source::Own | Source::Claimed => {
-                let ids: Vec<&str> = live.iter().map(|e| e.id.as_str()).collect();
-                self.deliveries(&ids).await?
-            }
-        };
         let max = u64::from(self.settings.max_deliveries);
-        for entry in live {
-            let deliveries = counts.get(&entry.id).copied().unwrap_or(1);
+        for (entry, deliveries) in entries {
+            if !seen.insert(entry.id.clone()) {
+                continue;
+            }
+            if entry.fields.is_none() {
+                // Pending but deleted from the stream (a new read never returns one).
+                warn!(entry = %entry.id, "a pending entry was deleted from the stream; acknowledged");
+                self.xack(&[entry.id.as_str()]).await?;
+                self.stats.deleted.fetch_add(1, Ordering::Relaxed);
+                continue;
+            }
             if deliveries > max {
                 let reason =
                     format!("delivered {deliveries} times (max_deliveries {max}) without its handler finishing");
-                self.dead_letter(entry, &reason, deliveries).await?;
+                self.dead_letter(&entry, &reason, deliveries).await?;
                 continue;
             }
-            let update = match entry.field(&self.settings.field) {
-                None => Err(format!("the entry has no `{}` field", self.settings.field)),
-                Some(raw) => std::str::from_utf8(raw)
-                    .map_err(|_| format!("the `{}` field is not UTF-8", self.settings.field))
-                    .and_then(|json| Update::from_json(json).map_err(|e| format!("not a Telegram update: {e}"))),
-            };
-            match update {
+            match decode(&entry, &self.settings.field) {
                 Ok(update) => {
-                    let receipt: Arc<str> = Arc::from(entry.id.as_str());
-                    self.state.lock().in_flight.insert(Arc::clone(&receipt), Instant::now());
-                    out.push(update.with_receipt(receipt));
+                    out.push(update.with_receipt(Arc::<str>::from(entry.id.as_str())));
                     let counter = match source {
                         Source::New => &self.stats.read,
                         Source::Own => &self.stats.recovered,
@@ -822,7 +933,7 @@ impl Inner {
                     };
                     counter.fetch_add(1, Ordering::Relaxed);
                 }
-                Err(reason) => self.dead_letter(entry, &reason, deliveries).await?,
+                Err(reason) => self.dead_letter(&entry, &reason, deliveries).await?,
             }
         }
         Ok(())
@@ -838,38 +949,39 @@ impl Transport for RedisStreamTransport {
         }
     }
 
-    /// Own pending entries first (after a start or a lost reply), then entries of dead
-    /// consumers (when a claim pass is due), then new entries, blocking up to
-    /// `min(timeout, max_block)` only when nothing else was found.
+    /// Own pending entries first (after a start or an incomplete fetch), then entries of
+    /// dead consumers (when a claim pass is due), then new entries, blocking up to
+    /// `min(timeout, max_block)` only when nothing else was found. The returned entries
+    /// join the in-flight set (and the heartbeat) only when the fetch completes; a fetch
+    /// that fails or is dropped marks the own pending list for re-reading instead.
     async fn fetch(&self, request: FetchRequest) -> Result<Batch, RedisTransportError> {
         let inner = &*self.inner;
         inner.ensure_group().await?;
         self.start_heartbeat();
         let limit = request.limit.clamp(1, inner.settings.window);
+        let mut guard = FetchGuard { inner, armed: true };
         let mut out = Vec::new();
-        if inner.state.lock().history {
-            let own = inner.read_own(limit).await?;
+        let mut seen = HashSet::new();
+        let history = inner.state.lock().history;
+        if history != History::Done {
+            let ids = inner.own_pending(limit).await?;
+            let own = inner.redeliver(ids, history == History::AtStart, &seen).await?;
             if !own.is_empty() {
                 debug!(entries = own.len(), "re-delivering this consumer's own pending entries");
             }
-            inner.accept(own, Source::Own, &mut out).await?;
+            inner.accept(own, Source::Own, &mut out, &mut seen).await?;
         }
         let claim_due = Instant::now() >= inner.state.lock().next_claim;
         if out.len() < limit && claim_due {
-            let (claimed, deleted) = inner.claim(limit - out.len()).await?;
+            let ids = inner.claim(limit - out.len()).await?;
+            let claimed = inner.redeliver(ids, false, &seen).await?;
             if !claimed.is_empty() {
                 info!(
                     entries = claimed.len(),
                     "claimed entries left pending by another consumer"
                 );
             }
-            if !deleted.is_empty() {
-                warn!(entries = ?deleted, "claimed entries were deleted from the stream; acknowledged");
-                let ids: Vec<&str> = deleted.iter().map(String::as_str).collect();
-                inner.xack(&ids).await?;
-                inner.stats.deleted.fetch_add(ids.len() as u64, Ordering::Relaxed);
-            }
-            inner.accept(claimed, Source::Claimed, &mut out).await?;
+            inner.accept(claimed, Source::Claimed, &mut out, &mut seen).await?;
         }
         if out.len() < limit {
             let block = if out.is_empty() {
@@ -878,8 +990,14 @@ impl Transport for RedisStreamTransport {
                 Duration::ZERO
             };
             let new = inner.read_new(limit - out.len(), block).await?;
-            inner.accept(new, Source::New, &mut out).await?;
+            let new = new.into_iter().map(|e| (e, 1)).collect();
+            inner.accept(new, Source::New, &mut out, &mut seen).await?;
         }
+        {
+            let mut st = inner.state.lock();
+            st.in_flight.extend(out.iter().filter_map(|u| u.receipt().cloned()));
+        }
+        guard.armed = false;
         Ok(Batch {
             updates: out,
             failures: Vec::new(),
@@ -902,15 +1020,31 @@ impl Transport for RedisStreamTransport {
         Ok(())
     }
 
-    /// Acknowledgements are sent when made, so nothing is buffered. A worker that leaves
-    /// with nothing in flight and nothing pending removes its consumer from the group, so
-    /// the group's consumer list does not grow with every restart (a default consumer
-    /// name is new per process).
+    /// Acknowledgements are sent when made, so nothing is buffered. The runtime calls
+    /// this once every handler finished (or was given up): whatever is still in flight
+    /// is released (no more heartbeats, so other workers claim it after `claim_idle`;
+    /// this transport re-reads it if it runs again). A worker that leaves with nothing
+    /// pending removes its consumer from the group, so the group's consumer list does not
+    /// grow with every restart (a default consumer name is new per process); if a
+    /// cancelled blocking read may still be served, it first waits that out (at most
+    /// `max_block`).
     async fn flush(&self) -> Result<(), RedisTransportError> {
-        if self.inner.state.lock().in_flight.is_empty() {
-            self.inner.leave_group().await?;
+        let blocked_until = {
+            let mut st = self.inner.state.lock();
+            if !st.in_flight.is_empty() {
+                warn!(
+                    entries = st.in_flight.len(),
+                    "releasing entries not acknowledged; they will be delivered again"
+                );
+                st.in_flight.clear();
+            }
+            st.recover();
+            st.blocked_until.take()
+        };
+        if let Some(until) = blocked_until {
+            tokio::time::sleep_until(tokio::time::Instant::from_std(until)).await;
         }
-        Ok(())
+        self.inner.leave_group().await
     }
 }
 
@@ -923,12 +1057,11 @@ mod tests {
         assert_eq!(redact_url("redis://:hunter2@host:6379/0"), "redis://:***@host:6379/0");
         assert_eq!(redact_url("redis://u:hunter2@host"), "redis://u:***@host");
         assert_eq!(redact_url("redis://127.0.0.1:6379"), "redis://127.0.0.1:6379");
-    }
-
-    #[test]
-    fn ids_compare_numerically() {
-        assert!(parse_id("10-0") > parse_id("9-5"));
-        assert!(parse_id("9-10") > parse_id("9-9"));
+        assert_eq!(redact_url("redis://alice@host"), "redis://alice@host");
+        assert_eq!(
+            redact_url("redis+unix:///run/r.sock?db=1&pass=hunter2"),
+            "redis+unix:///run/r.sock?db=1&pass=***"
+        );
     }
 
     #[tokio::test]

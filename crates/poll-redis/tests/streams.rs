@@ -380,3 +380,208 @@ async fn redis_down_is_retried_and_then_a_typed_error() {
     );
     assert_eq!(t.stats().retries, 2);
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_dead_letter_that_cannot_be_written_leaves_the_entry_pending() {
+    let redis = server();
+    let url = redis.url();
+    let stream = unique("dlq-broken");
+    let mut c = conn(&url).await;
+    let _: String = c.xadd(&stream, "*", &[("update", "not json")]).await.unwrap();
+    // The dead-letter key holds a string: the XADD to it fails with WRONGTYPE.
+    let _: () = c.set(format!("{stream}:dead"), "in the way").await.unwrap();
+    let t = transport(&url, &stream, "a").build().unwrap();
+    let req = FetchRequest {
+        limit: 10,
+        timeout: Duration::ZERO,
+    };
+    let e = t.fetch(req).await.unwrap_err();
+    assert!(e.to_string().contains("WRONGTYPE"), "{e}");
+    assert_eq!(t.stats().dead_lettered, 0);
+    assert_eq!(
+        pending(&url, &stream, "workers").await,
+        1,
+        "not acknowledged, so not lost"
+    );
+    // Once the key is out of the way, the next fetch (re-reading its own pending list)
+    // dead-letters it.
+    let _: () = c.del(format!("{stream}:dead")).await.unwrap();
+    assert!(t.fetch(req).await.unwrap().updates.is_empty());
+    assert_eq!(t.stats().dead_lettered, 1);
+    assert_eq!(pending(&url, &stream, "workers").await, 0);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_group_that_disappears_is_recreated_from_the_start_of_the_stream() {
+    let redis = server();
+    let url = redis.url();
+    let stream = unique("regroup");
+    let t = transport(&url, &stream, "a")
+        .start_from(pollgate_redis::StartFrom::NewEntries)
+        .build()
+        .unwrap();
+    let req = FetchRequest {
+        limit: 10,
+        timeout: Duration::ZERO,
+    };
+    assert!(
+        t.fetch(req).await.unwrap().updates.is_empty(),
+        "the group starts at `$`"
+    );
+    fill(&url, &stream, 0..3).await;
+    let _: () = redis::cmd("XGROUP")
+        .arg("DESTROY")
+        .arg(&stream)
+        .arg("workers")
+        .query_async(&mut conn(&url).await)
+        .await
+        .unwrap();
+    fill(&url, &stream, 3..5).await;
+    // The first command to hit NOGROUP re-creates the group from 0, not from `$`: nothing
+    // appended while it was gone is skipped.
+    let mut ids = Vec::new();
+    for _ in 0..3 {
+        ids.extend(t.fetch(req).await.unwrap().updates.iter().map(Update::id));
+    }
+    assert_eq!(ids, (0..5).collect::<Vec<_>>());
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_wrong_password_is_a_final_error_not_retried_forever() {
+    // A private server (a password on a shared one would break the other tests).
+    let local = pollgate_redis::LocalRedis::start().expect("redis-server on PATH");
+    let _: () = redis::cmd("CONFIG")
+        .arg("SET")
+        .arg("requirepass")
+        .arg("right")
+        .query_async(&mut conn(&local.url()).await)
+        .await
+        .unwrap();
+    let url = local.url().replace("redis://", "redis://:wrong@");
+    let t = RedisStreamTransport::builder(url, "s", "g").build().unwrap();
+    let req = FetchRequest {
+        limit: 1,
+        timeout: Duration::ZERO,
+    };
+    let e = tokio::time::timeout(Duration::from_secs(20), t.fetch(req))
+        .await
+        .expect("a wrong password must not be retried forever")
+        .unwrap_err();
+    assert!(!e.is_transient(), "{e}");
+    assert!(
+        !e.to_string().contains("wrong") && !format!("{t:?}").contains("wrong"),
+        "{e} / {t:?}"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_cancelled_blocking_fetch_loses_nothing_and_counts_no_delivery() {
+    let redis = server();
+    let url = redis.url();
+    let stream = unique("cancelled");
+    let t = transport(&url, &stream, "a")
+        .max_block(Duration::from_secs(2))
+        .build()
+        .unwrap();
+    // The fetch blocks on an empty stream and is dropped; Redis still serves the blocked
+    // read when an entry arrives, into a reply nobody reads.
+    let blocked = t.fetch(FetchRequest {
+        limit: 10,
+        timeout: Duration::from_secs(2),
+    });
+    assert!(tokio::time::timeout(Duration::from_millis(200), blocked).await.is_err());
+    fill(&url, &stream, 42..43).await;
+    wait_for(
+        "the entry delivered into the lost reply",
+        Duration::from_secs(10),
+        async || pending(&url, &stream, "workers").await == 1,
+    )
+    .await;
+    let got = t
+        .fetch(FetchRequest {
+            limit: 10,
+            timeout: Duration::ZERO,
+        })
+        .await
+        .unwrap()
+        .updates;
+    assert_eq!(got.iter().map(Update::id).collect::<Vec<_>>(), vec![42]);
+    assert_eq!(t.stats().recovered, 1);
+    let rows: redis::Value = redis::cmd("XPENDING")
+        .arg(&stream)
+        .arg("workers")
+        .arg("-")
+        .arg("+")
+        .arg(10)
+        .query_async(&mut conn(&url).await)
+        .await
+        .unwrap();
+    let redis::Value::Array(rows) = rows else {
+        panic!("{rows:?}")
+    };
+    let redis::Value::Array(row) = &rows[0] else {
+        panic!("{rows:?}")
+    };
+    assert_eq!(
+        row[3],
+        redis::Value::Int(1),
+        "recovering a lost reply is not a second delivery"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn heartbeats_never_take_an_entry_back_from_the_worker_that_claimed_it() {
+    let redis = server();
+    let url = redis.url();
+    let stream = unique("no-steal");
+    fill(&url, &stream, 0..2).await;
+    let a = transport(&url, &stream, "a")
+        .claim_idle(Duration::from_millis(200))
+        .build()
+        .unwrap();
+    let batch = a
+        .fetch(FetchRequest {
+            limit: 2,
+            timeout: Duration::ZERO,
+        })
+        .await
+        .unwrap();
+    assert_eq!(batch.updates.len(), 2);
+    // Another worker takes the first entry (as it would after `a` was cut off).
+    let taken = batch.updates[0].receipt().unwrap().to_string();
+    let _: redis::Value = redis::cmd("XCLAIM")
+        .arg(&stream)
+        .arg("workers")
+        .arg("b")
+        .arg(0)
+        .arg(&taken)
+        .query_async(&mut conn(&url).await)
+        .await
+        .unwrap();
+    // `a` keeps heart-beating the entry it still owns...
+    wait_for("a few heartbeats", Duration::from_secs(10), async || {
+        a.stats().heartbeats >= 3
+    })
+    .await;
+    // ...and never took the other one back.
+    let owner: redis::Value = redis::cmd("XPENDING")
+        .arg(&stream)
+        .arg("workers")
+        .arg(&taken)
+        .arg(&taken)
+        .arg(1)
+        .query_async(&mut conn(&url).await)
+        .await
+        .unwrap();
+    let redis::Value::Array(rows) = owner else {
+        panic!("{owner:?}")
+    };
+    let redis::Value::Array(row) = &rows[0] else {
+        panic!("{rows:?}")
+    };
+    assert_eq!(
+        row[1],
+        redis::Value::BulkString(b"b".to_vec()),
+        "the entry went back to `a`"
+    );
+}

@@ -120,6 +120,12 @@ impl AckTracker {
         std::mem::take(&mut self.receipts)
     }
 
+    /// Puts back receipts whose acknowledgement was interrupted, to be sent later.
+    pub(crate) fn restore_receipts(&mut self, mut receipts: Vec<Arc<str>>) {
+        receipts.append(&mut self.receipts);
+        self.receipts = receipts;
+    }
+
     /// Ids fetched and not finished.
     pub(crate) fn unfinished(&self) -> impl Iterator<Item = i64> + '_ {
         self.unfinished.iter().copied()

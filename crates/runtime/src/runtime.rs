@@ -300,7 +300,25 @@ impl<T: Transport, H: Handler> Runtime<T, H> {
             confirmed_offset: None,
             flush_error: None,
         };
+        // The last acknowledgement and the flush get the drain deadline: a server that is
+        // down must not keep a shutdown from finishing.
+        let limit = ctx.config.drain_deadline;
         if let Some(source) = failure {
+            // Still acknowledge what finished (per-update receipts) if the server answers:
+            // otherwise it is delivered again.
+            if !receipts.is_empty() {
+                let ack = transport.ack(Ack {
+                    below: None,
+                    receipts: &receipts,
+                });
+                if let Ok(Err(e)) | Err(e) = tokio::time::timeout(limit, ack)
+                    .await
+                    .map_err(|_| "timed out".to_string())
+                    .map(|r| r.map_err(|e| e.to_string()))
+                {
+                    warn!(error = %e, receipts = receipts.len(), "could not acknowledge finished updates after the failure");
+                }
+            }
             return Err(RunError::Transport {
                 source,
                 summary: Box::new(summary),
@@ -312,11 +330,14 @@ impl<T: Transport, H: Handler> Runtime<T, H> {
                     below,
                     receipts: &receipts,
                 })
-                .await?;
-            transport.flush().await
+                .await
+                .map_err(|e| e.to_string())?;
+            transport.flush().await.map_err(|e| e.to_string())
         }
-        .instrument(info_span!("flush", offset = below))
-        .await;
+        .instrument(info_span!("flush", offset = below));
+        let flushed = tokio::time::timeout(limit, flushed)
+            .await
+            .unwrap_or_else(|_| Err(format!("timed out after {limit:?} (drain deadline)")));
         match flushed {
             Ok(()) => {
                 if let Some(b) = below {
@@ -326,7 +347,7 @@ impl<T: Transport, H: Handler> Runtime<T, H> {
             }
             Err(e) => {
                 error!(error = %e, "could not confirm the final offset; finished updates may be delivered again");
-                summary.flush_error = Some(e.to_string());
+                summary.flush_error = Some(e);
             }
         }
         summary.stats = stats_of(&ctx).snapshot();
@@ -400,12 +421,17 @@ async fn dispatch_loop<T: Transport, H: Handler>(
             let mut acks = ctx.acks.lock();
             (acks.below(), acks.take_receipts())
         };
-        transport
-            .ack(Ack {
-                below,
-                receipts: &receipts,
-            })
-            .await?;
+        // A transport that cannot reach its server retries inside `ack`: a shutdown must
+        // not wait for it. The receipts go back for the final acknowledgement.
+        let acked = tokio::select! {
+            biased;
+            r = transport.ack(Ack { below, receipts: &receipts }) => r,
+            _ = stop.cancelled() => {
+                ctx.acks.lock().restore_receipts(receipts);
+                return Ok(());
+            }
+        };
+        acked?;
         if let Some(b) = below {
             ctx.counters.set_acked(b);
         }
@@ -512,13 +538,26 @@ async fn ack_loop<T: Transport, H>(
                 _ = done.cancelled() => return None,
             }
         }
-        let acked = transport
+        let ack = transport
             .ack(Ack {
                 below: None,
                 receipts: &receipts,
             })
-            .instrument(info_span!("ack", receipts = receipts.len()))
-            .await;
+            .instrument(info_span!("ack", receipts = receipts.len()));
+        // Once every handler finished, an acknowledgement still retrying (the server is
+        // unreachable) gets the drain deadline, then is given up: its entries stay
+        // pending and are delivered again.
+        let gave_up = async {
+            done.cancelled().await;
+            tokio::time::sleep(ctx.config.drain_deadline).await;
+        };
+        let acked = tokio::select! {
+            r = ack => r,
+            _ = gave_up => {
+                warn!(receipts = receipts.len(), "acknowledgement still failing at shutdown; given up (the entries will be delivered again)");
+                return None;
+            }
+        };
         if let Err(e) = acked {
             error!(error = %e, receipts = receipts.len(), "acknowledgement failed; stopping (unacknowledged entries will be delivered again)");
             stop.cancel();
