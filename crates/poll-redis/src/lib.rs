@@ -20,6 +20,10 @@
 //! - [`StreamProducer`] appends updates (`XADD`), for the bridge.
 //! - [`LocalRedis`] starts a private `redis-server` for tests, examples and benchmarks.
 //!
+//! Needs Redis 7.0 or newer (or a compatible server such as Valkey): `XAUTOCLAIM` reporting
+//! deleted entries, exclusive ranges in `XPENDING`. One server or a primary, not a cluster
+//! (the scripts touch the stream and its dead-letter stream together).
+//!
 //! `docs/scale-out.md` describes the topology, the end-to-end guarantees and the failure
 //! modes.
 
