@@ -9,7 +9,7 @@ use std::hint::black_box;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use criterion::{Criterion, criterion_group, criterion_main};
+use criterion::{Criterion, criterion_group};
 use pollgate_admission::{Fixed, Gate, MemoryProbe, ProcStatusProbe, RssAdaptive, SysinfoProbe};
 use tokio::sync::Semaphore;
 
@@ -126,4 +126,90 @@ criterion_group! {
     config = Criterion::default().warm_up_time(Duration::from_secs(1));
     targets = uncontended, contended, probe_sample
 }
-criterion_main!(benches);
+/// Two tasks on a 2-worker runtime doing `ops` acquire + release each; the time per
+/// operation of the pair.
+fn pair(rt: &tokio::runtime::Runtime, ops: u64, gate: Option<&Gate>, semaphore: &Arc<Semaphore>) -> f64 {
+    rt.block_on(async {
+        let start = Instant::now();
+        let tasks: Vec<_> = (0..2)
+            .map(|_| {
+                let (gate, semaphore) = (gate.cloned(), semaphore.clone());
+                tokio::spawn(async move {
+                    for _ in 0..ops {
+                        match &gate {
+                            Some(g) => drop(black_box(g.acquire(1024).await.unwrap())),
+                            None => drop(black_box(semaphore.clone().acquire_owned().await.unwrap())),
+                        }
+                    }
+                })
+            })
+            .collect();
+        for task in tasks {
+            task.await.unwrap();
+        }
+        start.elapsed().as_secs_f64() * 1e9 / (2 * ops) as f64
+    })
+}
+
+/// The contended case is what the shared machine disturbs most: criterion measures one
+/// function after the other, so a burst of noise lands on one side only. This runs the
+/// gate and the semaphore alternately, round after round, and reports the median of the
+/// per-round ratios (to `target/criterion/gate_interleaved.json`).
+fn interleaved() {
+    const ROUNDS: usize = 101;
+    const OPS: u64 = 20_000;
+    let rt = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .build()
+        .unwrap();
+    let gate = Gate::new(Fixed::new(MANY));
+    let semaphore = Arc::new(Semaphore::new(MANY));
+    for _ in 0..5 {
+        pair(&rt, OPS, Some(&gate), &semaphore);
+        pair(&rt, OPS, None, &semaphore);
+    }
+    let (mut ratios, mut gates, mut sems) = (Vec::new(), Vec::new(), Vec::new());
+    for round in 0..ROUNDS {
+        let (g, s) = if round % 2 == 0 {
+            let g = pair(&rt, OPS, Some(&gate), &semaphore);
+            (g, pair(&rt, OPS, None, &semaphore))
+        } else {
+            let s = pair(&rt, OPS, None, &semaphore);
+            (pair(&rt, OPS, Some(&gate), &semaphore), s)
+        };
+        ratios.push(g / s);
+        gates.push(g);
+        sems.push(s);
+    }
+    let median = |v: &mut Vec<f64>| {
+        v.sort_by(f64::total_cmp);
+        v[v.len() / 2]
+    };
+    let report = serde_json::json!({
+        "rounds": ROUNDS,
+        "ops_per_task": OPS,
+        "median_ratio": median(&mut ratios),
+        "gate_median_ns": median(&mut gates),
+        "semaphore_median_ns": median(&mut sems),
+        "ratios": ratios,
+    });
+    println!("gate contended, interleaved: {report}");
+    // Beside criterion's own output: target/criterion (the executable is in target/<profile>/deps).
+    let dir = std::env::var_os("CARGO_TARGET_DIR")
+        .map(std::path::PathBuf::from)
+        .or_else(|| {
+            let exe = std::env::current_exe().ok()?;
+            Some(exe.parent()?.parent()?.parent()?.to_path_buf())
+        })
+        .unwrap_or_else(|| std::path::PathBuf::from("target"));
+    let _ = std::fs::create_dir_all(dir.join("criterion"));
+    let _ = std::fs::write(dir.join("criterion/gate_interleaved.json"), report.to_string());
+}
+
+fn main() {
+    benches();
+    Criterion::default().configure_from_args().final_summary();
+    if std::env::args().any(|a| a == "--bench") {
+        interleaved();
+    }
+}
