@@ -122,7 +122,7 @@ impl Gate {
         let shared = Arc::new(Shared {
             measures_latency: policy.measures_latency(),
             policy,
-            state: Mutex::new(State::default()),
+            state: Padded(Mutex::new(State::default())),
         });
         shared.policy.attach(LimitSignal::new(Arc::downgrade(&shared)));
         Gate { shared }
@@ -320,12 +320,26 @@ impl fmt::Debug for Gate {
     }
 }
 
+/// Keeps the lock off the cache line of the `Arc`'s reference counts, which every permit
+/// touches too (two threads taking and returning permits would otherwise fight over one
+/// line for both).
+#[repr(align(128))]
+pub(crate) struct Padded<T>(pub(crate) T);
+
+impl<T> std::ops::Deref for Padded<T> {
+    type Target = T;
+
+    fn deref(&self) -> &T {
+        &self.0
+    }
+}
+
 /// What a gate and its permits share.
 pub(crate) struct Shared {
     pub(crate) policy: Arc<dyn AdmissionPolicy>,
     /// `policy.measures_latency()`, asked once.
     pub(crate) measures_latency: bool,
-    pub(crate) state: Mutex<State>,
+    pub(crate) state: Padded<Mutex<State>>,
 }
 
 impl Shared {
