@@ -15,6 +15,12 @@ use std::time::{Duration, Instant};
 pub const REDIS_URL_ENV: &str = "POLLGATE_REDIS_URL";
 
 /// A `redis-server` child process on `127.0.0.1`, stopped when dropped.
+///
+/// ```no_run
+/// let redis = pollgate_redis::LocalRedis::start()?; // errors name the package to install
+/// let url = redis.url(); // redis://127.0.0.1:{port}
+/// # Ok::<(), std::io::Error>(())
+/// ```
 #[derive(Debug)]
 pub struct LocalRedis {
     child: Child,

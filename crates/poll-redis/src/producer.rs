@@ -19,6 +19,16 @@ use crate::retry::with_retries;
 use crate::transport::{DEFAULT_FIELD, connection, open_client, redact_url};
 
 /// Appends updates to a Redis stream (`XADD`), retrying transient failures.
+///
+/// ```no_run
+/// use pollgate_core::Update;
+/// use pollgate_redis::StreamProducer;
+/// # async fn demo() -> Result<(), Box<dyn std::error::Error>> {
+/// let producer = StreamProducer::builder("redis://127.0.0.1:6379", "updates").build()?;
+/// let update = Update::from_json(r#"{"update_id": 1, "message": {"chat": {"id": 7}}}"#)?;
+/// let entry_id = producer.add(&update).await?; // returns once Redis stored it
+/// # Ok(()) }
+/// ```
 pub struct StreamProducer {
     conn: ConnectionManager,
     url: String,
