@@ -72,10 +72,10 @@ impl AckTracker {
         if self.tracks_window() {
             self.seen_above.insert(id);
         }
-        if self.delivery == Delivery::Eager {
-            if let Some(r) = receipt {
-                self.receipts.push(Arc::clone(r));
-            }
+        if self.delivery == Delivery::Eager
+            && let Some(r) = receipt
+        {
+            self.receipts.push(Arc::clone(r));
         }
         Seen::New
     }
@@ -86,10 +86,10 @@ impl AckTracker {
     pub(crate) fn finished(&mut self, id: i64, receipt: Option<&Arc<str>>) -> bool {
         let before = self.unfinished.first().copied();
         self.unfinished.remove(&id);
-        if self.delivery == Delivery::AtLeastOnce {
-            if let Some(r) = receipt {
-                self.receipts.push(Arc::clone(r));
-            }
+        if self.delivery == Delivery::AtLeastOnce
+            && let Some(r) = receipt
+        {
+            self.receipts.push(Arc::clone(r));
         }
         if !self.tracks_window() || before == self.unfinished.first().copied() {
             return false;

@@ -11,7 +11,8 @@ use tokio_util::sync::CancellationToken;
 use crate::handler::Handler;
 use crate::runtime::Runtime;
 
-/// When an update is acknowledged (DESIGN §4).
+/// When an update is acknowledged; `docs/architecture.md` ("Delivery modes and Telegram's
+/// offset") compares the two modes.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
 pub enum Delivery {
     /// Acknowledged as soon as it is fetched (Telegram: offset = last fetched + 1), as the
@@ -56,6 +57,9 @@ pub const DEFAULT_CONCURRENCY: usize = 100;
 /// The default memory cost factor: an update's handler is assumed to hold 32 times the
 /// update's JSON size.
 pub const DEFAULT_COST_FACTOR: f64 = 32.0;
+/// The default [`RuntimeBuilder::repoll_interval`]: one `getUpdates` a second while a
+/// slow update holds the at-least-once offset back and the server has nothing new.
+pub const DEFAULT_REPOLL_INTERVAL: Duration = Duration::from_secs(1);
 
 #[derive(Debug, Clone)]
 pub(crate) struct Config {
@@ -66,6 +70,7 @@ pub(crate) struct Config {
     pub(crate) poll_timeout: Duration,
     pub(crate) min_fetch: usize,
     pub(crate) fetch_coalesce: Duration,
+    pub(crate) repoll_interval: Duration,
     pub(crate) drain_deadline: Duration,
     pub(crate) summary_every: Option<Duration>,
 }
@@ -105,6 +110,7 @@ impl<T: Transport, H: Handler> RuntimeBuilder<T, H> {
                 poll_timeout: Duration::from_secs(30),
                 min_fetch: 64,
                 fetch_coalesce: Duration::from_millis(1),
+                repoll_interval: DEFAULT_REPOLL_INTERVAL,
                 drain_deadline: Duration::from_secs(30),
                 summary_every: None,
             },
@@ -183,6 +189,22 @@ impl<T: Transport, H: Handler> RuntimeBuilder<T, H> {
     pub fn fetch_batching(mut self, min: usize, coalesce: Duration) -> Self {
         self.config.min_fetch = min.max(1);
         self.config.fetch_coalesce = coalesce;
+        self
+    }
+
+    /// In at-least-once mode with cumulative acks (Telegram), how long to wait before
+    /// polling again after the server showed it has nothing new while updates above the
+    /// offset are unfinished (default [`DEFAULT_REPOLL_INTERVAL`]).
+    ///
+    /// Telegram answers a long poll at once while any update at or above the offset
+    /// exists, and in at-least-once mode the unfinished updates are exactly that, so the
+    /// server cannot hold the poll open: without a pause the loop would poll again
+    /// immediately, with the same repeats, and look abusive. New updates that arrive
+    /// meanwhile are seen within this interval; the wait ends early when nothing above
+    /// the offset is unfinished any more (a real long poll is possible again). Eager
+    /// delivery never waits here.
+    pub fn repoll_interval(mut self, interval: Duration) -> Self {
+        self.config.repoll_interval = interval;
         self
     }
 

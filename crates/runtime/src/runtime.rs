@@ -26,7 +26,7 @@ use pollgate_admission::{AdmissionPolicy, Gate, TryAcquireError};
 use pollgate_core::{Ack, FetchRequest, Transport, Update};
 use tokio::sync::Notify;
 use tokio_util::sync::CancellationToken;
-use tokio_util::task::TaskTracker;
+use tokio_util::task::{AbortOnDropHandle, TaskTracker};
 use tracing::{Instrument, error, info, info_span, warn};
 
 use crate::acks::{AckTracker, Seen};
@@ -223,14 +223,27 @@ impl<T: Transport, H: Handler> Runtime<T, H> {
     /// # Errors
     /// [`RunError::Transport`] when a fetch or an ack fails for good (after the transport's
     /// own retries). Admitted handlers are still drained, but nothing is flushed.
+    ///
+    /// # Cancel safety
+    ///
+    /// Not cancel safe: cancel the [shutdown token](Self::shutdown_token) and await the
+    /// future to stop. Dropping the future instead stops at once, as the drain deadline
+    /// would, but without confirming anything: running handlers are dropped at their next
+    /// wake-up and updates waiting for a permit are given up (the gate is closed), the
+    /// helper tasks (deadline watchdog, summary reporter) are aborted, and the final offset
+    /// is not confirmed. In at-least-once mode whatever was not confirmed is delivered
+    /// again after a restart; in eager mode the updates fetched and not finished are lost.
     pub async fn run(self) -> Result<Summary, RunError<T::Error>> {
         let Runtime {
             transport,
             ctx,
             shutdown,
         } = self;
+        // Dropped with this future: aborts handlers and closes the gate unless disarmed
+        // (the run ended normally); the helpers below are aborted on drop too.
+        let mut on_drop = AbortOnDrop(Some((ctx.abort.clone(), ctx.gate.clone())));
         let stop = shutdown.child_token();
-        let watchdog = tokio::spawn({
+        let watchdog = AbortOnDropHandle::new(tokio::spawn({
             let (stop, abort, gate, deadline) = (
                 stop.clone(),
                 ctx.abort.clone(),
@@ -243,11 +256,11 @@ impl<T: Transport, H: Handler> Runtime<T, H> {
                 abort.cancel();
                 gate.close();
             }
-        });
+        }));
         let reporter = ctx
             .config
             .summary_every
-            .map(|every| tokio::spawn(report_every(every, stats_of(&ctx))));
+            .map(|every| AbortOnDropHandle::new(tokio::spawn(report_every(every, stats_of(&ctx)))));
 
         let done = CancellationToken::new();
         let work = async {
@@ -260,10 +273,10 @@ impl<T: Transport, H: Handler> Runtime<T, H> {
         };
         let (failure, ack_failure) = tokio::join!(work, ack_loop(&transport, &ctx, &done, &stop));
         let failure = failure.or(ack_failure);
-        watchdog.abort();
-        if let Some(r) = reporter {
-            r.abort();
-        }
+        drop(watchdog);
+        drop(reporter);
+        // Every handler task has ended: nothing left to abort on drop.
+        on_drop.0 = None;
         let drained = !ctx.abort.is_cancelled();
         let (below, receipts, mut unfinished) = {
             let mut acks = ctx.acks.lock();
@@ -356,6 +369,20 @@ impl<T: Transport, H: Handler> Runtime<T, H> {
     }
 }
 
+/// Aborts the run's handlers when `Runtime::run`'s future is dropped before its end:
+/// the drain-deadline token is cancelled (running handlers are dropped at their next
+/// wake-up) and the gate closed (waiting acquires give up).
+struct AbortOnDrop(Option<(CancellationToken, Gate)>);
+
+impl Drop for AbortOnDrop {
+    fn drop(&mut self) {
+        if let Some((abort, gate)) = self.0.take() {
+            abort.cancel();
+            gate.close();
+        }
+    }
+}
+
 fn stats_of<H>(ctx: &Ctx<H>) -> StatsHandle {
     StatsHandle {
         counters: Arc::clone(&ctx.counters),
@@ -408,18 +435,26 @@ async fn dispatch_loop<T: Transport, H: Handler>(
     stop: &CancellationToken,
 ) -> Result<(), T::Error> {
     let window = transport.ack_model().window().max(1);
+    let mut repoll_at = None;
     loop {
-        let limit = tokio::select! {
+        if let Some(until) = repoll_at.take() {
+            wait_for_news(ctx, until, stop).await;
+        }
+        let new = tokio::select! {
             biased;
             _ = stop.cancelled() => return Ok(()),
-            limit = fetch_limit(ctx, window) => match limit {
-                Some(l) => l,
+            new = fetch_room(ctx, window) => match new {
+                Some(n) => n,
                 None => return Ok(()),
             },
         };
-        let (below, receipts) = {
+        // One snapshot: the offset sent and the repeats it brings back must agree, or a
+        // completion in between (another thread) would let the server hand out more new
+        // updates than the policy admitted. The repeats only shrink between `fetch_room`
+        // and here, so `again + new` stays within the window.
+        let (below, receipts, again) = {
             let mut acks = ctx.acks.lock();
-            (acks.below(), acks.take_receipts())
+            (acks.below(), acks.take_receipts(), acks.redelivered_next())
         };
         // A transport that cannot reach its server retries inside `ack`: a shutdown must
         // not wait for it. The receipts go back for the final acknowledgement.
@@ -435,6 +470,7 @@ async fn dispatch_loop<T: Transport, H: Handler>(
         if let Some(b) = below {
             ctx.counters.set_acked(b);
         }
+        let limit = again + new;
         let request = FetchRequest {
             limit,
             timeout: ctx.config.poll_timeout,
@@ -445,73 +481,74 @@ async fn dispatch_loop<T: Transport, H: Handler>(
             _ = stop.cancelled() => return Ok(()),
             batch = transport.fetch(request).instrument(span.clone()) => batch?,
         };
-        span.record("received", batch.len());
+        let returned = batch.len();
+        span.record("received", returned);
         Counters::bump(&ctx.counters.fetches);
-        ctx.gate.on_batch(batch.len());
-
-        if batch.failures.is_empty() {
+        // The server had nothing more than the repeats we asked for (it answered at once,
+        // it did not wait): see `wait_for_news`.
+        if again > 0 && returned < limit {
+            repoll_at = Some(tokio::time::Instant::now() + ctx.config.repoll_interval);
+        }
+        let fresh = if batch.failures.is_empty() {
             // The common case: every update decoded. Filter in place, under one lock.
             let mut updates = batch.updates;
-            let received = updates.len();
             {
                 let mut acks = ctx.acks.lock();
                 updates.retain(|u| acks.fetched(u.id(), u.receipt()) == Seen::New);
             }
-            ctx.counters
-                .fetched
-                .fetch_add(updates.len() as u64, std::sync::atomic::Ordering::Relaxed);
-            ctx.counters
-                .redelivered
-                .fetch_add((received - updates.len()) as u64, std::sync::atomic::Ordering::Relaxed);
-            for update in updates {
-                admit(ctx, update).await;
-            }
-            continue;
-        }
-        let mut items: Vec<Item> = batch.updates.into_iter().map(Item::Run).collect();
-        items.extend(batch.failures.into_iter().map(Item::Skip));
-        items.sort_by_key(Item::id);
-        // Register the whole batch under one lock: which ids are new, and the broken ones
-        // are finished at once (reported below, acknowledged past).
-        let fresh: Vec<bool> = {
-            let mut acks = ctx.acks.lock();
-            items
-                .iter()
-                .map(|item| match item {
-                    Item::Skip(f) => {
-                        let new = acks.fetched(f.update_id, None) == Seen::New;
-                        if new {
-                            acks.finished(f.update_id, None);
-                        }
-                        new
-                    }
-                    Item::Run(u) => acks.fetched(u.id(), u.receipt()) == Seen::New,
-                })
-                .collect()
+            record_fetched(ctx, updates.len(), returned - updates.len());
+            updates
+        } else {
+            register_mixed(ctx, batch, returned)
         };
-        let new_runs = items
-            .iter()
-            .zip(&fresh)
-            .filter(|(i, f)| **f && matches!(i, Item::Run(_)))
-            .count() as u64;
-        let again = items.iter().zip(&fresh).filter(|(_, f)| !**f).count() as u64;
-        ctx.counters
-            .fetched
-            .fetch_add(new_runs, std::sync::atomic::Ordering::Relaxed);
-        ctx.counters
-            .redelivered
-            .fetch_add(again, std::sync::atomic::Ordering::Relaxed);
-        for (item, fresh) in items.into_iter().zip(fresh) {
+        // Only new updates fill a batch (`Barrier`): repeats are already counted.
+        ctx.gate.on_batch(fresh.len());
+        for update in fresh {
+            admit(ctx, update).await;
+        }
+    }
+}
+
+/// Counts a fetch's new runnable updates and its repeats.
+fn record_fetched<H>(ctx: &Ctx<H>, fresh: usize, repeats: usize) {
+    use std::sync::atomic::Ordering::Relaxed;
+    ctx.counters.fetched.fetch_add(fresh as u64, Relaxed);
+    ctx.counters.redelivered.fetch_add(repeats as u64, Relaxed);
+}
+
+/// Registers a batch with undecodable updates under one lock, in id order: which ids are
+/// new, and the broken ones are finished at once (reported, acknowledged past). Returns
+/// the new updates to run.
+fn register_mixed<H>(ctx: &Ctx<H>, batch: pollgate_core::Batch, returned: usize) -> Vec<Update> {
+    let mut items: Vec<Item> = batch.updates.into_iter().map(Item::Run).collect();
+    items.extend(batch.failures.into_iter().map(Item::Skip));
+    items.sort_by_key(Item::id);
+    let mut fresh = Vec::with_capacity(items.len());
+    let mut skipped = Vec::new();
+    {
+        let mut acks = ctx.acks.lock();
+        for item in items {
             match item {
-                Item::Skip(f) if fresh => {
-                    Counters::bump(&ctx.counters.undecodable);
-                    error!(update_id = f.update_id, id_inferred = f.id_inferred, error = %f.error, raw = %f.raw, "undecodable update skipped");
+                Item::Skip(f) => {
+                    if acks.fetched(f.update_id, None) == Seen::New {
+                        acks.finished(f.update_id, None);
+                        skipped.push(f);
+                    }
                 }
-                Item::Run(update) if fresh => admit(ctx, update).await,
-                _ => {}
+                Item::Run(u) => {
+                    if acks.fetched(u.id(), u.receipt()) == Seen::New {
+                        fresh.push(u);
+                    }
+                }
             }
         }
     }
+    record_fetched(ctx, fresh.len(), returned - fresh.len() - skipped.len());
+    for f in skipped {
+        Counters::bump(&ctx.counters.undecodable);
+        error!(update_id = f.update_id, id_inferred = f.id_inferred, error = %f.error, raw = %f.raw, "undecodable update skipped");
+    }
+    fresh
 }
 
 /// Sends receipts as handlers finish, while a fetch may be in flight, until `done`
@@ -566,15 +603,23 @@ async fn ack_loop<T: Transport, H>(
     }
 }
 
-/// Waits until something may be fetched; returns the `limit` to ask for (new updates the
-/// policy admits plus the ones the server will send again), or `None` when the gate closed.
+/// Waits until something may be fetched; returns how many *new* updates to ask for (the
+/// policy admits them, the ordering queues and the ack window have room for them), or
+/// `None` when the gate closed. The caller adds the ids the server will send again.
 ///
 /// While handlers are running, a fetch waits (up to `fetch_coalesce`) until a batch worth
 /// a request fits: a quarter of what the policy currently lets run at once (in flight plus
 /// admissible now), at most `min_fetch`. With fast handlers every completion would
 /// otherwise cost a fetch of one update; relative to the capacity, a small policy
 /// (`Fixed::new(8)`) is not made to wait for a batch it can never hold.
-async fn fetch_limit<H>(ctx: &Ctx<H>, window: usize) -> Option<usize> {
+///
+/// Every wait here has something that ends it: room in the window or the queues comes
+/// back with a `progress` notification (a completion that moves the window, a parked
+/// update that got its permit or was given up); the policy's room with the gate's
+/// watchers (a release, a reservation returned, a limit signal). Once the coalescing
+/// deadline has passed, the loop waits for the policy to admit anything at all, never on
+/// a timer that is already due.
+async fn fetch_room<H>(ctx: &Ctx<H>, window: usize) -> Option<usize> {
     let max_batch = ctx.config.min_fetch.clamp(1, window);
     let mut deadline: Option<tokio::time::Instant> = None;
     let mut want = 1;
@@ -592,28 +637,62 @@ async fn fetch_limit<H>(ctx: &Ctx<H>, window: usize) -> Option<usize> {
             progressed.await;
             continue;
         }
-        let admits = match deadline {
+        let room = room_window.min(room_queue);
+        let coalescing = deadline.filter(|until| tokio::time::Instant::now() < *until);
+        let admits = match coalescing {
             // Coalescing: sleep until a batch fits (the gate wakes us only then), or until
             // the deadline, whichever comes first.
             Some(until) => tokio::select! {
-                ready = ctx.gate.fetch_ready_at_least(want.min(room_queue).min(room_window)) => ready.ok()?,
+                ready = ctx.gate.fetch_ready_at_least(want.min(room)) => ready.ok()?,
                 _ = tokio::time::sleep_until(until) => ctx.gate.fetch_limit(),
             },
             None => ctx.gate.fetch_ready().await.ok()?,
         };
-        // The wait may have been long: re-read what the server will send again.
+        // The wait may have been long: re-read what the server will send again (it only
+        // shrinks while we wait: this task is the only one that fetches).
         let again = ctx.acks.lock().redelivered_next();
         let new = admits.min(room_queue).min(window.saturating_sub(again));
         if new == 0 {
+            // Only after the coalescing deadline fired with nothing admissible (the limit
+            // dropped meanwhile): the next turn waits in `fetch_ready`.
             continue;
         }
         let in_flight = ctx.gate.load().in_flight;
-        want = ((in_flight + admits) / 4).clamp(1, max_batch);
+        // A policy may answer `usize::MAX` ("as many as you like"): saturate.
+        want = (in_flight.saturating_add(admits) / 4).clamp(1, max_batch);
         let late = deadline.is_some_and(|until| tokio::time::Instant::now() >= until);
-        if new >= want.min(room_queue).min(room_window) || late || in_flight == 0 {
-            return Some(again + new);
+        if new >= want.min(room) || late || in_flight == 0 {
+            return Some(new);
         }
         deadline.get_or_insert_with(|| tokio::time::Instant::now() + ctx.config.fetch_coalesce);
+    }
+}
+
+/// After a fetch that found the server caught up while updates above the offset are
+/// unfinished (at-least-once with cumulative acks), waits before the next fetch.
+///
+/// Telegram answers a long poll at once while any update at or above the offset exists,
+/// and in at-least-once mode the unfinished ones are exactly that: the next `getUpdates`
+/// would return the same repeats immediately, again and again (a busy poll). New updates
+/// cannot arrive faster by polling harder, so the loop re-polls after `repoll_interval`
+/// (new arrivals are still seen while a handler is slow), or as soon as nothing above the
+/// offset is unfinished any more, when a real long poll can wait on the server again.
+/// A completion that merely moves the window brings nothing new to fetch, so it does not
+/// end the wait by itself (its offset is confirmed by the next fetch or the final flush).
+async fn wait_for_news<H>(ctx: &Ctx<H>, until: tokio::time::Instant, stop: &CancellationToken) {
+    loop {
+        let progressed = ctx.progress.notified();
+        tokio::pin!(progressed);
+        progressed.as_mut().enable();
+        if ctx.acks.lock().redelivered_next() == 0 {
+            return;
+        }
+        tokio::select! {
+            biased;
+            _ = stop.cancelled() => return,
+            _ = tokio::time::sleep_until(until) => return,
+            _ = progressed => {}
+        }
     }
 }
 

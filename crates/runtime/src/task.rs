@@ -217,10 +217,15 @@ pub(crate) async fn run<H: Handler>(ctx: Arc<Ctx<H>>, mut update: Update, mut pe
         let Some(next) = keys.lock().next(key) else {
             return;
         };
-        ctx.progress.notify_one();
         update = next.update;
         // At the drain deadline the gate is closed: a waiting acquire then fails.
-        match ctx.gate.acquire_reserved(next.reservation).await.ok() {
+        let acquired = ctx.gate.acquire_reserved(next.reservation).await.ok();
+        // Only now has the reservation left the gate's queued count (turned into a permit
+        // or dropped): a dispatcher that stopped fetching because `max_queued` updates
+        // were parked may go on. Notifying before the acquire, which may wait in the
+        // gate, would wake it too early and then never again.
+        ctx.progress.notify_one();
+        match acquired {
             Some(p) => permit = p,
             None => {
                 ctx.give_up(&update);
