@@ -15,7 +15,7 @@
 //! |--------------------|---------------------------------------------|--------|
 //! | ≥ target           | rising                                      | `min(budget, in use) × shrink_factor` (0.7): fast |
 //! | ≥ high             | rising                                      | `min(budget, in use) − (rss − high)`: take back the overshoot |
-//! | ≥ high             | not rising, budget at the floor, used, flat for `hold` | + probe step (5% of max) |
+//! | ≥ high             | not rising, used, flat for `hold`, no probe or shrink within `hold` | + probe step (5% of max) |
 //! | ≥ high             | otherwise (high but flat: retained memory is reused) | hold |
 //! | < low              | not rising, used (`in use ≥ budget / 2`)    | + max(`(grow_factor − 1) × budget`, `(high − rss) / 2`) |
 //! | between the marks  | not rising, fully used (`≥ 90%`)            | + `(high − rss) / 2` |
@@ -30,9 +30,10 @@
 //! Why the escapes: allocators keep freed memory resident (measured after a 1 GiB burst:
 //! 20–100% of the peak stays resident with glibc, jemalloc and mimalloc alike), so after a
 //! burst RSS can sit above the high mark, or between the marks, for ever while the memory
-//! is actually free for reuse. Without a probe the budget would stay at the floor
-//! indefinitely; with one, the budget grows slowly while RSS stays flat, and shrinks again
-//! as soon as RSS rises past the high mark.
+//! is actually free for reuse. Without a probe the budget would stay where the last shrink
+//! left it (often the floor) indefinitely; with one, a used budget grows by one probe step
+//! per `hold` for as long as RSS stays flat — from any budget, not only the floor — up to
+//! `max_budget`, and shrinks again as soon as RSS rises past the high mark.
 
 /// Knobs of the [`BudgetController`]. Fractions are of the target RSS unless noted.
 #[non_exhaustive]
@@ -206,7 +207,10 @@ impl BudgetController {
                 self.last_shrink_ms = Some(now_ms);
             }
         } else if rss >= high {
-            if budget <= c.min_budget && used && probe_due {
+            // High but not rising: retained memory is being reused. Probe one step per
+            // `hold` of flatness while the budget is used, from any budget (the clamp
+            // stops it at max); a rise past the high mark shrinks again above.
+            if used && probe_due {
                 budget = budget.saturating_add(probe_step);
                 self.last_probe_ms = Some(now_ms);
             }
@@ -387,6 +391,109 @@ mod tests {
             t += 5;
         }
         assert!(grown, "retained memory above high must not pin the floor for ever");
+    }
+
+    /// Feeds flat `rss` from `from_ms` until `until_ms`, a sample every 5–10 ms, with
+    /// `in_use(budget)` in use, and returns each budget change as `(time, budget)`.
+    fn feed_flat(
+        c: &mut BudgetController,
+        rss: u64,
+        from_ms: u64,
+        until_ms: u64,
+        in_use: impl Fn(u64) -> u64,
+    ) -> Vec<(u64, u64)> {
+        let mut changes = Vec::new();
+        let mut t = from_ms;
+        for gap in [5, 7, 10, 6, 9, 8].into_iter().cycle() {
+            if t > until_ms {
+                break;
+            }
+            let before = c.budget();
+            let after = c.on_sample(rss, in_use(before), t);
+            if after != before {
+                changes.push((t, after));
+            }
+            t += gap;
+        }
+        changes
+    }
+
+    /// The budget after the last change at or before `at_ms`.
+    fn budget_at(changes: &[(u64, u64)], start: u64, at_ms: u64) -> u64 {
+        changes
+            .iter()
+            .take_while(|&&(t, _)| t <= at_ms)
+            .last()
+            .map_or(start, |&(_, b)| b)
+    }
+
+    #[test]
+    fn flat_rss_above_high_keeps_probing_while_used() {
+        // The report: 60 s of flat RSS at 96% of the target, the gate fully used. The
+        // budget must keep probing upwards, not stop after one step off the floor.
+        let mut c = controller(2000 * MIB);
+        assert_eq!(c.budget(), 10 * MIB);
+        let changes = feed_flat(&mut c, 960 * MIB, 0, 60_000, |budget| budget);
+        assert!(changes.len() >= 19, "budget pinned: changes {changes:?}");
+        for pair in changes.windows(2) {
+            let ((t0, b0), (t1, b1)) = (pair[0], pair[1]);
+            assert!(b1 > b0, "flat and used: only growth, {changes:?}");
+            assert!(b1 - b0 <= 40 * MIB, "one probe step (5% of max) at a time");
+            assert!(t1 - t0 >= 500, "at most one probe per hold: {t0} ms, {t1} ms");
+        }
+        let at = |ms| budget_at(&changes, 10 * MIB, ms);
+        assert!(at(2_000) >= 130 * MIB, "{}", at(2_000) / MIB);
+        assert!(at(5_000) >= at(2_000) + 200 * MIB, "{}", at(5_000) / MIB);
+        assert!(at(10_000) > at(5_000), "{}", at(10_000) / MIB);
+        assert_eq!(at(60_000), 800 * MIB, "grows to max_budget, and no further");
+
+        // With a smaller step the growth is still going at a minute.
+        let mut config = ControllerConfig::new(1000 * MIB, 10 * MIB, 800 * MIB);
+        config.probe_step = 0.005; // 4 MiB
+        let mut c = BudgetController::new(config, 2000 * MIB);
+        let changes = feed_flat(&mut c, 960 * MIB, 0, 60_000, |budget| budget);
+        let at = |ms| budget_at(&changes, 10 * MIB, ms);
+        assert!(
+            at(60_000) >= at(10_000) + 150 * MIB,
+            "{} vs {}",
+            at(60_000) / MIB,
+            at(10_000) / MIB
+        );
+        assert!(at(60_000) < 800 * MIB, "slow: {}", at(60_000) / MIB);
+    }
+
+    #[test]
+    fn flat_rss_above_high_stops_probing_when_under_used() {
+        let mut c = controller(2000 * MIB);
+        let probed = feed_flat(&mut c, 960 * MIB, 0, 5_000, |budget| budget);
+        assert!(probed.len() >= 5, "used: probes {probed:?}");
+        let budget = c.budget();
+        assert!(budget > 200 * MIB, "{}", budget / MIB);
+        // Same flat RSS, but now the gate uses less than half of the budget: no growth.
+        let idle = feed_flat(&mut c, 960 * MIB, 5_001, 60_000, |budget| budget / 2 - 1);
+        assert_eq!(idle, [], "under-used: never grow");
+        assert_eq!(c.budget(), budget);
+        assert!(c.wants_release(960 * MIB, budget / 2 - 1));
+    }
+
+    #[test]
+    fn rising_rss_after_probing_shrinks_again() {
+        let mut c = controller(2000 * MIB);
+        feed_flat(&mut c, 960 * MIB, 0, 5_000, |budget| budget);
+        let probed = c.budget();
+        assert!(probed > 200 * MIB, "{}", probed / MIB);
+        // The extra budget really is used and RSS climbs: take back the overshoot, then
+        // shrink fast once past the target.
+        let first = c.on_sample(990 * MIB, probed, 5_010);
+        assert_eq!(first, probed - 40 * MIB, "990 − 950 over the high mark");
+        let second = c.on_sample(1020 * MIB, first, 5_070);
+        assert_eq!(second, scale(first, 0.7));
+        // RSS settles, flat, above high: no probe within a hold of the shrink or of the
+        // last move, then probing resumes.
+        let changes = feed_flat(&mut c, 1020 * MIB, 5_075, 5_569, |budget| budget);
+        assert_eq!(changes, [], "within a hold of the shrink: hold");
+        let changes = feed_flat(&mut c, 1020 * MIB, 5_570, 6_060, |budget| budget);
+        assert_eq!(changes, [(5_570, second + 40 * MIB)], "one probe per hold");
     }
 
     #[test]

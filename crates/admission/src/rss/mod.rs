@@ -21,8 +21,9 @@
 //! of declared in-flight costs is the immediate gate — it reacts at once, before RSS does —
 //! and RSS feedback moves that budget: shrink multiplicatively while RSS is above a high mark
 //! *and still rising*, hold while it is high but flat (retained memory being reused), grow
-//! below a low mark, never grow while the budget is under-used, and probe slowly upwards when
-//! RSS stays flat for long (sticky retained memory). The arithmetic lives in the pure
+//! below a low mark, never grow while the budget is under-used, and probe slowly upwards —
+//! one small step per hold period, for as long as RSS stays flat and the budget is used —
+//! when RSS stays flat for long (sticky retained memory). The arithmetic lives in the pure
 //! [`BudgetController`], whose docs give the exact rules.
 //!
 //! The hot path (`admits`, `fetch_limit`) reads the budget from an atomic: it costs what
@@ -348,7 +349,8 @@ impl RssAdaptiveBuilder {
         self
     }
 
-    /// How long RSS must stay flat before the budget probes upwards (default 500 ms).
+    /// How long RSS must stay flat before the budget probes upwards, and the spacing of
+    /// further probes while it stays flat (default 500 ms).
     pub fn hold(mut self, period: Duration) -> Self {
         self.hold = period;
         self

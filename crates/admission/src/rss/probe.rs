@@ -32,7 +32,7 @@ where
 ///
 /// Keeps one `System` and refreshes just this PID with
 /// `ProcessRefreshKind::nothing().with_memory().without_tasks()` — about 34 µs a read on
-/// the Linux VM of `docs/benchmarks.md` (DESIGN measured 11 µs elsewhere; [`ProcStatusProbe`]
+/// the Linux VM of `docs/benchmarks.md` (the design notes measured 11 µs on another machine; [`ProcStatusProbe`]
 /// reads `/proc/self/statm` in about 3 µs), portable to the platforms sysinfo supports.
 pub struct SysinfoProbe {
     system: System,
