@@ -1,11 +1,16 @@
 //! The Bot API methods: `getMe`, `getUpdates` (with long polling and faults),
-//! `deleteWebhook`, `getWebhookInfo`, `close`, `logOut` and `sendMessage`.
+//! `setWebhook`, `deleteWebhook`, `getWebhookInfo`, `close`, `logOut` and `sendMessage`.
 //!
 //! `getUpdates` follows the official semantics: `offset` confirms (drops) every update
 //! below it, `-N` keeps only the last `N` pending; at most `limit` (default 100, clamped to
 //! 1..=100) updates from the offset on are returned in id order; with `timeout` the call
 //! waits until something arrives, and a newer `getUpdates` call ends a waiting one with 409.
 //! A faulted call confirms nothing, except `Slow` and `MalformedUpdate`, which answer normally.
+//!
+//! While a webhook is set (`setWebhook` with a non-empty `url`), `getUpdates` gets 409 "can't
+//! use getUpdates method while webhook is active", before any fault and without confirming
+//! anything, until `deleteWebhook` (or `setWebhook` with an empty `url`) removes it. No
+//! update is ever posted to the webhook: the mock only keeps its URL.
 
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -50,23 +55,55 @@ pub(crate) async fn handle(
     match method.as_str() {
         "getupdates" => get_updates(&shared, &params).await,
         "getme" => reply::ok(bot_user(&shared)),
+        "setwebhook" => set_webhook(&shared, &params),
         "deletewebhook" => match params.bool("drop_pending_updates") {
             Ok(drop) => {
+                let mut inner = shared.inner.lock();
                 if drop == Some(true) {
-                    shared.inner.lock().drop_pending();
+                    inner.drop_pending();
                 }
+                inner.webhook_url.clear();
                 reply::ok(Value::Bool(true))
             }
             Err(why) => reply::bad_request(&why),
         },
         "getwebhookinfo" => {
-            let pending = shared.pending();
-            reply::ok(json!({"url": "", "has_custom_certificate": false, "pending_update_count": pending}))
+            let (url, pending) = {
+                let inner = shared.inner.lock();
+                (inner.webhook_url.clone(), inner.pending())
+            };
+            let mut info = json!({"url": url, "has_custom_certificate": false, "pending_update_count": pending});
+            if !url.is_empty() {
+                info["max_connections"] = json!(40);
+            }
+            reply::ok(info)
         }
         "close" | "logout" => reply::ok(Value::Bool(true)),
         "sendmessage" => send_message(&shared, params),
         _ => reply::not_found(),
     }
+}
+
+/// `setWebhook`: keeps `url` (an empty one removes the webhook). Like the real server, only
+/// an HTTPS URL is accepted.
+fn set_webhook(shared: &Shared, params: &Params) -> Response {
+    let url = match params.string("url") {
+        Ok(url) => url.unwrap_or_default(),
+        Err(why) => return reply::bad_request(&why),
+    };
+    let drop = match params.bool("drop_pending_updates") {
+        Ok(drop) => drop == Some(true),
+        Err(why) => return reply::bad_request(&why),
+    };
+    if !url.is_empty() && !url.starts_with("https://") {
+        return reply::bad_request("bad webhook: An HTTPS URL must be provided for webhook");
+    }
+    let mut inner = shared.inner.lock();
+    if drop {
+        inner.drop_pending();
+    }
+    inner.webhook_url = url;
+    reply::ok(Value::Bool(true))
 }
 
 fn bot_user(shared: &Shared) -> Value {
@@ -115,6 +152,9 @@ async fn get_updates(shared: &Arc<Shared>, params: &Params) -> Response {
         Ok(request) => request,
         Err(why) => return reply::bad_request(&why),
     };
+    if !shared.inner.lock().webhook_url.is_empty() {
+        return reply::webhook_conflict();
+    }
     let limit = request.limit.unwrap_or(100).clamp(1, 100) as usize;
     let timeout = request.timeout.map(|t| t.max(0) as u64);
     let wait = Duration::from_secs(timeout.unwrap_or(0)).min(shared.max_poll_timeout);

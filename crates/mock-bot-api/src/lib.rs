@@ -34,10 +34,12 @@
 //! [`BacklogSpec`], [`FaultRates`], [`Fault`]s with a `kind` tag).
 //!
 //! # Methods
-//! `getMe`, `getUpdates`, `deleteWebhook`, `getWebhookInfo`, `close`, `logOut`,
-//! `sendMessage`; parameters from the query string, url-encoded and multipart forms and JSON
-//! bodies. Unknown methods get 404, a wrong token 401, bad parameters 400, each with the
-//! Bot API's `{"ok":false,...}` envelope.
+//! `getMe`, `getUpdates`, `setWebhook`, `deleteWebhook`, `getWebhookInfo`, `close`,
+//! `logOut`, `sendMessage`; parameters from the query string, url-encoded and multipart
+//! forms and JSON bodies. Unknown methods get 404, a wrong token 401, bad parameters 400,
+//! each with the Bot API's `{"ok":false,...}` envelope. While a webhook is set
+//! (`setWebhook`, or [`MockServer::set_webhook`]), `getUpdates` gets 409 as from the real
+//! server; the webhook itself is never called.
 
 mod api;
 mod config;

@@ -14,6 +14,11 @@ use serde_json::{Value, json};
 pub(crate) const CONFLICT: &str =
     "Conflict: terminated by other getUpdates request; make sure that only one bot instance is running";
 
+/// The text of the 409 that `getUpdates` gets while a webhook is set, as the real server
+/// sends it.
+pub(crate) const WEBHOOK_CONFLICT: &str =
+    "Conflict: can't use getUpdates method while webhook is active; use deleteWebhook to delete the webhook first";
+
 /// A response with a JSON text body.
 pub(crate) fn json_text(status: StatusCode, body: String) -> Response {
     let mut response = (status, body).into_response();
@@ -55,6 +60,11 @@ pub(crate) fn not_found() -> Response {
 /// 409 as sent to a terminated long poll.
 pub(crate) fn conflict() -> Response {
     error(409, CONFLICT)
+}
+
+/// 409 as sent to `getUpdates` while a webhook is set.
+pub(crate) fn webhook_conflict() -> Response {
+    error(409, WEBHOOK_CONFLICT)
 }
 
 /// 429 with `parameters.retry_after`.

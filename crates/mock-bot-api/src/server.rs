@@ -153,13 +153,25 @@ impl MockServer {
         self.shared.set_fault_rates(rates);
     }
 
+    /// Sets the bot's webhook URL, as `setWebhook` does; an empty `url` removes it. While a
+    /// webhook is set, `getUpdates` gets 409 and `getWebhookInfo` reports the URL, until
+    /// `deleteWebhook` or `set_webhook("")`. Any URL is accepted here, HTTPS or not.
+    pub fn set_webhook(&self, url: impl Into<String>) {
+        self.shared.set_webhook(url.into());
+    }
+
+    /// The webhook URL; empty when no webhook is set.
+    pub fn webhook_url(&self) -> String {
+        self.shared.webhook_url()
+    }
+
     /// A snapshot of the counters.
     pub fn stats(&self) -> Stats {
         self.shared.stats()
     }
 
-    /// Drops the backlog and zeroes the confirmed offset, stats, fault rates, scheduled
-    /// faults and recorded messages. Update ids keep increasing.
+    /// Drops the backlog and the webhook, and zeroes the confirmed offset, stats, fault
+    /// rates, scheduled faults and recorded messages. Update ids keep increasing.
     pub fn reset(&self) {
         self.shared.reset();
     }
@@ -178,10 +190,11 @@ impl MockServer {
     /// nothing) and waits up to 5 s for open connections to finish.
     pub async fn shutdown(mut self) {
         self.signal_stop();
-        if let Some(mut server) = self.server.take() {
-            if tokio::time::timeout(SHUTDOWN_GRACE, &mut server).await.is_err() {
-                server.abort();
-            }
+        let Some(mut server) = self.server.take() else {
+            return;
+        };
+        if tokio::time::timeout(SHUTDOWN_GRACE, &mut server).await.is_err() {
+            server.abort();
         }
     }
 

@@ -1,5 +1,6 @@
 //! The server's shared state: the backlog of unconfirmed updates, `getUpdates` offset
-//! semantics, scheduled and random faults, recorded `sendMessage` calls and counters.
+//! semantics, the webhook URL, scheduled and random faults, recorded `sendMessage` calls
+//! and counters.
 //!
 //! Every update is stored once as its final JSON text (`Arc<str>`), so serving it is a
 //! copy into the response body and nothing more.
@@ -59,6 +60,8 @@ pub(crate) struct Inner {
     pub(crate) stats: Stats,
     sent: VecDeque<Value>,
     next_message_id: i64,
+    /// The URL set by `setWebhook`; empty when no webhook is set.
+    pub(crate) webhook_url: String,
 }
 
 impl Shared {
@@ -81,6 +84,7 @@ impl Shared {
                 stats: Stats::default(),
                 sent: VecDeque::new(),
                 next_message_id: 1,
+                webhook_url: String::new(),
             }),
             wake: Notify::new(),
             closing: AtomicBool::new(false),
@@ -136,9 +140,10 @@ impl Shared {
         stats
     }
 
-    /// Empties the backlog, forgets faults and counters; ids keep increasing.
+    /// Empties the backlog, forgets faults, counters and the webhook; ids keep increasing.
     pub(crate) fn reset(&self) {
         let mut inner = self.inner.lock();
+        inner.webhook_url.clear();
         inner.backlog.clear();
         inner.highest_served = None;
         inner.scheduled.clear();
@@ -171,6 +176,16 @@ impl Shared {
     /// Updates not yet confirmed.
     pub(crate) fn pending(&self) -> usize {
         self.inner.lock().backlog.len()
+    }
+
+    /// Sets the webhook URL (`setWebhook`); an empty one removes the webhook.
+    pub(crate) fn set_webhook(&self, url: String) {
+        self.inner.lock().webhook_url = url;
+    }
+
+    /// The webhook URL; empty when none is set.
+    pub(crate) fn webhook_url(&self) -> String {
+        self.inner.lock().webhook_url.clone()
     }
 
     /// Every recorded `sendMessage` parameter object, oldest first.
@@ -267,7 +282,6 @@ impl Inner {
     }
 
     /// Updates not yet confirmed.
-    #[cfg(test)]
     pub(crate) fn pending(&self) -> usize {
         self.backlog.len()
     }

@@ -167,6 +167,55 @@ async fn simple_methods_answer_like_the_bot_api() {
 }
 
 #[tokio::test]
+async fn a_webhook_blocks_get_updates_until_it_is_deleted() {
+    let server = start().await;
+    push_n(&server, 3);
+    let (status, body) = call(&server, "setWebhook", &[("url", "http://plain.example/hook")]).await;
+    assert_eq!(
+        (status, &body["description"]),
+        (
+            400,
+            &json!("Bad Request: bad webhook: An HTTPS URL must be provided for webhook")
+        )
+    );
+    assert_eq!(server.webhook_url(), "");
+
+    let (status, body) = call(&server, "setWebhook", &[("url", "https://bot.example/hook")]).await;
+    assert_eq!((status, &body["result"]), (200, &json!(true)));
+    assert_eq!(server.webhook_url(), "https://bot.example/hook");
+    let (_, info) = call(&server, "getWebhookInfo", &[]).await;
+    assert_eq!(info["result"]["url"], "https://bot.example/hook");
+    assert_eq!(info["result"]["pending_update_count"], 3);
+
+    server.inject_conflict_window(1);
+    let (status, body) = call(&server, "getUpdates", &[("offset", "3")]).await;
+    assert_eq!(status, 409);
+    assert_eq!(
+        body,
+        json!({"ok": false, "error_code": 409, "description": "Conflict: can't use getUpdates method while webhook is active; use deleteWebhook to delete the webhook first"})
+    );
+    assert_eq!(server.pending(), 3, "a refused call confirms nothing");
+    assert!(server.stats().faults.is_empty(), "nor takes a fault");
+
+    let (_, deleted) = call(&server, "deleteWebhook", &[]).await;
+    assert_eq!(deleted["result"], true);
+    assert_eq!(server.webhook_url(), "");
+    assert_eq!(server.pending(), 3, "pending updates are kept");
+    let (status, _) = call(&server, "getUpdates", &[]).await;
+    assert_eq!(status, 409, "the scheduled conflict applies once polling works again");
+    assert_eq!(get_ids(&server, &[]).await, [1, 2, 3]);
+
+    // The handle sets it too; `setWebhook` with an empty URL and `reset` remove it.
+    server.set_webhook("https://other.example/x");
+    assert_eq!(call(&server, "getUpdates", &[]).await.0, 409);
+    call(&server, "setWebhook", &[("url", "")]).await;
+    assert_eq!(call(&server, "getUpdates", &[]).await.0, 200);
+    server.set_webhook("https://other.example/x");
+    server.reset();
+    assert_eq!(server.webhook_url(), "");
+}
+
+#[tokio::test]
 async fn send_message_is_recorded() {
     let server = start().await;
     let url = method_url(&server, "sendMessage");

@@ -8,17 +8,23 @@
 //!
 //! A response that does not decode as a whole is an error (the transport retries it);
 //! an update that does not decode on its own is a [`DecodeFailure`] in the batch (the
-//! runtime reports it and acknowledges past it).
+//! runtime reports it and acknowledges past it). The transport passes its token so that a
+//! failure's excerpt and parser message are redacted (the excerpt before it is cut).
+//!
+//! The other methods the transport calls (`getWebhookInfo`, `deleteWebhook`) answer small
+//! bodies, decoded whole by [`decode_method`].
 
 use std::borrow::Cow;
 use std::sync::Arc;
 use std::time::Duration;
 
 use serde::Deserialize;
+use serde::de::DeserializeOwned;
 use serde_json::value::RawValue;
 
+use crate::token::BotToken;
 use crate::transport::{Batch, DecodeFailure};
-use crate::update::Update;
+use crate::update::{EnvelopeError, Update};
 
 /// How many bytes of an undecodable update a [`DecodeFailure`] keeps.
 const FAILURE_EXCERPT_BYTES: usize = 256;
@@ -66,6 +72,16 @@ impl GetUpdatesResponse {
     /// The parser's error when the body is not a Bot API response (invalid JSON, not an
     /// object, `ok: true` without a `result` array).
     pub fn decode(body: Arc<str>, first_id_hint: Option<i64>) -> Result<GetUpdatesResponse, serde_json::Error> {
+        GetUpdatesResponse::decode_redacted(body, first_id_hint, None)
+    }
+
+    /// [`GetUpdatesResponse::decode`], removing `token` from what a [`DecodeFailure`]
+    /// keeps of the server's text: its excerpt and its parser message.
+    pub(crate) fn decode_redacted(
+        body: Arc<str>,
+        first_id_hint: Option<i64>,
+        token: Option<&BotToken>,
+    ) -> Result<GetUpdatesResponse, serde_json::Error> {
         let envelope: Envelope<'_> = serde_json::from_str(&body)?;
         if !envelope.ok {
             return Ok(GetUpdatesResponse::Error {
@@ -102,8 +118,8 @@ impl GetUpdatesResponse {
                     batch.failures.push(DecodeFailure {
                         update_id: read.unwrap_or(0),
                         id_inferred: read.is_none(),
-                        error,
-                        raw: excerpt(text),
+                        error: redact_envelope_error(error, token),
+                        raw: excerpt(text, token),
                     });
                 }
             }
@@ -131,15 +147,74 @@ impl GetUpdatesResponse {
     }
 }
 
-fn excerpt(text: &str) -> String {
-    if text.len() <= FAILURE_EXCERPT_BYTES {
-        return text.to_owned();
+/// What the server answered to a method other than `getUpdates`.
+#[derive(Debug)]
+pub(crate) enum MethodResponse<T> {
+    /// `ok: true`: the `result`.
+    Ok(T),
+    /// `ok: false`: the error object.
+    Error {
+        /// `error_code`.
+        error_code: i64,
+        /// `description`.
+        description: String,
+        /// `parameters.retry_after`, for 429.
+        retry_after: Option<Duration>,
+    },
+}
+
+#[derive(Deserialize)]
+struct MethodEnvelope<T> {
+    ok: bool,
+    result: Option<T>,
+    error_code: Option<i64>,
+    description: Option<String>,
+    parameters: Option<Parameters>,
+}
+
+/// Decodes a whole Bot API response whose `result` is a `T`.
+///
+/// # Errors
+/// The parser's error when the body is not a Bot API response or `ok: true` comes without
+/// a `result` of type `T`.
+pub(crate) fn decode_method<T: DeserializeOwned>(body: &str) -> Result<MethodResponse<T>, serde_json::Error> {
+    let envelope: MethodEnvelope<T> = serde_json::from_str(body)?;
+    if !envelope.ok {
+        return Ok(MethodResponse::Error {
+            error_code: envelope.error_code.unwrap_or(0),
+            description: envelope.description.unwrap_or_default(),
+            retry_after: envelope.parameters.and_then(|p| p.retry_after).map(Duration::from_secs),
+        });
     }
-    let mut cut = FAILURE_EXCERPT_BYTES;
-    while !text.is_char_boundary(cut) {
-        cut -= 1;
+    envelope
+        .result
+        .map(MethodResponse::Ok)
+        .ok_or_else(|| <serde_json::Error as serde::de::Error>::missing_field("result"))
+}
+
+fn redact_envelope_error(error: EnvelopeError, token: Option<&BotToken>) -> EnvelopeError {
+    match (error, token) {
+        (EnvelopeError::Invalid { update_id, source }, Some(token)) => EnvelopeError::Invalid {
+            update_id,
+            source: token.redact_json_error(source),
+        },
+        (error, _) => error,
     }
-    format!("{}…", &text[..cut])
+}
+
+/// At most [`FAILURE_EXCERPT_BYTES`] of `text`, redacted before the cut when a token is given.
+fn excerpt(text: &str, token: Option<&BotToken>) -> String {
+    let (kept, truncated) = match token {
+        Some(token) => token.redacted_prefix(text.as_bytes(), FAILURE_EXCERPT_BYTES),
+        None => {
+            let mut cut = text.len().min(FAILURE_EXCERPT_BYTES);
+            while !text.is_char_boundary(cut) {
+                cut -= 1;
+            }
+            (text[..cut].to_owned(), cut < text.len())
+        }
+    };
+    if truncated { format!("{kept}…") } else { kept }
 }
 
 #[cfg(test)]
@@ -203,5 +278,56 @@ mod tests {
         ] {
             assert!(GetUpdatesResponse::decode(Arc::from(bad), None).is_err(), "{bad}");
         }
+    }
+
+    #[test]
+    fn failures_are_redacted_before_their_excerpt_is_cut() {
+        let token = BotToken::new("7:AAEsecretsecretsecretsecret");
+        // The token starts 10 bytes before the 256-byte cut of the failure's excerpt, in a
+        // field whose wrong type makes the parser quote it.
+        let head = r#"{"update_id":4,"message":{"text":""#;
+        let pad = "p".repeat(FAILURE_EXCERPT_BYTES - 10 - head.len() - r#"","chat":{"id":""#.len());
+        let update = format!(r#"{head}{pad}","chat":{{"id":"{}"}}}}}}"#, token.expose());
+        assert_eq!(update.find(token.expose()), Some(FAILURE_EXCERPT_BYTES - 10));
+        let body = format!(r#"{{"ok":true,"result":[{update}]}}"#);
+        let decoded = GetUpdatesResponse::decode_redacted(Arc::from(body.as_str()), None, Some(&token)).unwrap();
+        let GetUpdatesResponse::Updates(batch) = decoded else {
+            panic!("{decoded:?}");
+        };
+        let failure = &batch.failures[0];
+        let shown = format!("{} {:?} {}", failure.error, failure.error, failure.raw);
+        assert!(!shown.contains("7:AAE") && !shown.contains("secret"), "{shown}");
+        assert!(shown.contains(r#"invalid type: string "<redacted>""#), "{shown}");
+        assert!(
+            failure.raw.ends_with('…') && failure.raw.starts_with(head),
+            "{}",
+            failure.raw
+        );
+        // Without a token (the public decoder), the text is kept as the server sent it.
+        let GetUpdatesResponse::Updates(plain) = GetUpdatesResponse::decode(Arc::from(body.as_str()), None).unwrap()
+        else {
+            unreachable!("decoded above");
+        };
+        assert!(plain.failures[0].error.to_string().contains(token.expose()));
+    }
+
+    #[test]
+    fn method_responses_decode_their_result_or_their_error() {
+        #[derive(Debug, Deserialize)]
+        struct Info {
+            url: String,
+        }
+        let ok = decode_method::<Info>(r#"{"ok":true,"result":{"url":"https://x/","pending_update_count":3}}"#);
+        assert!(matches!(ok, Ok(MethodResponse::Ok(Info { url })) if url == "https://x/"));
+        let err = decode_method::<bool>(
+            r#"{"ok":false,"error_code":429,"description":"slow down","parameters":{"retry_after":2}}"#,
+        );
+        assert!(matches!(
+            err,
+            Ok(MethodResponse::Error { error_code: 429, retry_after: Some(d), .. }) if d == Duration::from_secs(2)
+        ));
+        assert!(decode_method::<bool>(r#"{"ok":true}"#).is_err());
+        assert!(decode_method::<Info>(r#"{"ok":true,"result":"x"}"#).is_err());
+        assert!(decode_method::<bool>("<html>").is_err());
     }
 }

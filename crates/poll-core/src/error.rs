@@ -1,17 +1,21 @@
 //! Typed errors of the Telegram transport, and which of them end the runtime.
 //!
-//! The classification is the contract users rely on (DESIGN §6):
+//! The classification is the contract users rely on (`docs/architecture.md`, "Errors and
+//! recovery"):
 //!
 //! | error | recovery inside the transport |
 //! |---|---|
 //! | [`TelegramError::Network`], 5xx, a non-JSON answer | exponential backoff with jitter, capped |
 //! | [`TelegramError::RateLimited`] (429) | wait exactly `retry_after`, then retry |
-//! | [`TelegramError::Conflict`] (409: another `getUpdates` consumer) | backoff, logged at error level |
+//! | [`TelegramError::Conflict`] (409: another `getUpdates` consumer) | backoff, logged at error level with what to do |
 //! | [`TelegramError::InvalidJson`] (the response as a whole) | backoff, retried |
 //! | [`TelegramError::BodyTooLarge`] | backoff, retried with half the `limit` (the body is not buffered) |
+//! | [`TelegramError::WebhookActive`] (a webhook is set, found before the first `getUpdates`) | final, unless the transport was built with `delete_webhook(true)` |
 //! | [`TelegramError::Unauthorized`] (401), [`TelegramError::NotFound`] (404), other 4xx API errors | final: returned, the runtime stops |
 //!
-//! Every text kept in an error has the bot token removed.
+//! Every text kept in an error has the bot token removed: body excerpts are redacted
+//! before they are cut, and so are the parser's messages (serde quotes string values) and
+//! the server's `description`s.
 
 use std::fmt;
 use std::time::Duration;
@@ -26,24 +30,21 @@ pub const BODY_EXCERPT_BYTES: usize = 512;
 pub struct BodyExcerpt {
     text: String,
     total_len: usize,
+    truncated: bool,
 }
 
 impl BodyExcerpt {
-    /// Keeps at most [`BODY_EXCERPT_BYTES`] of `body` (cut at a character boundary) and
-    /// removes the token from it.
+    /// Removes the token from `body`, then keeps at most [`BODY_EXCERPT_BYTES`] of it (cut
+    /// at a character boundary; invalid UTF-8 becomes U+FFFD).
+    ///
+    /// Redacting first means a token that crosses the cut shows none of its characters.
+    /// Only the start of a large body is redacted: enough for the excerpt plus one token.
     pub fn new(body: &[u8], token: &BotToken) -> BodyExcerpt {
-        let total_len = body.len();
-        let mut cut = body.len().min(BODY_EXCERPT_BYTES);
-        let text = loop {
-            match std::str::from_utf8(&body[..cut]) {
-                Ok(s) => break s.to_owned(),
-                Err(e) if e.error_len().is_none() => cut = e.valid_up_to(),
-                Err(_) => break String::from_utf8_lossy(&body[..cut]).into_owned(),
-            }
-        };
+        let (text, truncated) = token.redacted_prefix(body, BODY_EXCERPT_BYTES);
         BodyExcerpt {
-            text: token.redact(&text),
-            total_len,
+            text,
+            total_len: body.len(),
+            truncated,
         }
     }
 
@@ -61,7 +62,7 @@ impl BodyExcerpt {
 impl fmt::Display for BodyExcerpt {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.write_str(&self.text)?;
-        if self.total_len > self.text.len() {
+        if self.truncated {
             write!(f, "… ({} bytes in all)", self.total_len)?;
         }
         Ok(())
@@ -99,12 +100,26 @@ pub enum TelegramError {
         /// The server's description.
         description: String,
     },
-    /// 409 Conflict: another consumer calls `getUpdates` with this token, or a webhook is
-    /// set.
+    /// 409 Conflict: another consumer calls `getUpdates` with this token, or a webhook was
+    /// set after the transport's start-up check. Retried with backoff; each retry is logged
+    /// at error level with what to do.
     #[error("conflict (409): {description}")]
     Conflict {
         /// The server's description.
         description: String,
+    },
+    /// A webhook is set for the bot, and `getUpdates` does not work while one is (the Bot
+    /// API answers every call with 409). Found by `getWebhookInfo` before the first
+    /// `getUpdates`. Final: remove the webhook with `deleteWebhook`, or build the transport
+    /// with [`delete_webhook(true)`](crate::TelegramTransportBuilder::delete_webhook).
+    #[error(
+        "a webhook is set for this bot{}, so getUpdates cannot be used: call deleteWebhook, or build the transport with .delete_webhook(true) to remove it at start",
+        .host.as_deref().map(|h| format!(" (to {h})")).unwrap_or_default()
+    )]
+    WebhookActive {
+        /// The host of the webhook's URL. Only the host is kept: the path of a webhook URL
+        /// often holds a secret (the bot token itself, by a common convention).
+        host: Option<String>,
     },
     /// 401 Unauthorized: the token was rejected. Final.
     #[error("unauthorized (401): the bot token was rejected: {description}")]
@@ -128,7 +143,8 @@ pub enum TelegramError {
         description: String,
     },
     /// The response is not a valid Bot API response (bad JSON, an HTML page with status
-    /// 200, a missing `result`).
+    /// 200, a missing `result`). A parser message that quoted the token was rebuilt with
+    /// the token removed (its text keeps the position; `line()`/`column()` read 0).
     #[error("invalid response ({source}); body: {body}")]
     InvalidJson {
         /// The parser's error.
@@ -160,6 +176,7 @@ impl TelegramError {
         match self {
             TelegramError::Unauthorized { .. }
             | TelegramError::NotFound { .. }
+            | TelegramError::WebhookActive { .. }
             | TelegramError::RetriesExhausted { .. } => true,
             TelegramError::Api { error_code, .. } => (400..500).contains(error_code),
             _ => false,
@@ -183,6 +200,7 @@ impl TelegramError {
             TelegramError::Http { .. } => "http",
             TelegramError::RateLimited { .. } => "rate_limited",
             TelegramError::Conflict { .. } => "conflict",
+            TelegramError::WebhookActive { .. } => "webhook_active",
             TelegramError::Unauthorized { .. } => "unauthorized",
             TelegramError::NotFound { .. } => "not_found",
             TelegramError::Api { error_code, .. } if *error_code >= 500 => "server_error",
@@ -191,5 +209,57 @@ impl TelegramError {
             TelegramError::BodyTooLarge { .. } => "body_too_large",
             TelegramError::RetriesExhausted { .. } => "retries_exhausted",
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const TOKEN: &str = "42:AAEsecretsecretsecretsecret";
+
+    #[test]
+    fn a_token_at_any_offset_around_the_cut_leaks_nothing() {
+        let token = BotToken::new(TOKEN);
+        for start in BODY_EXCERPT_BYTES - 40..BODY_EXCERPT_BYTES + 5 {
+            let body = format!("{}{TOKEN}{}", "x".repeat(start), "y".repeat(100));
+            let excerpt = BodyExcerpt::new(body.as_bytes(), &token);
+            let shown = format!("{excerpt} {excerpt:?}");
+            assert!(!shown.contains("42:") && !shown.contains("AAE"), "{start}: {shown}");
+            assert!(excerpt.as_str().len() <= BODY_EXCERPT_BYTES);
+            assert_eq!(excerpt.total_len(), body.len());
+            assert!(shown.contains(&format!("… ({} bytes in all)", body.len())), "{shown}");
+        }
+    }
+
+    #[test]
+    fn the_length_note_appears_only_when_something_was_cut() {
+        let token = BotToken::new(TOKEN);
+        // Redaction makes the kept text shorter than the body, but nothing was cut.
+        let whole = BodyExcerpt::new(format!("<p>{TOKEN}</p>").as_bytes(), &token);
+        assert_eq!(whole.to_string(), "<p><redacted></p>");
+        let cut = BodyExcerpt::new(&[b'z'; BODY_EXCERPT_BYTES + 1], &token);
+        assert_eq!(cut.as_str().len(), BODY_EXCERPT_BYTES);
+        assert!(
+            cut.to_string()
+                .ends_with(&format!("… ({} bytes in all)", BODY_EXCERPT_BYTES + 1))
+        );
+    }
+
+    #[test]
+    fn webhook_active_is_final_and_names_the_remedy() {
+        let e = TelegramError::WebhookActive {
+            host: Some("bot.example.com".into()),
+        };
+        assert!(e.is_fatal());
+        assert_eq!(e.kind(), "webhook_active");
+        let text = e.to_string();
+        assert!(text.contains("(to bot.example.com)"), "{text}");
+        assert!(
+            text.contains("deleteWebhook") && text.contains(".delete_webhook(true)"),
+            "{text}"
+        );
+        let text = TelegramError::WebhookActive { host: None }.to_string();
+        assert!(text.starts_with("a webhook is set for this bot, so"), "{text}");
     }
 }

@@ -10,8 +10,9 @@
 //! - [`Update`]: one update's raw JSON with its id, kind, size and ordering key, decoded
 //!   without a second parse and without allocating per field;
 //! - [`TelegramTransport`]: `getUpdates` over reqwest with rustls, typed errors
-//!   ([`TelegramError`]), retries with backoff, `retry_after`, a body-size cap, and a bot
-//!   token that never reaches a log line, an error or a `Debug` output.
+//!   ([`TelegramError`]), retries with backoff, `retry_after`, a body-size cap, a webhook
+//!   check before the first poll (a set webhook would make every `getUpdates` fail), and a
+//!   bot token that never reaches a log line, an error or a `Debug` output.
 //!
 //! This crate knows nothing about admission or scheduling (`pollgate-admission` and
 //! `pollgate-runtime` do).

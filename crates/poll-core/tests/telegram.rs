@@ -3,6 +3,8 @@
 //! exact delays are checked without spending them.
 
 use std::collections::BTreeSet;
+use std::error::Error as _;
+use std::fmt::{self, Write as _};
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -319,4 +321,183 @@ async fn a_long_poll_returns_when_updates_arrive() {
     let batch = poll.await.unwrap().unwrap();
     assert_eq!(batch.updates.len(), 1);
     assert_eq!(batch.updates[0].key(), Some(5));
+}
+
+/// The error and info events of this crate, as `LEVEL field=value ...` lines.
+#[derive(Clone, Default)]
+struct Logs(Arc<Mutex<Vec<String>>>);
+
+impl Logs {
+    /// Captures events on this thread (`#[tokio::test]` runs everything on it) until the
+    /// guard drops.
+    fn capture(&self) -> tracing::subscriber::DefaultGuard {
+        tracing::subscriber::set_default(self.clone())
+    }
+
+    fn lines(&self) -> Vec<String> {
+        self.0.lock().clone()
+    }
+}
+
+struct Fields(String);
+
+impl tracing::field::Visit for Fields {
+    fn record_debug(&mut self, field: &tracing::field::Field, value: &dyn fmt::Debug) {
+        let _ = write!(self.0, " {}={value:?}", field.name());
+    }
+}
+
+impl tracing::Subscriber for Logs {
+    fn register_callsite(&self, _: &'static tracing::Metadata<'static>) -> tracing::subscriber::Interest {
+        tracing::subscriber::Interest::sometimes()
+    }
+    fn enabled(&self, metadata: &tracing::Metadata<'_>) -> bool {
+        metadata.target().starts_with("pollgate_core") && *metadata.level() <= tracing::Level::INFO
+    }
+    fn new_span(&self, _: &tracing::span::Attributes<'_>) -> tracing::span::Id {
+        tracing::span::Id::from_u64(1)
+    }
+    fn record(&self, _: &tracing::span::Id, _: &tracing::span::Record<'_>) {}
+    fn record_follows_from(&self, _: &tracing::span::Id, _: &tracing::span::Id) {}
+    fn event(&self, event: &tracing::Event<'_>) {
+        let mut fields = Fields(event.metadata().level().to_string());
+        event.record(&mut fields);
+        self.0.lock().push(fields.0);
+    }
+    fn enter(&self, _: &tracing::span::Id) {}
+    fn exit(&self, _: &tracing::span::Id) {}
+}
+
+/// A webhook URL whose path holds the token, as many bots set it.
+fn webhook_with_token(s: &MockServer) -> String {
+    format!("https://hooks.example.com/bot{}/updates", s.token())
+}
+
+fn assert_no_secret(s: &MockServer, text: &str) {
+    let secret = s.token().split_once(':').unwrap().1;
+    assert!(!text.contains(secret), "token leaked: {text}");
+    assert!(!text.contains("/updates"), "the webhook's path leaked: {text}");
+}
+
+fn error_chain(e: &TelegramError) -> String {
+    let mut text = format!("{e} | {e:?}");
+    let mut source = e.source();
+    while let Some(s) = source {
+        text.push_str(&format!(" | {s} | {s:?}"));
+        source = s.source();
+    }
+    text
+}
+
+#[tokio::test]
+async fn a_webhook_stops_the_first_fetch_with_a_final_error_before_any_get_updates() {
+    let s = server(5).await;
+    s.set_webhook(webhook_with_token(&s));
+    let sleep = Recorder::default();
+    let t = builder(&s, &sleep).build().unwrap();
+    // A retry loop would never end (retries are unlimited and the sleeper returns at once).
+    let err = tokio::time::timeout(Duration::from_secs(10), t.fetch(ALL))
+        .await
+        .expect("the fetch ends instead of retrying")
+        .unwrap_err();
+    assert!(
+        matches!(&err, TelegramError::WebhookActive { host: Some(h) } if h == "hooks.example.com"),
+        "{err:?}"
+    );
+    assert!(err.is_fatal());
+    assert!(err.to_string().contains("deleteWebhook"), "{err}");
+    assert_no_secret(&s, &error_chain(&err));
+    assert_eq!(s.stats().get_updates_calls, 0, "getUpdates was never called");
+    assert_eq!(s.stats().calls, 1, "one getWebhookInfo");
+    assert!(sleep.waits().is_empty(), "nothing was retried");
+    assert_eq!(s.webhook_url(), webhook_with_token(&s), "the webhook was left alone");
+    assert_eq!(t.stats().webhooks_deleted, 0);
+
+    // Once the webhook is removed by hand, the check runs again and polling works.
+    s.set_webhook("");
+    assert_eq!(t.fetch(ALL).await.unwrap().len(), 5);
+}
+
+#[tokio::test]
+async fn delete_webhook_opt_in_removes_it_keeps_pending_updates_and_updates_flow() {
+    let s = server(30).await;
+    s.set_webhook(webhook_with_token(&s));
+    let sleep = Recorder::default();
+    let t = builder(&s, &sleep).delete_webhook(true).build().unwrap();
+    let logs = Logs::default();
+    let ids = {
+        let _capture = logs.capture();
+        // Without the deletion every getUpdates gets 409 and is retried forever.
+        tokio::time::timeout(Duration::from_secs(10), drain(&t))
+            .await
+            .expect("the webhook was removed, so polling works")
+    };
+    assert_all_once(&ids, 30);
+    assert_eq!(s.webhook_url(), "", "the webhook was deleted");
+    assert_eq!(t.stats().webhooks_deleted, 1);
+    let stats = s.stats();
+    assert_eq!(
+        stats.calls - stats.get_updates_calls,
+        2,
+        "one getWebhookInfo and one deleteWebhook, however many fetches"
+    );
+    assert!(stats.get_updates_calls >= 2);
+    assert!(sleep.waits().is_empty());
+    let lines = logs.lines();
+    let deleted = lines
+        .iter()
+        .find(|l| l.starts_with("INFO") && l.contains("deleted the bot's webhook"))
+        .unwrap_or_else(|| panic!("an info line says the webhook was deleted: {lines:?}"));
+    assert!(deleted.contains("hooks.example.com"), "{deleted}");
+    for line in &lines {
+        assert_no_secret(&s, line);
+    }
+}
+
+#[tokio::test]
+async fn without_a_webhook_the_check_costs_one_call_and_deletes_nothing() {
+    let s = server(250).await;
+    let sleep = Recorder::default();
+    let t = builder(&s, &sleep).delete_webhook(true).build().unwrap();
+    assert_all_once(&drain(&t).await, 250);
+    t.flush().await.unwrap();
+    let stats = s.stats();
+    assert_eq!(stats.calls - stats.get_updates_calls, 1, "only getWebhookInfo");
+    assert_eq!(t.stats().webhooks_deleted, 0);
+    assert_eq!(t.stats().requests, stats.calls, "every request is counted");
+}
+
+#[tokio::test]
+async fn a_webhook_set_while_polling_is_a_conflict_retried_and_logged_with_what_to_do() {
+    let s = server(10).await;
+    let sleep = Recorder::default();
+    let t = builder(&s, &sleep)
+        .backoff(Backoff {
+            max_retries: Some(3),
+            ..BACKOFF
+        })
+        .build()
+        .unwrap();
+    assert_eq!(t.fetch(ALL).await.unwrap().len(), 10);
+    s.set_webhook(webhook_with_token(&s));
+    let logs = Logs::default();
+    let err = {
+        let _capture = logs.capture();
+        t.fetch(ALL).await.unwrap_err()
+    };
+    let TelegramError::RetriesExhausted { attempts: 4, last } = &err else {
+        panic!("{err:?}");
+    };
+    assert!(matches!(**last, TelegramError::Conflict { .. }), "{last:?}");
+    assert_eq!(t.stats().retries_conflict, 3);
+    assert_eq!(sleep.waits().len(), 3, "backed off between attempts");
+    assert_no_secret(&s, &error_chain(&err));
+    let lines = logs.lines();
+    let advice = "another getUpdates consumer is running with this token (or a webhook was set meanwhile): stop the other instance";
+    let conflicts: Vec<_> = lines.iter().filter(|l| l.contains(advice)).collect();
+    assert_eq!(conflicts.len(), 3, "each retry says what to do: {lines:?}");
+    assert!(conflicts.iter().all(|l| l.starts_with("ERROR")), "{conflicts:?}");
+    for line in &lines {
+        assert_no_secret(&s, line);
+    }
 }
