@@ -18,6 +18,11 @@
 //! `--max-len` caps the stream (`MAXLEN ~`); it is off by default, since a cap deletes
 //! entries whether or not a worker handled them.
 
+// `pub(crate)`: scale_out, which includes this file as a module, logs through it too (a
+// second `mod` of the same file there would compile it twice).
+#[path = "shared/logging.rs"]
+pub(crate) mod logging;
+
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::{Duration, Instant};
@@ -131,12 +136,7 @@ pub(crate) async fn run_bridge(
 #[allow(dead_code)] // unused where this file is a module of scale_out
 fn main() -> std::process::ExitCode {
     let args = BridgeArgs::parse();
-    let filter = tracing_subscriber::EnvFilter::try_from_default_env()
-        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
-    tracing_subscriber::fmt()
-        .with_env_filter(filter)
-        .with_writer(std::io::stderr)
-        .init();
+    logging::init_tracing("info");
     let Ok(token) = std::env::var("TELEGRAM_BOT_TOKEN") else {
         eprintln!("bridge: set TELEGRAM_BOT_TOKEN");
         return std::process::ExitCode::from(2);

@@ -11,6 +11,9 @@
 //! The policy is a concurrency cap and a byte budget together; delivery is at-least-once
 //! and updates of one chat are answered in order.
 
+#[path = "shared/logging.rs"]
+mod logging;
+
 use std::error::Error;
 use std::time::Duration;
 
@@ -108,9 +111,7 @@ pub(crate) async fn run(api_url: &str, token: &str, shutdown: CancellationToken)
 #[allow(dead_code)] // the integration test includes this file for `run` only
 #[tokio::main]
 async fn main() -> Result<(), BoxError> {
-    tracing_subscriber::fmt()
-        .with_env_filter(tracing_subscriber::EnvFilter::try_from_default_env().unwrap_or_else(|_| "info".into()))
-        .init();
+    logging::init_tracing("info");
     let token = std::env::var("TELEGRAM_BOT_TOKEN").map_err(|_| "set TELEGRAM_BOT_TOKEN to your bot's token")?;
     let api_url = std::env::var("TELEGRAM_API_URL").unwrap_or_else(|_| pollgate::core::DEFAULT_API_URL.to_owned());
     let shutdown = CancellationToken::new();

@@ -97,10 +97,10 @@ impl Args {
             return Err("--child runs exactly one --policy".into());
         }
         for p in &self.policies {
-            if let PolicySpec::Rss(b) = p {
-                if *b < 16 << 20 {
-                    return Err(format!("rss:{} is below the 16MiB a process needs to start", Size(*b)));
-                }
+            if let PolicySpec::Rss(b) = p
+                && *b < 16 << 20
+            {
+                return Err(format!("rss:{} is below the 16MiB a process needs to start", Size(*b)));
             }
         }
         Ok(())

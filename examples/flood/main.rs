@@ -15,6 +15,8 @@ mod cli;
 #[path = "../custom_policy.rs"]
 #[allow(dead_code)] // only `TokenBucket` is used here
 mod custom_policy;
+#[path = "../shared/logging.rs"]
+mod logging;
 mod parent;
 mod plot;
 mod proc_mem;
@@ -36,7 +38,7 @@ fn main() -> ExitCode {
             .error(clap::error::ErrorKind::ValueValidation, message)
             .exit();
     }
-    process::init_tracing("warn");
+    logging::init_tracing("warn");
     ExitCode::from(if args.child {
         child::main(args)
     } else {

@@ -112,10 +112,10 @@ impl Recorder {
         if !s.ids.insert(u.id()) {
             s.duplicates += 1;
         }
-        if let (true, Some(key)) = (self.ordered, u.key()) {
-            if let Some(r) = s.running.get_mut(&key) {
-                *r = r.saturating_sub(1);
-            }
+        if let (true, Some(key)) = (self.ordered, u.key())
+            && let Some(r) = s.running.get_mut(&key)
+        {
+            *r = r.saturating_sub(1);
         }
         s.latencies_us.push(took.as_micros().min(u32::MAX as u128) as u32);
         s.nominal_total += nominal;

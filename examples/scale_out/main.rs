@@ -33,7 +33,7 @@ use std::process::ExitCode;
 use clap::{CommandFactory, Parser};
 
 fn main() -> ExitCode {
-    process::init_tracing("warn");
+    bridge::logging::init_tracing("warn"); // examples/shared/logging.rs
     let mut argv: Vec<String> = std::env::args().collect();
     let code = match argv.get(1).map(String::as_str) {
         Some("__worker") => {

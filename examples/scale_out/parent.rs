@@ -206,19 +206,17 @@ async fn run(args: Args) -> Result<bool, String> {
                 victim.bar.abandon_with_message(format!("SIGKILLed at {t:.1} s"));
             }
         }
-        if !bridge_done {
-            if let Some(status) = bridge.try_wait().map_err(|e| e.to_string())? {
-                if !status.success() {
-                    return Err(format!("the bridge failed ({status})"));
-                }
-                bridge_done = true;
+        if !bridge_done && let Some(status) = bridge.try_wait().map_err(|e| e.to_string())? {
+            if !status.success() {
+                return Err(format!("the bridge failed ({status})"));
             }
+            bridge_done = true;
         }
         for w in &mut workers {
-            if w.killed_at.is_none() {
-                if let Some(status) = w.child.try_wait().map_err(|e| e.to_string())? {
-                    return Err(format!("worker {} exited early ({status})", w.index));
-                }
+            if w.killed_at.is_none()
+                && let Some(status) = w.child.try_wait().map_err(|e| e.to_string())?
+            {
+                return Err(format!("worker {} exited early ({status})", w.index));
             }
             tail.poll(&w.ledger);
             let s = w.seen.lock();

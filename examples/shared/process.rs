@@ -1,20 +1,9 @@
-//! What the multi-process examples (flood, scale_out) share: logging to stderr, a tokio
-//! runtime per process, an exit code from a result, JSON lines to the parent, and noticing
-//! that the parent went away (its end of our stdin closed).
+//! What the multi-process examples (flood, scale_out) share: a tokio runtime per process,
+//! an exit code from a result, JSON lines to the parent, and noticing that the parent went
+//! away (its end of our stdin closed). Logging is in `logging.rs`.
 
 use std::future::Future;
 use std::io::{Read, Write};
-
-/// Library logs (retries, handler failures) to stderr at `default` level unless
-/// `RUST_LOG` says otherwise; the bot token never appears in them.
-pub(crate) fn init_tracing(default: &str) {
-    let filter = tracing_subscriber::EnvFilter::try_from_default_env()
-        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new(default));
-    tracing_subscriber::fmt()
-        .with_env_filter(filter)
-        .with_writer(std::io::stderr)
-        .init();
-}
 
 /// Runs `future` on a new multi-threaded runtime; `Ok` becomes what `ok` makes of it, an
 /// error is printed after `who` and becomes exit code 1.

@@ -11,7 +11,8 @@ fn id(v: &Value) -> Option<i64> {
     v.get("id")?.as_i64()
 }
 
-/// The ordering-key rules of DESIGN §5, written over `Value` (the oracle).
+/// The ordering-key rules listed on `pollgate_core::UpdateKind` (summarised in
+/// `docs/architecture.md`, "Per-key ordering"), written over `Value` (the oracle).
 fn reference_key(kind: &str, body: &Value) -> Option<i64> {
     let chat = || body.get("chat").and_then(id);
     match kind {
