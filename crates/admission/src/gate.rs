@@ -259,6 +259,15 @@ impl Gate {
         let _ = Watch::new(&self.shared, WatchMode::Changed).await;
     }
 
+    /// Resolves once the gate is closed (at once if it is already).
+    ///
+    /// # Cancel safety
+    ///
+    /// Cancel safe: dropping the future just stops waiting.
+    pub async fn closed(&self) {
+        let _ = Watch::new(&self.shared, WatchMode::Closed).await;
+    }
+
     /// Forwards a batch boundary to the policy ([`AdmissionPolicy::on_batch`]).
     pub fn on_batch(&self, fetched: usize) {
         self.shared.policy.on_batch(fetched);
@@ -410,10 +419,10 @@ pub(crate) struct State {
     pub(crate) waiters: BTreeMap<u64, Waiter>,
     /// Bumped at every capacity change; `changed()` compares against it.
     pub(crate) generation: u64,
-    /// Wakers of `changed()` / `fetch_ready*()` futures, with the fetch limit each waits
-    /// for (0: any change). A vector: there are one or two (the dispatcher's), and every
+    /// Wakers of `changed()` / `fetch_ready*()` / `closed()` futures, with what each
+    /// waits for. A vector: there are one or two (the dispatcher's), and every
     /// release scans it.
-    pub(crate) watchers: Vec<(u64, Waker, usize)>,
+    pub(crate) watchers: Vec<(u64, Waker, WatchMode)>,
 }
 
 impl State {
@@ -476,8 +485,13 @@ impl State {
             let mut fetch = None;
             let closed = guard.closed;
             let load = guard.load();
-            guard.watchers.retain(|(_, waker, min)| {
-                let due = closed || *min == 0 || *fetch.get_or_insert_with(|| policy.fetch_limit(&load)) >= *min;
+            guard.watchers.retain(|(_, waker, mode)| {
+                let due = closed
+                    || match *mode {
+                        WatchMode::Changed => true,
+                        WatchMode::FetchAtLeast(min) => *fetch.get_or_insert_with(|| policy.fetch_limit(&load)) >= min,
+                        WatchMode::Closed => false,
+                    };
                 if due {
                     wake.push(waker.clone());
                 }

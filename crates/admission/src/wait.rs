@@ -137,6 +137,8 @@ pub(crate) enum WatchMode {
     Changed,
     /// `fetch_limit() >= n` (`Gate::fetch_ready`, `Gate::fetch_ready_at_least`).
     FetchAtLeast(usize),
+    /// The gate is closed (`Gate::closed`).
+    Closed,
 }
 
 /// `Gate::changed` / `Gate::fetch_ready`.
@@ -174,6 +176,8 @@ impl Future for Watch<'_> {
                     None
                 }
             },
+            WatchMode::Closed if state.closed => Some(Ok(0)),
+            WatchMode::Closed => None,
             WatchMode::FetchAtLeast(_) if state.closed => Some(Err(Closed)),
             WatchMode::FetchAtLeast(min) => {
                 let n = this.shared.policy.fetch_limit(&state.load());
@@ -192,14 +196,11 @@ impl Future for Watch<'_> {
                     Some(key) => key,
                     None => *this.key.insert(state.next_id()),
                 };
-                let min = match this.mode {
-                    WatchMode::Changed => 0,
-                    WatchMode::FetchAtLeast(min) => min,
-                };
+                let mode = this.mode;
                 match state.watchers.iter_mut().find(|(k, ..)| *k == key) {
                     Some((_, waker, _)) if waker.will_wake(cx.waker()) => {}
                     Some((_, waker, _)) => *waker = cx.waker().clone(),
-                    None => state.watchers.push((key, cx.waker().clone(), min)),
+                    None => state.watchers.push((key, cx.waker().clone(), mode)),
                 }
                 Poll::Pending
             }

@@ -97,6 +97,7 @@ impl GetUpdatesResponse {
         let mut batch = Batch {
             updates: Vec::with_capacity(raws.len()),
             failures: Vec::new(),
+            truncated: false,
         };
         // Failures without a readable id, by position, resolved once the neighbours are known.
         let mut unresolved: Vec<(usize, usize)> = Vec::new();

@@ -104,7 +104,7 @@ impl Transport for MemoryTransport {
             if !updates.is_empty() || tokio::time::Instant::now() >= deadline {
                 return Ok(Batch {
                     updates,
-                    failures: Vec::new(),
+                    ..Batch::default()
                 });
             }
             if tokio::time::timeout_at(deadline, arrived).await.is_err() {

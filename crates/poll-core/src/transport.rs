@@ -77,6 +77,10 @@ pub struct Batch {
     /// Updates of the response that could not be decoded. The runtime reports them and
     /// acknowledges past them, so one broken update never blocks the offset.
     pub failures: Vec<DecodeFailure>,
+    /// Whether the transport asked its server for fewer updates than the request's limit
+    /// (Telegram halves `limit` after a response over `max_body_bytes`). A short batch then
+    /// does not mean that the server had nothing more.
+    pub truncated: bool,
 }
 
 impl Batch {

@@ -1000,7 +1000,7 @@ impl Transport for RedisStreamTransport {
         guard.armed = false;
         Ok(Batch {
             updates: out,
-            failures: Vec::new(),
+            ..Batch::default()
         })
     }
 

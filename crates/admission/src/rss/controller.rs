@@ -140,6 +140,10 @@ pub struct BudgetController {
     last_shrink_ms: Option<u64>,
     last_grow_ms: Option<u64>,
     last_probe_ms: Option<u64>,
+    /// The budget the last probe started from.
+    probe_from: Option<u64>,
+    /// Probes never go above this: the budget before a probe that made RSS rise.
+    probe_ceiling: Option<u64>,
 }
 
 impl BudgetController {
@@ -157,6 +161,8 @@ impl BudgetController {
             last_shrink_ms: None,
             last_grow_ms: None,
             last_probe_ms: None,
+            probe_from: None,
+            probe_ceiling: None,
         }
     }
 
@@ -197,6 +203,13 @@ impl BudgetController {
         let (high, low) = (c.high_bytes(), c.low_bytes());
         let mut budget = self.budget;
         if rss >= high && trend == Trend::Rising {
+            // A rise within a hold of a probe: that probe went too far. Never probe past
+            // where it started again (until RSS falls below the low mark).
+            if let (Some(at), Some(from)) = (self.last_probe_ms, self.probe_from)
+                && now_ms.saturating_sub(at) <= c.hold_ms
+            {
+                self.probe_ceiling = Some(self.probe_ceiling.map_or(from, |cap| cap.min(from)));
+            }
             if since(self.last_shrink_ms, c.settle_ms) {
                 let base = budget.min(in_use.max(c.min_budget));
                 budget = if rss >= c.target {
@@ -211,10 +224,18 @@ impl BudgetController {
             // `hold` of flatness while the budget is used, from any budget (the clamp
             // stops it at max); a rise past the high mark shrinks again above.
             if used && probe_due {
-                budget = budget.saturating_add(probe_step);
-                self.last_probe_ms = Some(now_ms);
+                let next = budget.saturating_add(probe_step);
+                let next = self.probe_ceiling.map_or(next, |cap| next.min(cap));
+                if next > budget {
+                    self.probe_from = Some(budget);
+                    budget = next;
+                    self.last_probe_ms = Some(now_ms);
+                }
             }
         } else if trend != Trend::Rising && since(self.last_grow_ms, c.settle_ms) {
+            if rss < low {
+                self.probe_ceiling = None;
+            }
             let headroom = (high - rss) / 2;
             let step = if rss < low && used {
                 Some((scale(budget, c.grow_factor) - budget.min(scale(budget, c.grow_factor))).max(headroom))

@@ -146,11 +146,13 @@ impl TelegramTransport {
     ) -> Result<Batch, TelegramError> {
         self.ensure_no_webhook().await?;
         let mut failures = 0u32;
+        let asked = limit.clamp(1, MAX_LIMIT);
         let mut limit = limit;
         loop {
             let offset = self.offset();
             match self.get_updates_once(offset, limit, timeout).await {
-                Ok(batch) => {
+                Ok(mut batch) => {
+                    batch.truncated = limit < asked;
                     self.stats.updates.fetch_add(batch.len() as u64, Ordering::Relaxed);
                     return Ok(batch);
                 }
