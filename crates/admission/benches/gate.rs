@@ -10,7 +10,8 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use criterion::{Criterion, criterion_group};
-use pollgate_admission::{Fixed, Gate, MemoryProbe, ProcStatusProbe, RssAdaptive, SysinfoProbe};
+use pollgate_admission::rss::CgroupMemory;
+use pollgate_admission::{Fixed, Gate, MemoryProbe, ProcStatusProbe, RssAdaptive, SysinfoProbe, WorkingSetProbe};
 use tokio::sync::Semaphore;
 
 const MANY: usize = 1 << 20;
@@ -117,6 +118,11 @@ fn probe_sample(c: &mut Criterion) {
     group.bench_function("sysinfo", |b| b.iter(|| black_box(sysinfo.sample())));
     if let Some(mut statm) = ProcStatusProbe::new() {
         group.bench_function("proc_statm", |b| b.iter(|| black_box(statm.sample())));
+    }
+    // The process's own memory cgroup, where one is visible (the hierarchy root included:
+    // the cost is the same two files).
+    if let Some(mut working_set) = CgroupMemory::detect().and_then(|cgroup| WorkingSetProbe::for_cgroup(&cgroup).ok()) {
+        group.bench_function("cgroup_working_set", |b| b.iter(|| black_box(working_set.sample())));
     }
     group.finish();
 }

@@ -78,7 +78,7 @@ pub use fixed::Fixed;
 pub use gate::{Gate, GateStats};
 pub use permit::{Permit, Reservation};
 pub use policy::{AdmissionPolicy, Completion, Limit, LimitSignal, Listeners, Load, MemorySample, Outcome};
-pub use rss::{MemoryProbe, ProcStatusProbe, RssAdaptive, RssAdaptiveBuilder, SysinfoProbe};
+pub use rss::{MemoryProbe, ProcStatusProbe, RssAdaptive, RssAdaptiveBuilder, SysinfoProbe, WorkingSetProbe};
 
 #[cfg(test)]
 mod tests {
@@ -103,6 +103,10 @@ mod tests {
         send::<RssAdaptiveBuilder>();
         send::<SysinfoProbe>();
         send::<ProcStatusProbe>();
+        send::<WorkingSetProbe>();
+        send_sync::<rss::CgroupMemory>();
+        send_sync::<rss::MemoryLimit>();
+        send_sync::<rss::AutoTarget>();
         send_sync::<Closed>();
         send_sync::<TryAcquireError>();
     }

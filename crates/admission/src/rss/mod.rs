@@ -52,8 +52,17 @@
 //! back to the OS: `malloc_trim(0)` for glibc, `mallctl("arena.<i>.purge")` for jemalloc,
 //! `mi_collect(true)` for mimalloc. (Or set `MALLOC_ARENA_MAX=2` / use jemalloc with
 //! `background_thread:true,dirty_decay_ms:1000`, which retain less in the first place.)
-//! Where a cgroup memory limit is visible, [`RssAdaptive::from_cgroup`] derives the target
-//! from it.
+//!
+//! # Without a number: `auto`
+//!
+//! [`RssAdaptive::auto`] derives the target from what the process runs under: 85%
+//! ([`AUTO_LIMIT_FRACTION`]) of its cgroup's memory ceiling (the hard limit, or `memory.high`
+//! where lower), compared with the cgroup's working set ([`WorkingSetProbe`]) — the number
+//! the kernel enforces the limit on, page cache and sibling processes included; without a
+//! cgroup limit, 50% ([`AUTO_MACHINE_FRACTION`]) of the machine's memory, compared with RSS.
+//! [`AutoTarget`] says what it found, in one line for the start-up log. The cgroup is found
+//! the way the JVM and Go's automemlimit find it, on cgroup v1, v2 and hybrid hosts, taking
+//! the most restrictive limit of its parents (see [`CgroupMemory`]).
 //!
 //! # Examples
 //!
@@ -100,6 +109,8 @@
 //! # drop(busy);
 //! ```
 
+mod auto;
+mod bytes;
 mod cgroup;
 pub mod controller;
 mod probe;
@@ -112,7 +123,8 @@ use std::time::{Duration, Instant};
 
 use parking_lot::Mutex;
 
-pub use cgroup::cgroup_memory_limit;
+pub use auto::{AUTO_FALLBACK_TARGET, AUTO_LIMIT_FRACTION, AUTO_MACHINE_FRACTION, AutoTarget, TargetSource};
+pub use cgroup::{CgroupMemory, CgroupVersion, MemoryLimit, WorkingSetProbe, cgroup_memory_limit};
 pub use controller::{BudgetController, ControllerConfig};
 pub use probe::{MemoryProbe, ProcStatusProbe, SysinfoProbe};
 
@@ -127,6 +139,7 @@ const MIB: u64 = 1 << 20;
 pub struct RssAdaptive {
     core: Arc<Core>,
     sampler: Option<Sampler>,
+    auto: Option<AutoTarget>,
 }
 
 impl RssAdaptive {
@@ -135,8 +148,12 @@ impl RssAdaptive {
         RssAdaptiveBuilder::new(target_rss_bytes)
     }
 
-    /// A builder whose target is 80% of this process's cgroup memory limit; `None` when no
-    /// limit is visible (see [`cgroup_memory_limit`]).
+    /// A builder whose target is 80% of this process's cgroup hard memory limit, read as
+    /// RSS; `None` when no limit is visible (see [`cgroup_memory_limit`]).
+    ///
+    /// [`auto`](Self::auto) is usually the better choice: it also honours `memory.high`,
+    /// compares with the cgroup's working set (what the kernel enforces the limit on), and
+    /// has a target when there is no cgroup limit.
     pub fn from_cgroup() -> Option<RssAdaptiveBuilder> {
         cgroup_memory_limit().map(|limit| Self::builder(target_from_limit(limit)))
     }
@@ -159,6 +176,11 @@ impl RssAdaptive {
     /// Whether a sampler thread runs (built with [`RssAdaptiveBuilder::build`]).
     pub fn has_sampler(&self) -> bool {
         self.sampler.is_some()
+    }
+
+    /// What [`RssAdaptive::auto`] detected and chose; `None` for other builders.
+    pub fn auto_target(&self) -> Option<&AutoTarget> {
+        self.auto.as_ref()
     }
 }
 
@@ -300,6 +322,7 @@ pub struct RssAdaptiveBuilder {
     expected_cost: Option<u64>,
     probe: Option<Box<dyn MemoryProbe>>,
     release: Option<(Duration, Box<dyn Fn() + Send + Sync>)>,
+    auto: Option<AutoTarget>,
 }
 
 impl RssAdaptiveBuilder {
@@ -316,7 +339,13 @@ impl RssAdaptiveBuilder {
             expected_cost: None,
             probe: None,
             release: None,
+            auto: None,
         }
+    }
+
+    /// What [`RssAdaptive::auto`] detected and chose; `None` for other builders.
+    pub fn auto_target(&self) -> Option<&AutoTarget> {
+        self.auto.as_ref()
     }
 
     /// The smallest budget, in bytes.
@@ -368,7 +397,8 @@ impl RssAdaptiveBuilder {
         self
     }
 
-    /// Where RSS is read from (default [`SysinfoProbe`]).
+    /// Where RSS is read from (default [`SysinfoProbe`]; [`RssAdaptive::auto`] sets a
+    /// [`WorkingSetProbe`] in a limited cgroup).
     pub fn probe(mut self, probe: impl MemoryProbe) -> Self {
         self.probe = Some(Box::new(probe));
         self
@@ -394,11 +424,13 @@ impl RssAdaptiveBuilder {
             "RssAdaptive: sample_every must be greater than zero"
         );
         let every = self.sample_every;
+        let auto = self.auto.clone();
         let (core, probe) = self.into_core();
         let sampler = Sampler::spawn(core.clone(), probe, every, Instant::now());
         RssAdaptive {
             core,
             sampler: Some(sampler),
+            auto,
         }
     }
 
@@ -412,8 +444,13 @@ impl RssAdaptiveBuilder {
     /// When the target is 0; unless `0 < low_mark < high_mark <= 1`; when
     /// `min_budget` is 0 or greater than `max_budget`.
     pub fn build_manual(self) -> RssAdaptive {
+        let auto = self.auto.clone();
         let (core, _probe) = self.into_core();
-        RssAdaptive { core, sampler: None }
+        RssAdaptive {
+            core,
+            sampler: None,
+            auto,
+        }
     }
 
     fn into_core(self) -> (Arc<Core>, Box<dyn MemoryProbe>) {
@@ -480,6 +517,7 @@ impl fmt::Debug for RssAdaptiveBuilder {
             .field("sample_every", &self.sample_every)
             .field("custom_probe", &self.probe.is_some())
             .field("release_hook", &self.release.is_some())
+            .field("auto", &self.auto)
             .finish_non_exhaustive()
     }
 }

@@ -2,8 +2,9 @@
 //!
 //! Why a thread and not a tokio task: when handlers are CPU-bound, a tokio timer runs
 //! 5–19 ms late — exactly when memory is climbing fastest. A plain thread that sleeps with
-//! `park_timeout` is on time, costs one probe read per tick (about 34 µs with sysinfo, 3 µs with `/proc/self/statm`, measured in `docs/benchmarks.md`), and
-//! keeps the crate free of any async runtime.
+//! `park_timeout` is on time, costs one probe read per tick (about 34 µs with sysinfo, 3 µs
+//! with `/proc/self/statm`, measured in `docs/benchmarks.md`; about 15 µs for a cgroup's
+//! working set, see `WorkingSetProbe`), and keeps the crate free of any async runtime.
 
 use std::fmt;
 use std::sync::Arc;
