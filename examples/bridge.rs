@@ -66,7 +66,8 @@ pub(crate) struct BridgeReport {
     pub(crate) elapsed: Duration,
 }
 
-/// Runs the bridge until `stop` is cancelled (or `--stop-after` is reached).
+/// Runs the bridge until `stop` is cancelled, SIGTERM or SIGINT arrives (a second one
+/// aborts the drain), or `--stop-after` is reached.
 pub(crate) async fn run_bridge(
     args: &BridgeArgs,
     token: String,
@@ -106,6 +107,7 @@ pub(crate) async fn run_bridge(
     .ordered(true)
     .drain_deadline(Duration::from_secs(10))
     .shutdown(stop.clone())
+    .shutdown_on_signals()
     .build();
     if let Some(n) = args.stop_after {
         let stop = stop.clone();
@@ -143,15 +145,8 @@ fn main() -> std::process::ExitCode {
     };
     let rt = tokio::runtime::Runtime::new().expect("tokio runtime");
     let result = rt.block_on(async {
-        let stop = CancellationToken::new();
-        tokio::spawn({
-            let stop = stop.clone();
-            async move {
-                let _ = tokio::signal::ctrl_c().await;
-                stop.cancel();
-            }
-        });
-        run_bridge(&args, token, stop).await
+        // SIGTERM or Ctrl-C drains it (`shutdown_on_signals` in `run_bridge`).
+        run_bridge(&args, token, CancellationToken::new()).await
     });
     match result {
         Ok(r) => {

@@ -151,12 +151,13 @@ async fn main() {
     .policy(policy)
     .cost_fn(|_| 1 << 20)
     .poll_timeout(Duration::from_millis(100))
+    .shutdown_on_signals() // Ctrl-C: drain and report what was handled
     .build();
     let stats = runtime.stats();
     let shutdown = runtime.shutdown_token();
     let started = Instant::now();
     let run = tokio::spawn(runtime.run());
-    while stats.snapshot().finished() < 300 {
+    while stats.snapshot().finished() < 300 && !run.is_finished() {
         tokio::time::sleep(Duration::from_millis(20)).await;
     }
     let took = started.elapsed();

@@ -5,8 +5,9 @@
 //! ```
 //!
 //! `TELEGRAM_API_URL` points it at another Bot API-compatible server (a local Bot API
-//! server, or `cargo run -p mock-bot-api`). Ctrl-C drains the handlers and confirms the
-//! offset, so a restart neither loses nor repeats a reply.
+//! server, or `cargo run -p mock-bot-api`). Ctrl-C or SIGTERM drains the handlers and
+//! confirms the offset, so a restart neither loses nor repeats a reply (a second one stops
+//! at once).
 //!
 //! The policy is a concurrency cap and a byte budget together; delivery is at-least-once
 //! and updates of one chat are answered in order.
@@ -17,8 +18,8 @@ mod logging;
 use std::error::Error;
 use std::time::Duration;
 
-use pollgate::runtime::Summary;
-use pollgate::{ByteBudget, CancellationToken, Delivery, Fixed, Runtime, TelegramTransport, Update, all_of};
+use pollgate::runtime::RuntimeBuilder;
+use pollgate::{ByteBudget, Delivery, Fixed, Handler, Runtime, TelegramTransport, Update, all_of};
 use serde::Deserialize;
 
 /// The part of an update this bot reads.
@@ -54,8 +55,9 @@ struct ReplyParameters {
 
 type BoxError = Box<dyn Error + Send + Sync>;
 
-/// Runs the bot against `api_url` until `shutdown` is cancelled.
-pub(crate) async fn run(api_url: &str, token: &str, shutdown: CancellationToken) -> Result<Summary, BoxError> {
+/// The bot against `api_url`, ready to build: say how it stops (`shutdown_on_signals`, or
+/// a token) and run it.
+pub(crate) fn bot(api_url: &str, token: &str) -> Result<RuntimeBuilder<TelegramTransport, impl Handler>, BoxError> {
     let transport = TelegramTransport::builder(token)
         .api_url(api_url)
         .allowed_updates(["message"])
@@ -98,29 +100,20 @@ pub(crate) async fn run(api_url: &str, token: &str, shutdown: CancellationToken)
             Err(format!("sendMessage failed for update {}: {why}", update.id()).into())
         }
     };
-    let runtime = Runtime::builder(transport, handler)
+    Ok(Runtime::builder(transport, handler)
         .policy(all_of(Fixed::new(32), ByteBudget::new(64 << 20)))
         .cost_fn(|u| 64 * 1024 + u.size() as u64) // an HTTP request's buffers per reply
         .delivery(Delivery::AtLeastOnce)
-        .ordered(true)
-        .shutdown(shutdown)
-        .build();
-    Ok(runtime.run().await?)
+        .ordered(true))
 }
 
-#[allow(dead_code)] // the integration test includes this file for `run` only
+#[allow(dead_code)] // the integration test includes this file for `bot` only
 #[tokio::main]
 async fn main() -> Result<(), BoxError> {
     logging::init_tracing("info");
     let token = std::env::var("TELEGRAM_BOT_TOKEN").map_err(|_| "set TELEGRAM_BOT_TOKEN to your bot's token")?;
     let api_url = std::env::var("TELEGRAM_API_URL").unwrap_or_else(|_| pollgate::core::DEFAULT_API_URL.to_owned());
-    let shutdown = CancellationToken::new();
-    let on_signal = shutdown.clone();
-    tokio::spawn(async move {
-        let _ = tokio::signal::ctrl_c().await;
-        on_signal.cancel();
-    });
-    let summary = run(&api_url, &token, shutdown).await?;
+    let summary = bot(&api_url, &token)?.shutdown_on_signals().build().run().await?;
     println!(
         "replied to {} updates ({} failed); offset {:?} confirmed",
         summary.stats.completed, summary.stats.failed, summary.confirmed_offset

@@ -241,6 +241,7 @@ async fn consume(args: &Args, url: &str, token: &str, total: usize) -> serde_jso
         .policy(ByteBudget::new(budget).expected_cost(work))
         .cost_fn(move |_| work)
         .poll_timeout(Duration::from_secs(1))
+        .shutdown_on_signals()
         .build();
     let stats = runtime.stats();
     let shutdown = runtime.shutdown_token();
@@ -250,7 +251,8 @@ async fn consume(args: &Args, url: &str, token: &str, total: usize) -> serde_jso
     loop {
         tokio::time::sleep(Duration::from_millis(100)).await;
         let s = stats.snapshot();
-        if s.finished() + s.undecodable >= total as u64 || tokio::time::Instant::now() > deadline {
+        // A signal stops the run early: report what was handled.
+        if s.finished() + s.undecodable >= total as u64 || tokio::time::Instant::now() > deadline || run.is_finished() {
             break;
         }
     }

@@ -2,7 +2,7 @@
 //! `sendMessage`, in order per chat, and non-text messages get none.
 
 #[path = "../examples/echo_bot.rs"]
-#[allow(dead_code, unreachable_pub)] // only `run` is used here
+#[allow(dead_code, unreachable_pub)] // only `bot` is used here
 mod echo_bot;
 
 use std::time::Duration;
@@ -31,7 +31,15 @@ async fn echo_bot_replies_to_each_text_message_in_order() {
     let shutdown = CancellationToken::new();
     let bot = tokio::spawn({
         let (url, token, shutdown) = (server.url(), server.token().to_owned(), shutdown.clone());
-        async move { echo_bot::run(&url, &token, shutdown).await.map_err(|e| e.to_string()) }
+        async move {
+            let runtime = echo_bot::bot(&url, &token).map_err(|e| e.to_string())?;
+            runtime
+                .shutdown(shutdown)
+                .build()
+                .run()
+                .await
+                .map_err(|e| e.to_string())
+        }
     });
     let deadline = std::time::Instant::now() + Duration::from_secs(30);
     while server.sent_messages().len() < texts.len() && std::time::Instant::now() < deadline {

@@ -2,7 +2,8 @@
 //!
 //! Prints JSON lines on stdout: `{"event":"progress",...}` every 100 ms, then
 //! `{"event":"result",...}`. Dies at once when its parent does (stdin closes), as a
-//! process killed with the parent would.
+//! process killed with the parent would. On SIGTERM or SIGINT (forwarded by the parent)
+//! it drains, confirms the offset and prints its result for what it handled.
 
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -93,6 +94,7 @@ async fn run(args: Args) -> Result<RunResult, String> {
         .delivery(delivery)
         .ordered(args.ordered)
         .poll_timeout(Duration::from_secs(1))
+        .shutdown_on_signals()
         .build();
     let stats = runtime.stats();
     let shutdown = runtime.shutdown_token();
@@ -103,7 +105,8 @@ async fn run(args: Args) -> Result<RunResult, String> {
     let (mut last_fetched, mut last_arrival) = (0, Instant::now());
     let mut last_progress = Instant::now();
     let mut tick = tokio::time::interval(Duration::from_millis(10));
-    let mut ended = None; // the run's result, when it stopped on its own (a fatal error)
+    // The run's result, when it stopped on its own: a signal (it drained), or a fatal error.
+    let mut ended = None;
     let drain = loop {
         tokio::select! {
             _ = tick.tick() => {}
@@ -133,6 +136,8 @@ async fn run(args: Args) -> Result<RunResult, String> {
         }
     };
     shutdown.cancel();
+    // Only a signal ends a run on its own without an error: it drained what it had.
+    let signalled = ended.is_some();
     let result = match ended {
         Some(result) => result,
         None => run.await,
@@ -147,9 +152,11 @@ async fn run(args: Args) -> Result<RunResult, String> {
     let r = recorder.summary();
     let drain_s = drain.as_secs_f64();
     let bound = bound.max(1) as f64;
-    let mut ideal_s = args.updates as f64 * r.mean_nominal_ms / 1e3 / bound;
+    // The ideal time for the work done: the whole backlog, or what a stopped run handled.
+    let done = if signalled { r.unique } else { args.updates as u64 } as f64;
+    let mut ideal_s = done * r.mean_nominal_ms / 1e3 / bound;
     if let PolicySpec::Custom { rate, .. } = spec {
-        ideal_s = ideal_s.max(args.updates as f64 / rate);
+        ideal_s = ideal_s.max(done / rate);
     }
     Ok(RunResult {
         policy: spec.to_string(),

@@ -8,6 +8,7 @@
 //! Starts an embedded mock Bot API server with a backlog, drains it once per admission
 //! policy (each in a fresh child process, so peak-memory figures do not contaminate each
 //! other), and prints drain time, peak RSS, handler latency and efficiency per policy.
+//! SIGTERM or Ctrl-C lets the running policy drain and report, and starts no further one.
 //! The command-line contract is in `cli.rs`; `docs/benchmarks.md` has measured figures.
 
 mod child;
@@ -25,6 +26,7 @@ mod process;
 mod report;
 #[path = "../shared/size.rs"]
 mod size;
+mod stop;
 mod workload;
 
 use std::process::ExitCode;

@@ -1,6 +1,9 @@
 //! Orchestration: start the embedded mock server (unless `--api-url`), run each policy
 //! in a fresh child process against the same backlog, show progress, print the table
 //! (or one JSON object per run) and write the plot.
+//!
+//! On SIGTERM or SIGINT the running child is told to drain (`stop.rs`): its result is
+//! reported like any other, and no further run starts.
 
 use std::process::Stdio;
 use std::time::Duration;
@@ -12,6 +15,7 @@ use tokio::process::Command;
 
 use crate::cli::{Args, DeliveryArg, PolicySpec};
 use crate::report::{RunResult, table};
+use crate::stop::Stops;
 
 /// Runs the comparison; returns the process exit code.
 pub(crate) fn main(args: Args) -> u8 {
@@ -19,6 +23,7 @@ pub(crate) fn main(args: Args) -> u8 {
 }
 
 async fn run(args: Args) -> Result<(), String> {
+    let mut stops = crate::stop::listen()?;
     let server = match args.api_url {
         Some(_) => None,
         None => Some(
@@ -59,6 +64,9 @@ async fn run(args: Args) -> Result<(), String> {
     let bars = MultiProgress::new();
     let mut results = Vec::new();
     for spec in policies {
+        if stops.requested() {
+            break;
+        }
         if let Some(s) = &server {
             s.reset();
             s.generate(&BacklogSpec {
@@ -68,14 +76,24 @@ async fn run(args: Args) -> Result<(), String> {
                 seed: args.seed,
             });
         }
-        let result = run_child(&args, spec, &url, &token, &bars).await?;
+        let Some(result) = run_child(&args, spec, &url, &token, &bars, &mut stops).await? else {
+            break; // stopped before it could report
+        };
         if args.json {
             println!("{}", serde_json::to_string(&result).expect("serialisable"));
         }
         results.push(result);
     }
+    if results.is_empty() {
+        return Err("stopped by a signal before the first run could report".into());
+    }
     if !args.json {
         println!("\n{}", table(&results));
+        if stops.requested() {
+            println!(
+                "stopped by a signal: the last run's `lost` counts what it did not handle; what it never fetched is still on the server"
+            );
+        }
     }
     if results.len() > 1 {
         let path = crate::plot::default_path();
@@ -90,13 +108,16 @@ async fn run(args: Args) -> Result<(), String> {
     Ok(())
 }
 
+/// Runs one policy in a child process and reads its result; `None` when a stop signal
+/// reached the child before it could report (it was still starting up).
 async fn run_child(
     args: &Args,
     spec: PolicySpec,
     url: &str,
     token: &str,
     bars: &MultiProgress,
-) -> Result<RunResult, String> {
+    stops: &mut Stops,
+) -> Result<Option<RunResult>, String> {
     let exe = std::env::current_exe().map_err(|e| format!("cannot find this executable: {e}"))?;
     let mut cmd = Command::new(exe);
     cmd.arg("--child")
@@ -135,6 +156,10 @@ async fn run_child(
         .stdout(Stdio::piped())
         .stderr(Stdio::inherit())
         .kill_on_drop(true);
+    // Its own process group: a terminal's Ctrl-C reaches this process only, which
+    // forwards it once (`stop.rs`); the child still dies with us (its stdin closes).
+    #[cfg(unix)]
+    cmd.process_group(0);
     let mut child = cmd.spawn().map_err(|e| format!("cannot start a child process: {e}"))?;
     let _stdin = child.stdin.take(); // the child exits when this closes
     let stdout = child.stdout.take().expect("piped stdout");
@@ -150,7 +175,22 @@ async fn run_child(
 
     let mut lines = BufReader::new(stdout).lines();
     let mut result = None;
-    while let Ok(Some(line)) = lines.next_line().await {
+    let mut stopped = false;
+    loop {
+        let line = tokio::select! {
+            line = lines.next_line() => match line {
+                Ok(Some(line)) => line,
+                _ => break,
+            },
+            kind = stops.next() => {
+                // The child drains, confirms and prints its result as usual.
+                if let Some(pid) = child.id() {
+                    crate::stop::forward(pid, kind);
+                    stopped = true;
+                }
+                continue;
+            }
+        };
         let Ok(mut v) = serde_json::from_str::<serde_json::Value>(&line) else {
             continue;
         };
@@ -176,13 +216,23 @@ async fn run_child(
     match (status.success(), result) {
         (true, Some(r)) => {
             bar.set_position(r.handled);
-            bar.finish_with_message(format!(
+            let message = format!(
                 "{:.2} s, peak RSS {} MiB, efficiency {:.2}",
                 r.drain_s,
                 r.peak_rss_bytes >> 20,
                 r.efficiency
-            ));
-            Ok(r)
+            );
+            if stopped {
+                bar.abandon_with_message(format!("stopped: {message}")); // keeps the position
+            } else {
+                bar.finish_with_message(message);
+            }
+            Ok(Some(r))
+        }
+        // The signal reached it before it listened for one (still starting up).
+        (_, None) if stopped => {
+            bar.abandon_with_message("stopped before it started");
+            Ok(None)
         }
         _ => {
             bar.abandon_with_message("failed");

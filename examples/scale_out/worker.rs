@@ -4,7 +4,7 @@
 //!
 //! Prints `{"event":"progress",...}` lines every 100 ms and a `{"event":"result",...}`
 //! line at the end on stdout. Shuts down gracefully when stdin closes (the parent's stop
-//! signal; also what happens when the parent dies).
+//! signal; also what happens when the parent dies), or on SIGTERM or SIGINT.
 
 use std::sync::Arc;
 use std::time::Duration;
@@ -52,6 +52,7 @@ async fn run(args: WorkerArgs) -> Result<(), String> {
         .delivery(Delivery::AtLeastOnce)
         .poll_timeout(Duration::from_millis(500))
         .shutdown(stop.clone())
+        .shutdown_on_signals()
         .build();
     let stats = runtime.stats();
     let (baseline, _) = rss_and_peak();

@@ -72,6 +72,9 @@ pub(crate) struct Config {
     pub(crate) fetch_coalesce: Duration,
     pub(crate) repoll_interval: Duration,
     pub(crate) drain_deadline: Duration,
+    pub(crate) handler_timeout: Option<Duration>,
+    #[cfg(feature = "signal")]
+    pub(crate) on_signals: bool,
     pub(crate) summary_every: Option<Duration>,
 }
 
@@ -112,6 +115,9 @@ impl<T: Transport, H: Handler> RuntimeBuilder<T, H> {
                 fetch_coalesce: Duration::from_millis(1),
                 repoll_interval: DEFAULT_REPOLL_INTERVAL,
                 drain_deadline: Duration::from_secs(30),
+                handler_timeout: None,
+                #[cfg(feature = "signal")]
+                on_signals: false,
                 summary_every: None,
             },
         }
@@ -203,7 +209,11 @@ impl<T: Transport, H: Handler> RuntimeBuilder<T, H> {
     /// meanwhile are seen within this interval; the wait ends early when nothing above
     /// the offset is unfinished any more (a real long poll is possible again). Eager
     /// delivery never waits here.
+    ///
+    /// # Panics
+    /// If `interval` is zero (that would be the busy poll this setting exists to avoid).
     pub fn repoll_interval(mut self, interval: Duration) -> Self {
+        assert!(!interval.is_zero(), "repoll_interval must be above zero");
         self.config.repoll_interval = interval;
         self
     }
@@ -219,6 +229,97 @@ impl<T: Transport, H: Handler> RuntimeBuilder<T, H> {
     /// (default 30 s).
     pub fn drain_deadline(mut self, deadline: Duration) -> Self {
         self.config.drain_deadline = deadline;
+        self
+    }
+
+    /// Starts the graceful shutdown on SIGTERM or SIGINT (Ctrl-C), the signals Docker,
+    /// Kubernetes, systemd and a terminal stop a process with; elsewhere than on Unix, on
+    /// Ctrl-C (default off). Works beside [`shutdown`](Self::shutdown): a signal cancels
+    /// the same token.
+    ///
+    /// From the moment [`Runtime::run`] starts until it returns (or its future is dropped),
+    /// the first signal cancels the shutdown token, logging `SIGTERM received: draining
+    /// (deadline 30s)` at info level: fetching stops, running handlers get the
+    /// [drain deadline](Self::drain_deadline), and the offset is confirmed. A second signal
+    /// during the drain ends it at once, as the deadline would: running handlers are dropped
+    /// and reported in [`Summary::unfinished`](crate::Summary::unfinished), and the final
+    /// offset is still confirmed. So a supervisor's stop drains, and pressing Ctrl-C twice
+    /// stops now.
+    ///
+    /// tokio never uninstalls a signal handler: once `run` has started, SIGTERM and SIGINT
+    /// no longer end the process by themselves, also after `run` returns. Return from
+    /// `main` when the run ends.
+    ///
+    /// Needs the `signal` feature (on by default). A handler that cannot be installed is
+    /// logged as an error, and the runtime then stops only through its token.
+    ///
+    /// # Examples
+    /// ```no_run
+    /// use pollgate_core::{TelegramTransport, Update};
+    /// use pollgate_runtime::Runtime;
+    ///
+    /// # async fn demo() -> Result<(), Box<dyn std::error::Error>> {
+    /// let transport = TelegramTransport::builder(std::env::var("TELEGRAM_BOT_TOKEN")?).build()?;
+    /// let summary = Runtime::builder(transport, |_update: Update| async { Ok::<(), std::io::Error>(()) })
+    ///     .shutdown_on_signals()
+    ///     .build()
+    ///     .run()
+    ///     .await?;
+    /// println!("drained: {}, offset {:?} confirmed", summary.drained, summary.confirmed_offset);
+    /// # Ok(()) }
+    /// ```
+    #[cfg(feature = "signal")]
+    pub fn shutdown_on_signals(mut self) -> Self {
+        self.config.on_signals = true;
+        self
+    }
+
+    /// Cancels a handler that runs longer than `timeout` (default: no limit).
+    ///
+    /// The time counts from the moment the handler starts, with its permit granted: time
+    /// spent waiting for a permit or parked behind a busy key does not count. A handler
+    /// past it is dropped at once (cancelled at the point where it waits; work it spawned
+    /// elsewhere goes on), its permit is released and reported to the policy as
+    /// [`Outcome::Overload`](pollgate_admission::Outcome::Overload), it is counted in
+    /// [`Stats::timed_out`](crate::Stats::timed_out) and logged as a warning with its
+    /// update_id.
+    ///
+    /// The update then counts as finished, like one whose handler failed: with
+    /// [ordering](Self::ordered) the next update of its key starts, and it is acknowledged
+    /// past in both [`Delivery`] modes: in eager mode it was confirmed when fetched, and in
+    /// at-least-once mode the offset moves past it too, so it is **not** delivered again.
+    /// Retrying it is the handler's own business (or, later, a durable spool's); a handler
+    /// that must not lose an update makes its own retries fit within the timeout.
+    ///
+    /// Without a timeout, a handler that never returns holds its permit for ever, keeps its
+    /// key busy (its updates pile up to [`max_queued`](Self::max_queued)), and in
+    /// at-least-once mode holds the offset, so at most the 99 updates after it can run.
+    ///
+    /// # Panics
+    /// If `timeout` is zero.
+    ///
+    /// # Examples
+    /// ```no_run
+    /// use std::time::Duration;
+    ///
+    /// use pollgate_core::{MemoryTransport, Update};
+    /// use pollgate_runtime::{Delivery, Runtime};
+    ///
+    /// # async fn demo() {
+    /// // A stuck downstream call must not hold the at-least-once offset for long.
+    /// let runtime = Runtime::builder(MemoryTransport::new(), |_update: Update| async {
+    ///     std::future::pending::<()>().await; // a call that never answers
+    ///     Ok::<(), std::io::Error>(())
+    /// })
+    /// .delivery(Delivery::AtLeastOnce)
+    /// .handler_timeout(Duration::from_secs(60))
+    /// .build();
+    /// # }
+    /// ```
+    #[track_caller]
+    pub fn handler_timeout(mut self, timeout: Duration) -> Self {
+        assert!(!timeout.is_zero(), "handler_timeout must be greater than zero");
+        self.config.handler_timeout = Some(timeout);
         self
     }
 

@@ -15,10 +15,18 @@
 //!   never passes an unfinished update; redelivered updates are dropped);
 //! - optional per-key ordering runs one update per chat at a time without letting a slow
 //!   chat stall the others;
-//! - a graceful shutdown drains running handlers up to a deadline and confirms the offset.
+//! - an optional handler timeout cancels a stuck handler and reports it as overload;
+//! - a graceful shutdown, on the shutdown token or on SIGTERM/SIGINT, drains running
+//!   handlers up to a deadline and confirms the offset.
+//!
+//! # Features
+//! - `signal` (default): [`RuntimeBuilder::shutdown_on_signals`], through tokio's
+//!   `signal` feature.
 //!
 //! # Examples
 //! ```no_run
+//! use std::time::Duration;
+//!
 //! use pollgate_admission::ByteBudget;
 //! use pollgate_core::{TelegramTransport, Update};
 //! use pollgate_runtime::{Delivery, Runtime};
@@ -33,12 +41,9 @@
 //! .cost_fn(|_| 1 << 20) // each handler holds about 1 MiB
 //! .delivery(Delivery::AtLeastOnce)
 //! .ordered(true)
+//! .handler_timeout(Duration::from_secs(60)) // a stuck handler must not hold the offset
+//! .shutdown_on_signals() // SIGTERM or Ctrl-C: stop fetching, drain, confirm the offset
 //! .build();
-//! let shutdown = runtime.shutdown_token();
-//! tokio::spawn(async move {
-//!     tokio::signal::ctrl_c().await.ok();
-//!     shutdown.cancel();
-//! });
 //! let summary = runtime.run().await?;
 //! println!("handled {}", summary.stats.finished());
 //! # Ok(()) }
@@ -49,6 +54,8 @@ mod config;
 mod handler;
 mod ordering;
 mod runtime;
+#[cfg(feature = "signal")]
+mod signals;
 mod stats;
 mod task;
 

@@ -211,8 +211,9 @@ impl<T: Transport, H: Handler> Runtime<T, H> {
         &self.ctx.gate
     }
 
-    /// Runs until the shutdown token is cancelled, then drains and confirms; or until the
-    /// transport fails for good.
+    /// Runs until the shutdown token is cancelled (or a signal arrives, with
+    /// [`shutdown_on_signals`](RuntimeBuilder::shutdown_on_signals)), then drains and
+    /// confirms; or until the transport fails for good.
     ///
     /// On shutdown: fetching stops at once (a long poll in progress is dropped, which
     /// loses nothing); updates already fetched are still admitted and handled; handlers
@@ -230,9 +231,10 @@ impl<T: Transport, H: Handler> Runtime<T, H> {
     /// future to stop. Dropping the future instead stops at once, as the drain deadline
     /// would, but without confirming anything: running handlers are dropped at their next
     /// wake-up and updates waiting for a permit are given up (the gate is closed), the
-    /// helper tasks (deadline watchdog, summary reporter) are aborted, and the final offset
-    /// is not confirmed. In at-least-once mode whatever was not confirmed is delivered
-    /// again after a restart; in eager mode the updates fetched and not finished are lost.
+    /// helper tasks (deadline watchdog, summary reporter, signal listener) are aborted,
+    /// and the final offset is not confirmed. In at-least-once mode whatever was not
+    /// confirmed is delivered again after a restart; in eager mode the updates fetched and
+    /// not finished are lost.
     pub async fn run(self) -> Result<Summary, RunError<T::Error>> {
         let Runtime {
             transport,
@@ -261,6 +263,16 @@ impl<T: Transport, H: Handler> Runtime<T, H> {
             .config
             .summary_every
             .map(|every| AbortOnDropHandle::new(tokio::spawn(report_every(every, stats_of(&ctx)))));
+        // Listens until `run` returns or its future is dropped (see `shutdown_on_signals`).
+        #[cfg(feature = "signal")]
+        let _signals = ctx.config.on_signals.then(|| {
+            crate::signals::drain_on_signals(
+                shutdown.clone(),
+                ctx.abort.clone(),
+                ctx.gate.clone(),
+                ctx.config.drain_deadline,
+            )
+        });
 
         let done = CancellationToken::new();
         let work = async {
@@ -406,6 +418,7 @@ async fn report_every(every: Duration, stats: StatsHandle) {
             completed = s.completed,
             failed = s.failed,
             panicked = s.panicked,
+            timed_out = s.timed_out,
             fetches = s.fetches,
             offset = ?s.acked_offset,
             rss = ?s.memory.map(|m| m.rss_bytes),
@@ -437,8 +450,8 @@ async fn dispatch_loop<T: Transport, H: Handler>(
     let window = transport.ack_model().window().max(1);
     let mut repoll_at = None;
     loop {
-        if let Some(until) = repoll_at.take() {
-            wait_for_news(ctx, until, stop).await;
+        if let Some((until, fewer_than)) = repoll_at.take() {
+            wait_for_news(ctx, until, fewer_than, stop).await;
         }
         let new = tokio::select! {
             biased;
@@ -476,18 +489,30 @@ async fn dispatch_loop<T: Transport, H: Handler>(
             timeout: ctx.config.poll_timeout,
         };
         let span = info_span!("fetch", limit, offset = below, received = tracing::field::Empty);
+        // A closed gate would give up everything this fetch brings (and eager mode would
+        // confirm it): stop polling. The fetch is cancel safe; nothing is lost.
         let batch = tokio::select! {
             biased;
             _ = stop.cancelled() => return Ok(()),
+            _ = ctx.gate.closed() => return Ok(()),
             batch = transport.fetch(request).instrument(span.clone()) => batch?,
         };
         let returned = batch.len();
         span.record("received", returned);
         Counters::bump(&ctx.counters.fetches);
-        // The server had nothing more than the repeats we asked for (it answered at once,
-        // it did not wait): see `wait_for_news`.
-        if again > 0 && returned < limit {
-            repoll_at = Some(tokio::time::Instant::now() + ctx.config.repoll_interval);
+        // Repeats were due, so the server answered at once (see `wait_for_news`). Either
+        // it had nothing more than we asked for (caught up: only time brings news), or the
+        // transport cut its own request short (Telegram halves `limit` after a body over
+        // its cap) and the repeats alone filled it: only a window move makes room then.
+        if again > 0 {
+            let until = tokio::time::Instant::now() + ctx.config.repoll_interval;
+            if batch.truncated {
+                if returned <= again {
+                    repoll_at = Some((until, Some(again)));
+                }
+            } else if returned < limit {
+                repoll_at = Some((until, None));
+            }
         }
         let fresh = if batch.failures.is_empty() {
             // The common case: every update decoded. Filter in place, under one lock.
@@ -634,8 +659,13 @@ async fn fetch_room<H>(ctx: &Ctx<H>, window: usize) -> Option<usize> {
             None => usize::MAX,
         };
         if room_window == 0 || room_queue == 0 {
-            progressed.await;
-            continue;
+            // Room comes back with a completion or an admitted parked update; a closed gate
+            // (the drain deadline, or `Runtime::gate().close()`) admits nothing any more,
+            // and given-up updates never free the window.
+            tokio::select! {
+                _ = progressed => continue,
+                _ = ctx.gate.closed() => return None,
+            }
         }
         let room = room_window.min(room_queue);
         let coalescing = deadline.filter(|until| tokio::time::Instant::now() < *until);
@@ -678,18 +708,27 @@ async fn fetch_room<H>(ctx: &Ctx<H>, window: usize) -> Option<usize> {
 /// (new arrivals are still seen while a handler is slow), or as soon as nothing above the
 /// offset is unfinished any more, when a real long poll can wait on the server again.
 /// A completion that merely moves the window brings nothing new to fetch, so it does not
-/// end the wait by itself (its offset is confirmed by the next fetch or the final flush).
-async fn wait_for_news<H>(ctx: &Ctx<H>, until: tokio::time::Instant, stop: &CancellationToken) {
+/// end the wait by itself (its offset is confirmed by the next fetch or the final flush),
+/// unless `fewer_than` is set: the transport shortened its request and the repeats alone
+/// filled it, so the wait ends as soon as fewer than that many repeats are due.
+async fn wait_for_news<H>(
+    ctx: &Ctx<H>,
+    until: tokio::time::Instant,
+    fewer_than: Option<usize>,
+    stop: &CancellationToken,
+) {
     loop {
         let progressed = ctx.progress.notified();
         tokio::pin!(progressed);
         progressed.as_mut().enable();
-        if ctx.acks.lock().redelivered_next() == 0 {
+        let again = ctx.acks.lock().redelivered_next();
+        if again == 0 || fewer_than.is_some_and(|n| again < n) {
             return;
         }
         tokio::select! {
             biased;
             _ = stop.cancelled() => return,
+            _ = ctx.gate.closed() => return,
             _ = tokio::time::sleep_until(until) => return,
             _ = progressed => {}
         }

@@ -30,6 +30,9 @@ pub struct Stats {
     pub failed: u64,
     /// Handlers that panicked.
     pub panicked: u64,
+    /// Handlers cancelled at the handler timeout (`RuntimeBuilder::handler_timeout`):
+    /// reported to the policy as overload, and acknowledged past like a failed update.
+    pub timed_out: u64,
     /// Handlers aborted at the drain deadline, or updates given up before they ran.
     pub aborted: u64,
     /// Updates that could not be decoded (reported and acknowledged past).
@@ -47,9 +50,9 @@ pub struct Stats {
 }
 
 impl Stats {
-    /// Updates finished one way or another: completed, failed or panicked.
+    /// Updates finished one way or another: completed, failed, panicked or timed out.
     pub fn finished(&self) -> u64 {
-        self.completed + self.failed + self.panicked
+        self.completed + self.failed + self.panicked + self.timed_out
     }
 }
 
@@ -59,6 +62,8 @@ const NO_OFFSET: i64 = i64::MIN;
 pub(crate) struct Counters {
     pub(crate) failed: AtomicU64,
     pub(crate) panicked: AtomicU64,
+    /// Handlers cancelled at the handler timeout (their permits were released).
+    pub(crate) timed_out: AtomicU64,
     /// Updates given up before they ran.
     pub(crate) aborted: AtomicU64,
     /// Handlers dropped at the drain deadline (their permits were released).
@@ -75,6 +80,7 @@ impl Default for Counters {
         Counters {
             failed: AtomicU64::new(0),
             panicked: AtomicU64::new(0),
+            timed_out: AtomicU64::new(0),
             aborted: AtomicU64::new(0),
             aborted_running: AtomicU64::new(0),
             undecodable: AtomicU64::new(0),
@@ -120,9 +126,10 @@ impl StatsHandle {
             // less the other outcomes (bumped before their permits are released).
             completed: g
                 .completed
-                .saturating_sub(r(&c.failed) + r(&c.panicked) + r(&c.aborted_running)),
+                .saturating_sub(r(&c.failed) + r(&c.panicked) + r(&c.timed_out) + r(&c.aborted_running)),
             failed: r(&c.failed),
             panicked: r(&c.panicked),
+            timed_out: r(&c.timed_out),
             aborted: r(&c.aborted) + r(&c.aborted_running),
             undecodable: r(&c.undecodable),
             redelivered: r(&c.redelivered),

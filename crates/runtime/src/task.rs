@@ -6,8 +6,9 @@
 //! created, and nothing else is kept but the permit, the id and the receipt. An `async fn`
 //! taking the update would keep a copy of it (and of the permit) in its state beside the
 //! handler's future, and every spawn and completion copies the whole state: with a cheap
-//! handler that copying was a measurable part of the per-update cost. The wait for the
-//! drain deadline is only set up (and boxed) once a handler actually has to wait.
+//! handler that copying was a measurable part of the per-update cost. The waits for the
+//! drain deadline and the handler timeout are only set up (and boxed, together) once a
+//! handler actually has to wait; without a handler timeout no timer is ever created.
 
 use std::any::Any;
 use std::future::Future;
@@ -20,7 +21,7 @@ use futures_util::FutureExt;
 use futures_util::future::CatchUnwind;
 use pollgate_admission::{Outcome, Permit};
 use pollgate_core::Update;
-use tokio::time::Instant;
+use tokio::time::{Instant, Sleep};
 use tokio_util::sync::WaitForCancellationFutureOwned;
 use tracing::{Span, debug, debug_span, error, warn};
 
@@ -31,29 +32,83 @@ use crate::stats::Counters;
 type Panic = Box<dyn Any + Send>;
 
 pin_project_lite::pin_project! {
-    /// Runs one handler to its end, or until the drain deadline, and reports the outcome
-    /// to the permit, the counters and the log. Resolves to `false` when aborted.
+    /// Runs one handler to its end, to the handler timeout or to the drain deadline, and
+    /// reports the outcome to the permit, the counters and the log. Resolves to `false`
+    /// when aborted at the deadline (a timed-out update counts as finished).
     pub(crate) struct Execute<H: Handler> {
         ctx: Arc<Ctx<H>>,
         #[pin]
         handler: Started<H::Future>,
-        abort: Option<Pin<Box<WaitForCancellationFutureOwned>>>,
+        // Boxed, once the handler first waits: most handlers of a busy bot never do
+        // (or the task state would carry both waits, idle, through every spawn).
+        waits: Option<Pin<Box<Waits>>>,
         permit: Option<Permit>,
         // Boxed, and only when tracing wants it: a disabled span is 40 bytes of task
         // state that every spawn and completion would copy.
         span: Option<Box<Span>>,
+        // When the handler started: set when the policy or tracing wants latencies, or
+        // a handler timeout is configured (its timer counts from here).
         started: Option<Instant>,
         id: i64,
     }
 }
 
 pin_project_lite::pin_project! {
-    /// The handler's future, or the panic that creating it raised.
+    /// The handler's future, the panic that creating it raised, or nothing any more (it
+    /// was dropped at the timeout or the deadline, before its permit was released).
     #[project = StartedProj]
     enum Started<F> {
         Running { #[pin] future: CatchUnwind<AssertUnwindSafe<F>> },
         Panicked { panic: Option<Panic> },
+        Dropped,
     }
+}
+
+pin_project_lite::pin_project! {
+    /// What may end a waiting handler early: the drain deadline (the run's abort token)
+    /// and, if configured, the handler timeout.
+    struct Waits {
+        #[pin]
+        abort: WaitForCancellationFutureOwned,
+        // Boxed again: without a handler timeout it costs a pointer, not a timer.
+        timeout: Option<Pin<Box<Sleep>>>,
+    }
+}
+
+/// Why a waiting handler was stopped.
+enum Stopped {
+    /// The drain deadline passed.
+    Aborted,
+    /// The handler timeout passed.
+    TimedOut,
+}
+
+impl Future for Waits {
+    type Output = Stopped;
+
+    fn poll(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Stopped> {
+        let this = self.project();
+        // The deadline first: once the run aborts, nothing counts as finished any more.
+        if this.abort.poll(cx).is_ready() {
+            return Poll::Ready(Stopped::Aborted);
+        }
+        match this.timeout {
+            Some(timeout) => timeout.as_mut().poll(cx).map(|()| Stopped::TimedOut),
+            None => Poll::Pending,
+        }
+    }
+}
+
+/// How a handler ended.
+enum Ended<E> {
+    /// It returned.
+    Returned(Result<(), E>),
+    /// It panicked (creating its future, or polling it).
+    Panicked(Panic),
+    /// It ran past the handler timeout and was dropped.
+    TimedOut,
+    /// It was dropped at the drain deadline.
+    Aborted,
 }
 
 impl<H: Handler> Execute<H> {
@@ -62,7 +117,9 @@ impl<H: Handler> Execute<H> {
         let id = update.id();
         let span = debug_span!("update", update_id = id, key = ?update.key(), cost = permit.cost());
         let span = (!span.is_disabled()).then(|| Box::new(span));
-        let started = (ctx.policy_times || tracing::enabled!(tracing::Level::DEBUG)).then(Instant::now);
+        let started =
+            (ctx.policy_times || ctx.config.handler_timeout.is_some() || tracing::enabled!(tracing::Level::DEBUG))
+                .then(Instant::now);
         let created = {
             let _entered = span.as_deref().map(Span::enter);
             std::panic::catch_unwind(AssertUnwindSafe(|| ctx.handler.handle(update)))
@@ -76,7 +133,7 @@ impl<H: Handler> Execute<H> {
         Execute {
             ctx,
             handler,
-            abort: None,
+            waits: None,
             permit: Some(permit),
             span,
             started,
@@ -89,60 +146,89 @@ impl<H: Handler> Future for Execute<H> {
     type Output = bool;
 
     fn poll(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<bool> {
-        let this = self.project();
-        let result = match this.handler.project() {
-            StartedProj::Panicked { panic } => Some(Err(panic.take().expect("polled after completion"))),
+        let mut this = self.project();
+        let ended = match this.handler.as_mut().project() {
+            StartedProj::Panicked { panic } => Ended::Panicked(panic.take().expect("polled after completion")),
+            StartedProj::Dropped => panic!("polled after completion"),
             StartedProj::Running { future } => {
                 let polled = {
                     let _entered = this.span.as_deref().map(Span::enter);
                     future.poll(cx)
                 };
                 match polled {
-                    Poll::Ready(r) => Some(r),
+                    Poll::Ready(Ok(returned)) => Ended::Returned(returned),
+                    Poll::Ready(Err(panic)) => Ended::Panicked(panic),
                     Poll::Pending => {
-                        // The handler waits: from now on the drain deadline may end it.
-                        let ctx = &*this.ctx;
-                        let abort = this
-                            .abort
-                            .get_or_insert_with(|| Box::pin(ctx.abort.clone().cancelled_owned()));
-                        ready!(abort.as_mut().poll(cx));
-                        None
+                        // The handler waits: from now on the drain deadline, and the
+                        // handler timeout if any, may end it.
+                        let (ctx, started) = (&*this.ctx, *this.started);
+                        let waits = this.waits.get_or_insert_with(|| Box::pin(Waits::new(ctx, started)));
+                        let stopped = ready!(waits.as_mut().poll(cx));
+                        // Cancelled: its memory goes before its permit does.
+                        this.handler.set(Started::Dropped);
+                        match stopped {
+                            Stopped::Aborted => Ended::Aborted,
+                            Stopped::TimedOut => Ended::TimedOut,
+                        }
                     }
                 }
             }
         };
         let permit = this.permit.take().expect("polled after completion");
-        Poll::Ready(report(this.ctx, *this.id, permit, *this.started, result))
+        Poll::Ready(report(this.ctx, *this.id, permit, *this.started, ended))
     }
 }
 
-/// Reports a handler's outcome (`None`: aborted at the drain deadline); `false` when
-/// aborted.
-fn report<H: Handler>(
-    ctx: &Ctx<H>,
-    id: i64,
-    permit: Permit,
-    started: Option<Instant>,
-    result: Option<Result<Result<(), H::Error>, Panic>>,
-) -> bool {
+impl Waits {
+    /// The waits of a handler that started at `started` (set whenever a handler timeout
+    /// is configured).
+    fn new<H>(ctx: &Ctx<H>, started: Option<Instant>) -> Waits {
+        let timeout = ctx.config.handler_timeout.map(|timeout| {
+            let started = started.expect("`started` is set when a handler timeout is configured");
+            Box::pin(tokio::time::sleep_until(started + timeout))
+        });
+        Waits {
+            abort: ctx.abort.clone().cancelled_owned(),
+            timeout,
+        }
+    }
+}
+
+/// Reports how a handler ended; `false` when aborted at the drain deadline (the update
+/// does not count as finished).
+fn report<H: Handler>(ctx: &Ctx<H>, id: i64, permit: Permit, started: Option<Instant>, ended: Ended<H::Error>) -> bool {
     let latency = started.map(|t| t.elapsed()).unwrap_or_default();
     let latency_ms = latency.as_secs_f64() * 1e3;
-    match result {
-        None => {
+    match ended {
+        Ended::Aborted => {
             Counters::bump(&ctx.counters.aborted_running);
             permit.finish(Outcome::Cancelled, latency);
             ctx.given_up.lock().push(id);
             warn!(update_id = id, latency_ms, "handler aborted at the drain deadline");
             false
         }
-        Some(Ok(Ok(()))) => {
+        Ended::TimedOut => {
+            // Counted before the permit is released: `Stats::completed` is derived from
+            // the releases.
+            Counters::bump(&ctx.counters.timed_out);
+            permit.finish(Outcome::Overload, latency);
+            let timeout = ctx.config.handler_timeout.unwrap_or_default();
+            warn!(
+                update_id = id,
+                ?timeout,
+                latency_ms,
+                "handler timed out: cancelled, reported as overload, acknowledged as finished"
+            );
+            true
+        }
+        Ended::Returned(Ok(())) => {
             // No counter here: successes are the gate's releases minus the other outcomes,
             // so the common path writes no shared counter.
             permit.finish(Outcome::Success, latency);
             debug!(update_id = id, outcome = "success", latency_ms, "update handled");
             true
         }
-        Some(Ok(Err(e))) => {
+        Ended::Returned(Err(e)) => {
             let e: BoxError = e.into();
             let outcome = if is_overload(&*e) {
                 Outcome::Overload
@@ -154,7 +240,7 @@ fn report<H: Handler>(
             warn!(update_id = id, outcome = ?outcome, error = %e, latency_ms, "handler failed");
             true
         }
-        Some(Err(panic)) => {
+        Ended::Panicked(panic) => {
             Counters::bump(&ctx.counters.panicked);
             permit.finish(Outcome::Panic, latency);
             error!(
