@@ -74,6 +74,11 @@ async fn run(args: Args) -> Result<RunResult, String> {
             b.saturating_sub(baseline) / work,
             Some(b),
         ),
+        PolicySpec::Auto => {
+            let policy = RssAdaptive::auto().expected_cost(work).build();
+            let target = policy.target();
+            (Arc::new(policy), target.saturating_sub(baseline) / work, Some(target))
+        }
         PolicySpec::Custom { budget, rate } => (
             Arc::new(all_of(
                 ByteBudget::new(budget).expected_cost(work),

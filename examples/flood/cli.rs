@@ -11,13 +11,13 @@ pub(crate) use crate::size::Size;
 /// Drain a Telegram-like backlog once per admission policy and compare memory and time.
 ///
 /// With no arguments: starts an embedded mock Bot API server with 20000 updates and drains
-/// it once per policy (unbounded, fixed:512, barrier:512, bytes:128MiB, rss:160MiB,
+/// it once per policy (unbounded, fixed:512, barrier:512, bytes:128MiB, rss:160MiB, auto,
 /// custom), each in a fresh child process, then prints a table and writes a plot.
 #[derive(Debug, Clone, Parser)]
 #[command(name = "flood", version)]
 pub(crate) struct Args {
-    /// A policy to run: unbounded, fixed:C, barrier:N, bytes:SIZE, rss:SIZE,
-    /// custom[:SIZE[:RATE]]. Repeat for several; default: all six.
+    /// A policy to run: unbounded, fixed:C, barrier:N, bytes:SIZE, rss:SIZE, auto,
+    /// custom[:SIZE[:RATE]]. Repeat for several; default: all seven.
     #[arg(long = "policy", value_name = "SPEC")]
     pub(crate) policies: Vec<PolicySpec>,
     /// Updates in the backlog (with --api-url: stop after this many).
@@ -117,6 +117,7 @@ impl Args {
             PolicySpec::Barrier(512),
             PolicySpec::Bytes(128 << 20),
             PolicySpec::Rss(160 << 20),
+            PolicySpec::Auto,
             PolicySpec::Custom {
                 budget: 128 << 20,
                 rate: 5000.0,
@@ -144,6 +145,8 @@ pub(crate) enum PolicySpec {
     Bytes(u64),
     /// Resident memory target B (baseline included).
     Rss(u64),
+    /// `RssAdaptive::auto()`: the target from the cgroup limit, else machine memory.
+    Auto,
     /// The token bucket of `examples/custom_policy.rs` with a byte budget.
     Custom {
         /// The byte budget.
@@ -153,7 +156,7 @@ pub(crate) enum PolicySpec {
     },
 }
 
-const EXPECTED: &str = "expected unbounded, fixed:C, barrier:N, bytes:SIZE, rss:SIZE or custom[:SIZE[:RATE]] \
+const EXPECTED: &str = "expected unbounded, fixed:C, barrier:N, bytes:SIZE, rss:SIZE, auto or custom[:SIZE[:RATE]] \
                         (SIZE like 128MiB)";
 
 impl FromStr for PolicySpec {
@@ -181,6 +184,7 @@ impl FromStr for PolicySpec {
             "barrier" => PolicySpec::Barrier(count(arg)?),
             "bytes" => PolicySpec::Bytes(size(arg)?),
             "rss" => PolicySpec::Rss(size(arg)?),
+            "auto" if arg.is_none() => PolicySpec::Auto,
             "custom" => {
                 let budget = if arg.is_some() { size(arg)? } else { 128 << 20 };
                 let rate = match extra {
@@ -210,6 +214,7 @@ impl fmt::Display for PolicySpec {
             PolicySpec::Barrier(n) => write!(f, "barrier:{n}"),
             PolicySpec::Bytes(b) => write!(f, "bytes:{}", Size(*b)),
             PolicySpec::Rss(b) => write!(f, "rss:{}", Size(*b)),
+            PolicySpec::Auto => f.write_str("auto"),
             PolicySpec::Custom { budget, rate } => write!(f, "custom:{}:{rate}", Size(*budget)),
         }
     }
@@ -227,6 +232,7 @@ mod tests {
             "barrier:64",
             "bytes:128MiB",
             "rss:160MiB",
+            "auto",
             "custom:64MiB:300",
         ] {
             assert_eq!(s.parse::<PolicySpec>().unwrap().to_string(), s);

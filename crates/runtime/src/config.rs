@@ -4,7 +4,7 @@ use std::fmt;
 use std::sync::Arc;
 use std::time::Duration;
 
-use pollgate_admission::{AdmissionPolicy, Fixed};
+use pollgate_admission::{AdmissionPolicy, RssAdaptive};
 use pollgate_core::{Transport, Update};
 use tokio_util::sync::CancellationToken;
 
@@ -52,8 +52,6 @@ impl fmt::Debug for Cost {
     }
 }
 
-/// The default concurrency limit when no policy is given.
-pub const DEFAULT_CONCURRENCY: usize = 100;
 /// The default memory cost factor: an update's handler is assumed to hold 32 times the
 /// update's JSON size.
 pub const DEFAULT_COST_FACTOR: f64 = 32.0;
@@ -123,7 +121,11 @@ impl<T: Transport, H: Handler> RuntimeBuilder<T, H> {
         }
     }
 
-    /// The admission policy (default: `Fixed::new(DEFAULT_CONCURRENCY)`).
+    /// The admission policy (default: [`RssAdaptive::auto`], a memory budget that needs no
+    /// number: its target is 90% of the cgroup memory limit where one is set, else half
+    /// the machine's memory, and it logs what it found at info level).
+    ///
+    /// [`RssAdaptive::auto`]: pollgate_admission::RssAdaptive::auto
     pub fn policy(mut self, policy: impl AdmissionPolicy) -> Self {
         self.policy = Some(Arc::new(policy));
         self
@@ -333,7 +335,7 @@ impl<T: Transport, H: Handler> RuntimeBuilder<T, H> {
     pub fn build(self) -> Runtime<T, H> {
         let policy = self
             .policy
-            .unwrap_or_else(|| Arc::new(Fixed::new(DEFAULT_CONCURRENCY)) as Arc<dyn AdmissionPolicy>);
+            .unwrap_or_else(|| Arc::new(RssAdaptive::auto().build()) as Arc<dyn AdmissionPolicy>);
         Runtime::new(
             self.transport,
             self.handler,

@@ -59,7 +59,7 @@ mod signals;
 mod stats;
 mod task;
 
-pub use config::{DEFAULT_CONCURRENCY, DEFAULT_COST_FACTOR, DEFAULT_REPOLL_INTERVAL, Delivery, RuntimeBuilder};
+pub use config::{DEFAULT_COST_FACTOR, DEFAULT_REPOLL_INTERVAL, Delivery, RuntimeBuilder};
 pub use handler::{BoxError, Handler, Overloaded};
 pub use runtime::{RunError, Runtime, Summary};
 pub use stats::{Stats, StatsHandle};
