@@ -14,13 +14,8 @@ use std::io::Write;
 use tokio::sync::watch;
 
 /// A stop signal.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub(crate) enum Kind {
-    /// SIGTERM: how Docker, Kubernetes and systemd stop a process.
-    Terminate,
-    /// SIGINT: Ctrl-C.
-    Interrupt,
-}
+pub(crate) use pollgate::runtime::StopSignal as Kind;
+use pollgate::runtime::StopSignals;
 
 /// The stop signals the parent received, and which of them were forwarded.
 #[derive(Debug)]
@@ -60,7 +55,7 @@ impl Stops {
 /// When a signal handler cannot be installed.
 pub(crate) fn listen() -> Result<Stops, String> {
     let (tx, rx) = watch::channel((0, Kind::Terminate));
-    let mut signals = Signals::install().map_err(|e| format!("cannot listen for SIGTERM/SIGINT: {e}"))?;
+    let mut signals = StopSignals::install().map_err(|e| format!("cannot listen for SIGTERM/SIGINT: {e}"))?;
     tokio::spawn(async move {
         loop {
             let kind = signals.recv().await;
@@ -69,11 +64,7 @@ pub(crate) fn listen() -> Result<Stops, String> {
             // must keep forwarding.
             let _ = writeln!(
                 std::io::stderr(),
-                "flood: {} received: {}",
-                match kind {
-                    Kind::Terminate => "SIGTERM",
-                    Kind::Interrupt => "SIGINT",
-                },
+                "flood: {kind} received: {}",
                 if first {
                     "the running child drains and reports; no further run starts"
                 } else {
@@ -98,7 +89,7 @@ pub(crate) fn forward(pid: u32, kind: Kind) {
     use rustix::process::{Pid, Signal, kill_process};
     let signal = match kind {
         Kind::Terminate => Signal::TERM,
-        Kind::Interrupt => Signal::INT,
+        _ => Signal::INT,
     };
     if let Some(pid) = i32::try_from(pid).ok().and_then(Pid::from_raw) {
         let _ = kill_process(pid, signal);
@@ -108,45 +99,3 @@ pub(crate) fn forward(pid: u32, kind: Kind) {
 /// Nothing to do: the child shares the console and receives Ctrl-C itself.
 #[cfg(not(unix))]
 pub(crate) fn forward(_pid: u32, _kind: Kind) {}
-
-#[cfg(unix)]
-struct Signals {
-    terminate: tokio::signal::unix::Signal,
-    interrupt: tokio::signal::unix::Signal,
-}
-
-#[cfg(unix)]
-impl Signals {
-    fn install() -> std::io::Result<Signals> {
-        use tokio::signal::unix::{SignalKind, signal};
-        Ok(Signals {
-            terminate: signal(SignalKind::terminate())?,
-            interrupt: signal(SignalKind::interrupt())?,
-        })
-    }
-
-    async fn recv(&mut self) -> Kind {
-        tokio::select! {
-            Some(()) = self.terminate.recv() => Kind::Terminate,
-            Some(()) = self.interrupt.recv() => Kind::Interrupt,
-            else => std::future::pending().await,
-        }
-    }
-}
-
-#[cfg(not(unix))]
-struct Signals;
-
-#[cfg(not(unix))]
-impl Signals {
-    fn install() -> std::io::Result<Signals> {
-        Ok(Signals)
-    }
-
-    async fn recv(&mut self) -> Kind {
-        if tokio::signal::ctrl_c().await.is_err() {
-            std::future::pending::<()>().await;
-        }
-        Kind::Interrupt
-    }
-}

@@ -57,6 +57,8 @@ mod runtime;
 #[cfg(feature = "signal")]
 mod signals;
 mod stats;
+#[cfg(feature = "signal")]
+pub use signals::{StopSignal, StopSignals};
 mod task;
 
 pub use config::{DEFAULT_COST_FACTOR, DEFAULT_REPOLL_INTERVAL, Delivery, RuntimeBuilder};

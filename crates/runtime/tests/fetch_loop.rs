@@ -4,23 +4,19 @@
 //! it was asked; a busy loop trips a counter that stops the run, so the test fails
 //! instead of hanging.
 
+mod common;
+
 use std::collections::BTreeSet;
 use std::convert::Infallible;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::Duration;
 
+use common::{timed_handler, update};
 use parking_lot::Mutex;
 use pollgate_admission::{AdmissionPolicy, Barrier, ByteBudget, Fixed, Limit, LimitSignal, Load};
 use pollgate_core::{Ack, AckModel, Batch, FetchRequest, MemoryTransport, Transport, Update};
 use pollgate_runtime::{CancellationToken, Delivery, Runtime};
-
-fn update(id: i64, chat: i64) -> Update {
-    Update::from_json(&format!(
-        r#"{{"update_id":{id},"message":{{"message_id":{id},"chat":{{"id":{chat},"type":"private"}},"text":"x"}}}}"#
-    ))
-    .unwrap()
-}
 
 /// An in-memory transport that cancels `trip` once it was asked more than `cap` times:
 /// a dispatcher that polls in a loop is stopped (and the test fails on the count)
@@ -55,25 +51,21 @@ impl Transport for Capped {
     }
 }
 
-type Done = Arc<Mutex<Vec<i64>>>;
-type BoxedHandling = std::pin::Pin<Box<dyn std::future::Future<Output = Result<(), Infallible>> + Send>>;
-
 /// Records the ids a handler finished, and sleeps per id as `delay` says.
 fn recording_handler(
     delay: impl Fn(i64) -> Duration + Send + Sync + 'static,
-) -> (Done, impl Fn(Update) -> BoxedHandling + Send + Sync + 'static) {
-    let done: Done = Arc::default();
-    let d = Arc::clone(&done);
-    let delay = Arc::new(delay);
-    let handler = move |u: Update| {
-        let (d, delay) = (Arc::clone(&d), Arc::clone(&delay));
-        Box::pin(async move {
-            tokio::time::sleep(delay(u.id())).await;
-            d.lock().push(u.id());
-            Ok::<(), Infallible>(())
-        }) as BoxedHandling
-    };
-    (done, handler)
+) -> (Ids, impl Fn(Update) -> common::BoxedHandling + Send + Sync + 'static) {
+    let (done, handler) = timed_handler(tokio::time::Instant::now(), delay);
+    (Ids(done), handler)
+}
+
+/// The ids in a [`common::Done`], in finishing order.
+struct Ids(common::Done);
+
+impl Ids {
+    fn lock(&self) -> Vec<i64> {
+        self.0.lock().iter().map(|(id, _)| *id).collect()
+    }
 }
 
 /// Defect: with ordering, when `max_queued` updates are parked and the parked one then

@@ -9,45 +9,17 @@
 
 mod common;
 
+use common::{timed_handler, update};
+
 use std::convert::Infallible;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::Duration;
 
-use parking_lot::Mutex;
 use pollgate_admission::{AdmissionPolicy, ByteBudget, Fixed};
 use pollgate_core::{Ack, AckModel, Batch, FetchRequest, MemoryTransport, Transport, Update};
 use pollgate_runtime::{Delivery, Runtime};
 use tokio::time::Instant;
-
-fn update(id: i64, chat: i64) -> Update {
-    Update::from_json(&format!(
-        r#"{{"update_id":{id},"message":{{"message_id":{id},"chat":{{"id":{chat},"type":"private"}},"text":"x"}}}}"#
-    ))
-    .unwrap()
-}
-
-type Done = Arc<Mutex<Vec<(i64, Duration)>>>;
-type BoxedHandling = std::pin::Pin<Box<dyn std::future::Future<Output = Result<(), Infallible>> + Send>>;
-
-/// Records `(id, time since start)` for every finished update; sleeps per id as `delay` says.
-fn timed_handler(
-    start: Instant,
-    delay: impl Fn(i64) -> Duration + Send + Sync + 'static,
-) -> (Done, impl Fn(Update) -> BoxedHandling + Send + Sync + 'static) {
-    let done: Done = Arc::default();
-    let d = Arc::clone(&done);
-    let delay = Arc::new(delay);
-    let handler = move |u: Update| {
-        let (d, delay) = (Arc::clone(&d), Arc::clone(&delay));
-        Box::pin(async move {
-            tokio::time::sleep(delay(u.id())).await;
-            d.lock().push((u.id(), start.elapsed()));
-            Ok::<(), Infallible>(())
-        }) as BoxedHandling
-    };
-    (done, handler)
-}
 
 // ---------------------------------------------------------------------------------------
 // (1) A wait on `progress` that never ends: the gate closed while given-up updates fill

@@ -181,3 +181,33 @@ pub async fn run_until<T: Transport, H: Handler>(
     shutdown.cancel();
     (reached, run.await.unwrap().unwrap())
 }
+
+/// A private-chat text message `id` in chat `chat`.
+pub fn update(id: i64, chat: i64) -> Update {
+    Update::from_json(&format!(
+        r#"{{"update_id":{id},"message":{{"message_id":{id},"chat":{{"id":{chat},"type":"private"}},"text":"x"}}}}"#
+    ))
+    .unwrap()
+}
+
+pub type Done = Arc<Mutex<Vec<(i64, Duration)>>>;
+pub type BoxedHandling = std::pin::Pin<Box<dyn std::future::Future<Output = Result<(), Infallible>> + Send>>;
+
+/// Records `(id, time since start)` for every finished update; sleeps per id as `delay` says.
+pub fn timed_handler(
+    start: tokio::time::Instant,
+    delay: impl Fn(i64) -> Duration + Send + Sync + 'static,
+) -> (Done, impl Fn(Update) -> BoxedHandling + Send + Sync + 'static) {
+    let done: Done = Arc::default();
+    let d = Arc::clone(&done);
+    let delay = Arc::new(delay);
+    let handler = move |u: Update| {
+        let (d, delay) = (Arc::clone(&d), Arc::clone(&delay));
+        Box::pin(async move {
+            tokio::time::sleep(delay(u.id())).await;
+            d.lock().push((u.id(), start.elapsed()));
+            Ok::<(), Infallible>(())
+        }) as BoxedHandling
+    };
+    (done, handler)
+}
