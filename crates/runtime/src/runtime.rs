@@ -326,8 +326,14 @@ impl<T: Transport, H: Handler> Runtime<T, H> {
             flush_error: None,
         };
         // The last acknowledgement and the flush get the drain deadline: a server that is
-        // down must not keep a shutdown from finishing.
-        let limit = ctx.config.drain_deadline;
+        // down must not keep a shutdown from finishing. After an abort (a second signal,
+        // or the deadline itself) they get at most ABORTED_FLUSH_LIMIT: whoever aborted
+        // wants the process gone.
+        let limit = if ctx.abort.is_cancelled() {
+            ctx.config.drain_deadline.min(ABORTED_FLUSH_LIMIT)
+        } else {
+            ctx.config.drain_deadline
+        };
         if let Some(source) = failure {
             // Still acknowledge what finished (per-update receipts) if the server answers:
             // otherwise it is delivered again.
@@ -360,9 +366,17 @@ impl<T: Transport, H: Handler> Runtime<T, H> {
             transport.flush().await.map_err(|e| e.to_string())
         }
         .instrument(info_span!("flush", offset = below));
-        let flushed = tokio::time::timeout(limit, flushed)
-            .await
-            .unwrap_or_else(|_| Err(format!("timed out after {limit:?} (drain deadline)")));
+        // An abort that comes while the flush waits (a second signal) cuts it short too.
+        let aborted = async {
+            ctx.abort.cancelled().await;
+            tokio::time::sleep(ABORTED_FLUSH_LIMIT).await;
+        };
+        let flushed = tokio::select! {
+            flushed = tokio::time::timeout(limit, flushed) => {
+                flushed.unwrap_or_else(|_| Err(format!("timed out after {limit:?} (drain deadline)")))
+            }
+            () = aborted => Err(format!("given up {ABORTED_FLUSH_LIMIT:?} after the run was aborted")),
+        };
         match flushed {
             Ok(()) => {
                 if let Some(b) = below {
@@ -380,6 +394,9 @@ impl<T: Transport, H: Handler> Runtime<T, H> {
         Ok(summary)
     }
 }
+
+/// How long the final acknowledgement may take once the run was aborted.
+const ABORTED_FLUSH_LIMIT: Duration = Duration::from_secs(2);
 
 /// Aborts the run's handlers when `Runtime::run`'s future is dropped before its end:
 /// the drain-deadline token is cancelled (running handlers are dropped at their next

@@ -164,11 +164,16 @@ impl<H: Handler> Future for Execute<H> {
                         let (ctx, started) = (&*this.ctx, *this.started);
                         let waits = this.waits.get_or_insert_with(|| Box::pin(Waits::new(ctx, started)));
                         let stopped = ready!(waits.as_mut().poll(cx));
-                        // Cancelled: its memory goes before its permit does.
-                        this.handler.set(Started::Dropped);
-                        match stopped {
-                            Stopped::Aborted => Ended::Aborted,
-                            Stopped::TimedOut => Ended::TimedOut,
+                        // Cancelled: its memory goes before its permit does. Dropping runs
+                        // the handler's own clean-up, which may panic: that is reported as
+                        // the handler's panic, and the update still counts as finished
+                        // (its key and the offset move on).
+                        let mut handler = this.handler.as_mut();
+                        let dropped = std::panic::catch_unwind(AssertUnwindSafe(move || handler.set(Started::Dropped)));
+                        match (stopped, dropped) {
+                            (Stopped::Aborted, _) => Ended::Aborted,
+                            (Stopped::TimedOut, Ok(())) => Ended::TimedOut,
+                            (Stopped::TimedOut, Err(panic)) => Ended::Panicked(panic),
                         }
                     }
                 }

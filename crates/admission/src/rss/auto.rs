@@ -173,7 +173,11 @@ impl RssAdaptive {
         if plan.source == TargetSource::Cgroup
             && let Some(cgroup) = &cgroup
         {
-            match WorkingSetProbe::for_cgroup(cgroup) {
+            // The limit is enforced against the usage of the cgroup that set it, which
+            // counts its other children too (sibling services in a slice, a pod's
+            // sidecars): read that one, not only this process's own.
+            let limiting = cgroup.limiting();
+            match WorkingSetProbe::for_cgroup(&limiting) {
                 Ok(probe) => {
                     builder = builder.probe(probe);
                     plan.reads_working_set = true;

@@ -55,7 +55,7 @@
 //!
 //! # Without a number: `auto`
 //!
-//! [`RssAdaptive::auto`] derives the target from what the process runs under: 85%
+//! [`RssAdaptive::auto`] derives the target from what the process runs under: 90%
 //! ([`AUTO_LIMIT_FRACTION`]) of its cgroup's memory ceiling (the hard limit, or `memory.high`
 //! where lower), compared with the cgroup's working set ([`WorkingSetProbe`]) — the number
 //! the kernel enforces the limit on, page cache and sibling processes included; without a

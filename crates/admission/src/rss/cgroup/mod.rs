@@ -185,6 +185,30 @@ impl CgroupMemory {
 
     /// Whether the cgroup is the root of its whole hierarchy, as far as this cgroup
     /// namespace shows: the whole machine on a host.
+    /// The cgroup whose limit applies to this process: the ancestor that set the most
+    /// restrictive limit (its usage, siblings included, is what the kernel enforces the
+    /// limit against), else this cgroup itself. [`RssAdaptive::auto`] reads its working
+    /// set.
+    ///
+    /// [`RssAdaptive::auto`]: crate::RssAdaptive::auto
+    pub fn limiting(&self) -> CgroupMemory {
+        self.limit()
+            .limited_by
+            .as_deref()
+            .filter(|dir| dir.starts_with(&self.mount) && dir.is_dir())
+            .map_or_else(|| self.at(&self.dir), |dir| self.at(dir))
+    }
+
+    /// The same hierarchy seen from `dir`, an ancestor of this cgroup.
+    fn at(&self, dir: &Path) -> CgroupMemory {
+        CgroupMemory {
+            version: self.version,
+            dir: dir.to_path_buf(),
+            mount: self.mount.clone(),
+            hierarchy_root: dir == self.mount,
+        }
+    }
+
     pub(crate) fn is_hierarchy_root(&self) -> bool {
         self.hierarchy_root
     }

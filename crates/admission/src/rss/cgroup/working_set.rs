@@ -42,6 +42,8 @@ use crate::rss::probe::{MemoryProbe, ProcStatusProbe, SysinfoProbe};
 #[derive(Debug)]
 pub struct WorkingSetProbe {
     source: Source,
+    /// Consecutive failed reads of the cgroup's files.
+    failures: u32,
 }
 
 #[derive(Debug)]
@@ -82,6 +84,7 @@ impl WorkingSetProbe {
         files.read()?;
         Ok(Self {
             source: Source::Cgroup(files),
+            failures: 0,
         })
     }
 
@@ -95,7 +98,7 @@ impl WorkingSetProbe {
             Some(statm) => Source::Statm(statm),
             None => Source::Sysinfo(Box::default()),
         };
-        Self { source }
+        Self { source, failures: 0 }
     }
 }
 
@@ -105,10 +108,33 @@ impl Default for WorkingSetProbe {
     }
 }
 
+/// Failed reads in a row after which the probe gives up on the cgroup and reads RSS.
+const FAILURES_BEFORE_RSS: u32 = 3;
+
 impl MemoryProbe for WorkingSetProbe {
     fn sample(&mut self) -> Option<u64> {
         match &mut self.source {
-            Source::Cgroup(files) => files.read().ok(),
+            Source::Cgroup(files) => match files.read() {
+                Ok(bytes) => {
+                    self.failures = 0;
+                    Some(bytes)
+                }
+                Err(error) => {
+                    // The cgroup was removed or the process moved: the files will not come
+                    // back. A policy without samples would freeze; read RSS instead.
+                    self.failures += 1;
+                    if self.failures >= FAILURES_BEFORE_RSS {
+                        tracing::warn!(
+                            dir = %files.dir.display(),
+                            %error,
+                            "the cgroup's working set cannot be read any more; reading this process's RSS instead"
+                        );
+                        self.source = Self::rss().source;
+                        return self.sample();
+                    }
+                    None
+                }
+            },
             Source::Statm(statm) => statm.sample(),
             Source::Sysinfo(sysinfo) => sysinfo.sample(),
         }
@@ -149,7 +175,10 @@ impl CgroupFiles {
         let len = read_from_start(&mut self.stat, &mut self.buf)?;
         let inactive = stat_value(&self.buf[..len], self.inactive_key)
             .ok_or_else(|| io::Error::new(io::ErrorKind::InvalidData, "memory.stat has no inactive file count"))?;
-        Ok(usage.saturating_sub(inactive))
+        // The two files are read at different moments (and v1 batches usage per CPU): a
+        // reading with more inactive cache than usage is inconsistent. Report the usage
+        // then, never "nothing in use".
+        Ok(if inactive < usage { usage - inactive } else { usage })
     }
 }
 
