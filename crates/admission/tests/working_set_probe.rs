@@ -4,47 +4,16 @@
 //! descriptor per sample. Each case was found by review and failed before its fix.
 #![cfg(target_os = "linux")]
 
+mod common;
+
 use std::fs;
-use std::path::PathBuf;
 use std::time::{Duration, Instant};
 
+use common::*;
 use pollgate_admission::rss::CgroupMemory;
 use pollgate_admission::{MemoryProbe, RssAdaptive, WorkingSetProbe};
 
 const MIB: u64 = 1 << 20;
-
-const V2_MOUNTS: &str = "\
-24 1 253:1 / / rw,relatime shared:1 - ext4 /dev/vda rw
-35 24 0:30 / /sys/fs/cgroup rw,nosuid,nodev,noexec,relatime shared:9 - cgroup2 cgroup2 rw,nsdelegate,memory_recursiveprot
-";
-
-struct Fixture {
-    root: PathBuf,
-}
-
-impl Fixture {
-    fn new(case: &str) -> Self {
-        let root = std::env::temp_dir().join(format!("pollgate-ws-probe-{}-{case}", std::process::id()));
-        let _ = fs::remove_dir_all(&root);
-        fs::create_dir_all(&root).unwrap();
-        Self { root }
-    }
-    fn file(self, path: &str, text: &str) -> Self {
-        let path = self.root.join(path);
-        fs::create_dir_all(path.parent().unwrap()).unwrap();
-        fs::write(path, text).unwrap();
-        self
-    }
-    fn path(&self, path: &str) -> PathBuf {
-        self.root.join(path)
-    }
-}
-
-impl Drop for Fixture {
-    fn drop(&mut self) {
-        let _ = fs::remove_dir_all(&self.root);
-    }
-}
 
 /// A v2 host whose process is in `/bot.slice/bot.service`; the slice has the limit.
 fn slice_host(case: &str, slice_current: u64, service_current: u64) -> Fixture {
