@@ -259,11 +259,30 @@ impl Gate {
         let _ = Watch::new(&self.shared, WatchMode::Changed).await;
     }
 
-    /// Resolves once the gate is closed (at once if it is already).
+    /// Resolves once the gate is closed (at once if it is already). Unlike
+    /// [`changed`](Self::changed), releases and limit changes do not wake it.
     ///
     /// # Cancel safety
     ///
     /// Cancel safe: dropping the future just stops waiting.
+    ///
+    /// # Examples
+    /// Stop a long wait (a long poll, say) as soon as the gate admits nothing any more:
+    /// ```
+    /// use std::time::Duration;
+    /// use pollgate_admission::{Fixed, Gate};
+    ///
+    /// # #[tokio::main(flavor = "current_thread", start_paused = true)]
+    /// # async fn main() {
+    /// let gate = Gate::new(Fixed::new(4));
+    /// let closer = gate.clone();
+    /// tokio::spawn(async move { closer.close() });
+    /// tokio::select! {
+    ///     _ = gate.closed() => println!("closed: stop fetching"),
+    ///     _ = tokio::time::sleep(Duration::from_secs(30)) => unreachable!(),
+    /// }
+    /// # }
+    /// ```
     pub async fn closed(&self) {
         let _ = Watch::new(&self.shared, WatchMode::Closed).await;
     }

@@ -214,6 +214,20 @@ impl<T: Transport, H: Handler> RuntimeBuilder<T, H> {
     ///
     /// # Panics
     /// If `interval` is zero (that would be the busy poll this setting exists to avoid).
+    ///
+    /// # Examples
+    /// A bot whose handlers are often slow, that wants new updates seen within 300 ms:
+    /// ```
+    /// use std::time::Duration;
+    /// use pollgate_core::{MemoryTransport, Update};
+    /// use pollgate_runtime::{Delivery, Runtime};
+    ///
+    /// let runtime = Runtime::builder(MemoryTransport::new(), |_u: Update| async { Ok::<(), std::io::Error>(()) })
+    ///     .delivery(Delivery::AtLeastOnce)
+    ///     .repoll_interval(Duration::from_millis(300))
+    ///     .build();
+    /// # drop(runtime);
+    /// ```
     pub fn repoll_interval(mut self, interval: Duration) -> Self {
         assert!(!interval.is_zero(), "repoll_interval must be above zero");
         self.config.repoll_interval = interval;

@@ -143,8 +143,9 @@ impl Transport for HangingFlush {
 }
 
 /// The docs: "a second signal during the drain ends it at once". The final confirmation
-/// gets the full drain deadline whatever signals arrive: after SIGTERM, then SIGINT (and a
-/// third, which nothing listens for any more), the run still waits out the deadline.
+/// used to get the full drain deadline whatever signals arrived: after SIGTERM, then
+/// SIGINT (and a third), the run waited out the deadline. It now gives up shortly after
+/// the abort.
 #[cfg(all(unix, feature = "signal"))]
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_second_signal_cuts_a_hanging_final_confirmation_short() {
@@ -153,7 +154,7 @@ async fn a_second_signal_cuts_a_hanging_final_confirmation_short() {
         MemoryTransport::with_updates([update(1, 1)]),
         AtomicBool::new(false),
     ));
-    let deadline = Duration::from_secs(3);
+    let deadline = Duration::from_secs(60);
     let runtime = Runtime::builder(Arc::clone(&transport), |_u: Update| async { Ok::<(), Infallible>(()) })
         .policy(Fixed::new(4))
         .delivery(Delivery::AtLeastOnce)
@@ -180,10 +181,13 @@ async fn a_second_signal_cuts_a_hanging_final_confirmation_short() {
         "flush hanging; run ended {took:?} after the second signal; flush_error {:?}",
         summary.flush_error
     );
-    // The final confirmation gets 2 s once the run was aborted (it was the whole 3 s
-    // drain deadline, 30 s by default, before).
+    // Once the run was aborted the final confirmation is given up after a short grace
+    // (it used to get the whole drain deadline, 60 s here): the outcome says which, and
+    // the run ends far from the deadline.
+    let error = summary.flush_error.expect("the flush hangs: it cannot succeed");
     assert!(
-        took < Duration::from_millis(2500),
-        "the second signal should cut the final confirmation short, took {took:?}"
+        error.contains("after the run was aborted"),
+        "the second signal should cut the final confirmation short: {error}"
     );
+    assert!(took < deadline / 2, "ended {took:?} after the second signal");
 }

@@ -105,6 +105,17 @@ impl CgroupMemory {
     /// Finds this process's memory cgroup; `None` when it has none that is visible (no
     /// cgroup file system mounted, v2 without the memory controller) or the platform is
     /// not Linux.
+    ///
+    /// # Examples
+    /// Print the limit the OOM killer will enforce, and what counts against it now:
+    /// ```
+    /// use pollgate_admission::rss::CgroupMemory;
+    ///
+    /// match CgroupMemory::detect() {
+    ///     Some(cgroup) => println!("{}; working set {:?} bytes", cgroup.limit(), cgroup.limiting().working_set()),
+    ///     None => println!("no memory cgroup visible"),
+    /// }
+    /// ```
     pub fn detect() -> Option<Self> {
         Self::detect_in(Path::new("/"))
     }

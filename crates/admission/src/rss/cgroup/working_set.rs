@@ -60,6 +60,18 @@ impl WorkingSetProbe {
     ///
     /// The RSS fallback reads `/proc/self/statm` ([`ProcStatusProbe`]) on Linux and
     /// [`SysinfoProbe`] elsewhere.
+    ///
+    /// # Examples
+    /// Drive an `RssAdaptive` by the working set instead of RSS (what `RssAdaptive::auto`
+    /// does in a limited cgroup):
+    /// ```
+    /// use pollgate_admission::{MemoryProbe, RssAdaptive, WorkingSetProbe};
+    ///
+    /// let mut probe = WorkingSetProbe::new();
+    /// println!("reads the cgroup: {}, now {:?} bytes", probe.reads_cgroup(), probe.sample());
+    /// let policy = RssAdaptive::builder(512 << 20).probe(probe).build();
+    /// # drop(policy);
+    /// ```
     pub fn new() -> Self {
         CgroupMemory::detect()
             .filter(|cgroup| !(cgroup.version() == CgroupVersion::V1 && cgroup.is_hierarchy_root()))
