@@ -216,7 +216,6 @@ async fn a_transport_whose_short_requests_hold_only_repeats_is_not_busy_polled()
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_telegram_response_over_the_body_cap_is_not_taken_for_caught_up() {
     use mock_bot_api::{MockConfig, MockServer};
-    use pollgate_core::{Backoff, TelegramTransport};
     let mut results = Vec::new();
     for cap in [8 << 20, 160_000] {
         let server = MockServer::start(MockConfig::default()).await.unwrap();
@@ -226,18 +225,7 @@ async fn a_telegram_response_over_the_body_cap_is_not_taken_for_caught_up() {
                 "chat": {"id": i, "type": "private"}, "text": text}})
         }));
         let (slow, probe) = (ids[49], ids[50]);
-        let transport = TelegramTransport::builder(server.token())
-            .api_url(server.url())
-            .backoff(Backoff {
-                initial: Duration::from_millis(1),
-                factor: 2.0,
-                max: Duration::from_millis(5),
-                max_retries: None,
-            })
-            .sleep(common::QuickSleep)
-            .max_body_bytes(cap)
-            .build()
-            .unwrap();
+        let transport = common::telegram_builder(&server).max_body_bytes(cap).build().unwrap();
         let start = Instant::now();
         let (done, handler) = timed_handler(start, move |id| {
             if id == slow {

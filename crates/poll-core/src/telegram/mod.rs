@@ -245,18 +245,22 @@ impl TelegramTransport {
         };
         let http_timeout = Duration::from_secs(params.timeout) + self.http_margin;
         let (status, text) = self.post(&self.urls.get_updates, &params, http_timeout).await?;
-        match GetUpdatesResponse::decode_redacted(Arc::from(text.as_str()), offset, Some(&self.token)) {
-            Ok(GetUpdatesResponse::Updates(batch)) => Ok(batch),
-            Ok(GetUpdatesResponse::Error {
-                error_code,
-                description,
-                retry_after,
-            }) => Err(self.api_error(error_code, &description, retry_after)),
-            Err(source) => {
-                let body = BodyExcerpt::new(text.as_bytes(), &self.token);
-                Err(self.classify_undecodable(status, source, body))
-            }
-        }
+        let decoded =
+            GetUpdatesResponse::decode_redacted(Arc::from(text.as_str()), offset, Some(&self.token)).map(|response| {
+                match response {
+                    GetUpdatesResponse::Updates(batch) => MethodResponse::Ok(batch),
+                    GetUpdatesResponse::Error {
+                        error_code,
+                        description,
+                        retry_after,
+                    } => MethodResponse::Error {
+                        error_code,
+                        description,
+                        retry_after,
+                    },
+                }
+            });
+        self.answer(status, &text, decoded)
     }
 
     async fn call_once<T: DeserializeOwned>(
@@ -265,7 +269,19 @@ impl TelegramTransport {
         params: &impl Serialize,
     ) -> Result<T, TelegramError> {
         let (status, text) = self.post(url, params, self.http_margin).await?;
-        match decode_method::<T>(&text) {
+        let decoded = decode_method::<T>(&text);
+        self.answer(status, &text, decoded)
+    }
+
+    /// Turns a decoded answer into the result or its typed error; an undecodable body is
+    /// classified by its HTTP status and kept as a redacted excerpt.
+    fn answer<T>(
+        &self,
+        status: u16,
+        text: &str,
+        decoded: Result<MethodResponse<T>, serde_json::Error>,
+    ) -> Result<T, TelegramError> {
+        match decoded {
             Ok(MethodResponse::Ok(result)) => Ok(result),
             Ok(MethodResponse::Error {
                 error_code,

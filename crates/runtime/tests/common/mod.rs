@@ -26,6 +26,11 @@ impl Sleep for QuickSleep {
 }
 
 pub fn telegram(server: &MockServer) -> TelegramTransport {
+    telegram_builder(server).build().unwrap()
+}
+
+/// A Telegram transport builder pointed at `server`, with fast retries.
+pub fn telegram_builder(server: &MockServer) -> pollgate_core::TelegramTransportBuilder {
     TelegramTransport::builder(server.token())
         .api_url(server.url())
         .backoff(Backoff {
@@ -35,8 +40,6 @@ pub fn telegram(server: &MockServer) -> TelegramTransport {
             max_retries: None,
         })
         .sleep(QuickSleep)
-        .build()
-        .unwrap()
 }
 
 /// A started mock server with a generated backlog, and the backlog's ids.
