@@ -245,8 +245,8 @@ fn main() {
     }
 
     // glibc arenas.
-    md.push_str("\n## The allocator matters: glibc with its default arenas\n\nThe flood demo runs its children with `MALLOC_ARENA_MAX=1`. glibc's default (one arena per thread, up to 8 × cores) keeps freed memory in the arena that allocated it, so the peak exceeds the live set. The same budgeted runs with `MALLOC_ARENA_MAX=16`:\n\n");
-    md.push_str(&table(get("glibc-default-arenas")));
+    md.push_str("\n## The allocator matters: glibc with one arena\n\nThe flood demo runs its children with the allocator settings of its environment: above, glibc's default (one arena per thread, up to 8 × cores), which keeps freed memory in the arena that allocated it, so the peak exceeds the live set. The same budgeted runs with `MALLOC_ARENA_MAX=1`:\n\n");
+    md.push_str(&table(get("glibc-one-arena")));
 
     // Integrity across all runs.
     let mut lost = 0;

@@ -145,7 +145,7 @@ async fn main() {
         .env("TELEGRAM_BOT_TOKEN", server.token())
         .stderr(std::process::Stdio::inherit());
     if std::env::var_os("MALLOC_ARENA_MAX").is_none() {
-        child.env("MALLOC_ARENA_MAX", "1"); // as the flood demo does; see docs/tuning.md
+        child.env("MALLOC_ARENA_MAX", "1"); // the soak checks budgets, which glibc retention would blur; see docs/deployment.md
     }
     let output = tokio::task::spawn_blocking(move || child.output())
         .await

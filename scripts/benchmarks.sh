@@ -22,7 +22,7 @@ if [ -n "${QUICK:-}" ]; then n_std=2000; n_big=4000; n_small=500; n_mid=1000; n_
   echo "memory: $(free -g | awk '/Mem:/ {print $2}') GiB"
   echo "kernel: $(uname -r)"
   echo "rustc: $(rustc --version)"
-  echo "MALLOC_ARENA_MAX for flood children: ${MALLOC_ARENA_MAX:-1 (the flood default)}"
+  echo "MALLOC_ARENA_MAX for flood children: ${MALLOC_ARENA_MAX:-unset (glibc default)}"
 } > "$out/machine.txt"
 
 run() { # run NAME ARGS...: one flood invocation, its JSON lines into $out/NAME.jsonl
@@ -43,7 +43,7 @@ run ordered $std --updates $n_std --ordered --policy bytes:128MiB --policy fixed
 run at-least-once $std --updates $n_mid --delivery at-least-once --policy bytes:128MiB --policy barrier:100
 run budget-sweep $std --updates $n_sweep --policy bytes:32MiB --policy bytes:64MiB --policy bytes:128MiB --policy bytes:256MiB \
   --policy rss:64MiB --policy rss:96MiB --policy rss:160MiB --policy rss:288MiB
-MALLOC_ARENA_MAX=16 run glibc-default-arenas $std --updates $n_std $budgeted
+MALLOC_ARENA_MAX=1 run glibc-one-arena $std --updates $n_std $budgeted
 
 crit="--warm-up-time 1 --measurement-time 4"
 [ -n "${QUICK:-}" ] && crit="--warm-up-time 1 --measurement-time 1"

@@ -13,7 +13,7 @@ use mock_bot_api::{BacklogSpec, MockConfig, MockServer};
 use tokio::io::{AsyncBufReadExt, BufReader};
 use tokio::process::Command;
 
-use crate::cli::{Args, DeliveryArg, PolicySpec};
+use crate::cli::{Args, DeliveryArg, PolicySpec, TransportArg};
 use crate::report::{RunResult, table};
 use crate::stop::Stops;
 
@@ -24,9 +24,10 @@ pub(crate) fn main(args: Args) -> u8 {
 
 async fn run(args: Args) -> Result<(), String> {
     let mut stops = crate::stop::listen()?;
-    let server = match args.api_url {
-        Some(_) => None,
-        None => Some(
+    let outside = args.api_url.is_some() || args.webhook_listen.is_some();
+    let server = match outside {
+        true => None,
+        false => Some(
             MockServer::start(MockConfig::default())
                 .await
                 .map_err(|e| format!("cannot start the embedded mock Bot API server: {e}"))?,
@@ -41,10 +42,13 @@ async fn run(args: Args) -> Result<(), String> {
     };
     let policies = args.policies();
     if !args.json {
-        let source = if server.is_some() {
-            format!("embedded mock server at {url}")
-        } else {
-            url.clone()
+        let source = match (&server, args.webhook_listen) {
+            (Some(_), _) if args.transport == TransportArg::Webhook => {
+                format!("embedded mock server at {url}, pushing by webhook")
+            }
+            (Some(_), _) => format!("embedded mock server at {url}"),
+            (None, Some(addr)) => format!("a webhook sender posting to {addr}"),
+            (None, None) => url.clone(),
         };
         println!(
             "flood: {} updates ({} B text, {} chats) from {source}; handler holds {} KiB for {} ms{}; {} run(s)",
@@ -120,11 +124,19 @@ async fn run_child(
 ) -> Result<Option<RunResult>, String> {
     let exe = std::env::current_exe().map_err(|e| format!("cannot find this executable: {e}"))?;
     let mut cmd = Command::new(exe);
-    cmd.arg("--child")
-        .args(["--policy", &spec.to_string()])
-        .args(["--api-url", url])
-        .env("TELEGRAM_BOT_TOKEN", token) // not on the command line, where `ps` shows it
-        .args(["--updates", &args.updates.to_string()])
+    cmd.arg("--child").args(["--policy", &spec.to_string()]);
+    match args.webhook_listen {
+        Some(addr) => {
+            cmd.args(["--webhook-listen", &addr.to_string()]);
+        }
+        None => {
+            cmd.args(["--api-url", url]).env("TELEGRAM_BOT_TOKEN", token); // not on the command line, where `ps` shows it
+        }
+    }
+    if args.transport == TransportArg::Webhook {
+        cmd.args(["--transport", "webhook"]);
+    }
+    cmd.args(["--updates", &args.updates.to_string()])
         .args(["--text-bytes", &args.text_bytes.to_string()])
         .args(["--chats", &args.chats.to_string()])
         .args(["--work-kib", &args.work_kib.to_string()])
@@ -144,13 +156,6 @@ async fn run_child(
     }
     if let Some(ledger) = &args.ledger {
         cmd.arg("--ledger").arg(ledger);
-    }
-    if std::env::var_os("MALLOC_ARENA_MAX").is_none() {
-        // glibc keeps one heap arena per thread and never reuses one arena's free memory
-        // in another, which inflates a budgeted process's peak RSS by up to a quarter
-        // (docs/policies.md). This is the setting docs/tuning.md recommends; set the
-        // variable yourself to measure something else.
-        cmd.env("MALLOC_ARENA_MAX", "1");
     }
     cmd.stdin(Stdio::piped())
         .stdout(Stdio::piped())

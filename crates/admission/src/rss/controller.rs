@@ -21,6 +21,11 @@
 //! | between the marks  | not rising, fully used (`≥ 90%`)            | + `(high − rss) / 2` |
 //! | between the marks  | otherwise                                   | hold |
 //!
+//! A reading taken right after the release hook ran goes through
+//! [`on_released_sample`](BudgetController::on_released_sample): below the high mark it
+//! holds the budget and leaves the anchor where it was, so the heaps filling again is not
+//! read as a rise.
+//!
 //! "Used" is the no-growth-while-under-used rule: a budget that is not being used says
 //! nothing about whether more would fit, so it never grows. Growth between the marks is
 //! proportional to the headroom left under the high mark, so the budget settles where RSS
@@ -63,6 +68,9 @@ pub struct ControllerConfig {
     /// How long RSS must stay flat before a probe, and the spacing of probes
     /// (default 500 ms).
     pub hold_ms: u64,
+    /// Above the low mark, memory retained beyond this fraction of the target (RSS minus
+    /// the baseline and the bytes in use) asks for the release hook (default 0.05).
+    pub release_retained: f64,
 }
 
 impl ControllerConfig {
@@ -88,6 +96,7 @@ impl ControllerConfig {
             noise: 0.01,
             settle_ms: 50,
             hold_ms: 500,
+            release_retained: 0.05,
         }
     }
 
@@ -144,6 +153,8 @@ pub struct BudgetController {
     probe_from: Option<u64>,
     /// Probes never go above this: the budget before a probe that made RSS rise.
     probe_ceiling: Option<u64>,
+    /// RSS at start: what the process holds outside the gate.
+    baseline: u64,
 }
 
 impl BudgetController {
@@ -163,6 +174,7 @@ impl BudgetController {
             last_probe_ms: None,
             probe_from: None,
             probe_ceiling: None,
+            baseline: rss_at_start,
         }
     }
 
@@ -253,10 +265,33 @@ impl BudgetController {
         self.budget
     }
 
-    /// Whether the "release memory" hook should run: RSS is above the high mark while the
-    /// gate uses well under half of the budget (memory is retained, not used).
+    /// Feeds the reading taken right after the release hook ran, `before` being the
+    /// reading that asked for it.
+    ///
+    /// Below the high mark the release resolved the pressure: the budget holds, and the
+    /// trend's anchor stays at the level before the release, because the allocator's heaps
+    /// fill again over the next samples — that refill is not a rise, and the low reading is
+    /// not room to grow into. At or above the high mark the release was not enough: the
+    /// reading counts as any other.
+    pub fn on_released_sample(&mut self, before: u64, after: u64, in_use: u64, now_ms: u64) -> u64 {
+        if after >= self.config.high_bytes() {
+            return self.on_sample(after, in_use, now_ms);
+        }
+        if self.anchor.is_none() {
+            self.anchor = Some((before, now_ms));
+        }
+        self.budget
+    }
+
+    /// Whether the "release memory" hook should run: memory is retained, not used. Either
+    /// RSS is above the high mark while the gate uses well under half of the budget, or
+    /// RSS is above the low mark and exceeds the baseline plus the bytes in use by more
+    /// than `release_retained` of the target.
     pub fn wants_release(&self, rss: u64, in_use: u64) -> bool {
-        rss >= self.config.high_bytes() && in_use < self.budget / 2
+        let c = &self.config;
+        let retained = rss.saturating_sub(self.baseline.saturating_add(in_use));
+        (rss >= c.high_bytes() && in_use < self.budget / 2)
+            || (rss >= c.low_bytes() && retained > scale(c.target, c.release_retained))
     }
 }
 
@@ -527,6 +562,34 @@ mod tests {
         assert!(c.wants_release(950 * MIB, MIB));
         assert!(!c.wants_release(950 * MIB, budget));
         assert!(!c.wants_release(500 * MIB, MIB));
+    }
+
+    #[test]
+    fn memory_retained_beyond_the_bytes_in_use_wants_release_while_the_budget_is_used() {
+        // Baseline 100 MiB, low mark 800: 850 MiB resident with 690 in use is 60 MiB (6% of
+        // the target) retained, above the 5% default.
+        let c = controller(100 * MIB);
+        assert!(c.wants_release(850 * MIB, 690 * MIB), "retained 60 MiB");
+        assert!(!c.wants_release(850 * MIB, 720 * MIB), "retained 30 MiB: under 5%");
+        assert!(
+            !c.wants_release(780 * MIB, 400 * MIB),
+            "below the low mark: no pressure"
+        );
+    }
+
+    #[test]
+    fn a_released_reading_below_the_high_mark_holds_and_keeps_the_anchor() {
+        let mut c = controller(100 * MIB);
+        c.on_sample(900 * MIB, 400 * MIB, 0);
+        let cut = c.on_sample(1000 * MIB, 400 * MIB, 10);
+        assert_eq!(cut, 280 * MIB, "400 in use × 0.7");
+        c.on_sample(960 * MIB, 280 * MIB, 100);
+        // The release brings RSS to 700 (below the low mark): no growth on it ...
+        assert_eq!(c.on_released_sample(960 * MIB, 700 * MIB, 280 * MIB, 200), cut);
+        // ... and the heaps filling back to 960 is flat, not a rise: no cut.
+        assert_eq!(c.on_sample(960 * MIB, 280 * MIB, 205), cut);
+        // A release that leaves RSS above the high mark is an ordinary reading.
+        assert!(c.on_released_sample(1100 * MIB, 1050 * MIB, 280 * MIB, 300) < cut);
     }
 
     #[test]

@@ -36,9 +36,20 @@ impl Sampler {
                 let stop = stop.clone();
                 move || {
                     while !stop.load(Ordering::Acquire) {
+                        let now_ms = || u64::try_from(epoch.elapsed().as_millis()).unwrap_or(u64::MAX);
                         if let Some(rss_bytes) = probe.sample() {
-                            let at_ms = u64::try_from(epoch.elapsed().as_millis()).unwrap_or(u64::MAX);
-                            core.apply(MemorySample { rss_bytes, at_ms });
+                            let sample = MemorySample {
+                                rss_bytes,
+                                at_ms: now_ms(),
+                            };
+                            // The second reading after a release is stamped when it is read.
+                            let mut again = || {
+                                probe.sample().map(|rss_bytes| MemorySample {
+                                    rss_bytes,
+                                    at_ms: now_ms(),
+                                })
+                            };
+                            core.apply(sample, Some(&mut again));
                         }
                         thread::park_timeout(every);
                     }
