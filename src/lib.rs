@@ -8,6 +8,9 @@
 //! - [`runtime`] (`pollgate-runtime`): the [`Runtime`] that composes them.
 //! - `redis` (`pollgate-redis`, with the `redis` feature): the Redis Streams transport
 //!   for scaling out to N workers (`docs/scale-out.md`).
+//! - `webhook` (`pollgate-webhook`, with the `webhook` feature): the webhook transport —
+//!   Telegram pushes, the same admission budget decides when each request is answered
+//!   (`docs/webhooks.md`).
 
 pub use pollgate_admission as admission;
 pub use pollgate_core as core;
@@ -17,6 +20,11 @@ pub use pollgate_runtime as runtime;
 /// `redis-server` for tests (the `redis` feature).
 #[cfg(feature = "redis")]
 pub use pollgate_redis as redis;
+
+/// The webhook transport: an axum listener whose requests wait for admission (the
+/// `webhook` feature).
+#[cfg(feature = "webhook")]
+pub use pollgate_webhook as webhook;
 
 pub use pollgate_admission::{
     AdmissionPolicy, Barrier, ByteBudget, Fixed, Gate, Limit, Load, MemoryProbe, Outcome, RssAdaptive, all_of,

@@ -8,10 +8,12 @@
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use pollgate::core::TelegramTransport;
-use pollgate::{AdmissionPolicy, Barrier, ByteBudget, Delivery, Fixed, Load, RssAdaptive, RunError, Runtime, all_of};
+use pollgate::core::{TelegramTransport, Transport};
+use pollgate::{
+    AdmissionPolicy, Barrier, ByteBudget, Delivery, Fixed, Load, RssAdaptive, RunError, Runtime, Summary, all_of,
+};
 
-use crate::cli::{Args, DeliveryArg, PolicySpec};
+use crate::cli::{Args, DeliveryArg, PolicySpec, TransportArg};
 use crate::custom_policy::TokenBucket;
 use crate::proc_mem::rss_and_peak;
 use crate::process::{emit, on_stdin_close, run_main};
@@ -47,8 +49,6 @@ pub(crate) fn main(args: Args) -> u8 {
 
 async fn run(args: Args) -> Result<RunResult, String> {
     let spec = args.policies[0];
-    let api_url = args.api_url.clone().ok_or("--child needs --api-url")?;
-    let token = args.token.clone().ok_or("--child needs --token")?;
     let work = args.work_bytes();
     let workload = Workload {
         bytes: work as usize,
@@ -58,10 +58,17 @@ async fn run(args: Args) -> Result<RunResult, String> {
     };
     let recorder = Recorder::new(workload, args.updates, args.ordered, args.ledger.as_deref())
         .map_err(|e| format!("cannot open the ledger: {e}"))?;
-    let transport = TelegramTransport::builder(token)
-        .api_url(api_url)
-        .build()
-        .map_err(|e| format!("cannot build the transport: {e}"))?;
+    // The Bot API: polled, or told where to push (an outside sender needs neither).
+    let telegram = match (&args.api_url, &args.token) {
+        (Some(api_url), Some(token)) => Some(
+            TelegramTransport::builder(token.clone())
+                .api_url(api_url.clone())
+                .build()
+                .map_err(|e| format!("cannot build the transport: {e}"))?,
+        ),
+        (Some(_), None) => return Err("--child needs --token".into()),
+        _ => None,
+    };
     let (baseline, _) = rss_and_peak();
 
     let (policy, bound, budget): (Arc<dyn AdmissionPolicy>, u64, Option<u64>) = match spec {
@@ -92,66 +99,35 @@ async fn run(args: Args) -> Result<RunResult, String> {
         DeliveryArg::Eager => Delivery::Eager,
         DeliveryArg::AtLeastOnce => Delivery::AtLeastOnce,
     };
-    let rec = Arc::clone(&recorder);
-    let runtime = Runtime::builder(transport, move |u| handle(Arc::clone(&rec), u))
-        .shared_policy(policy)
-        .cost_fn(move |_| work)
-        .delivery(delivery)
-        .ordered(args.ordered)
-        .poll_timeout(Duration::from_secs(1))
-        .shutdown_on_signals()
-        .build();
-    let stats = runtime.stats();
-    let shutdown = runtime.shutdown_token();
-
-    let started = Instant::now();
-    let mut run = tokio::spawn(runtime.run());
-    let target = args.updates as u64;
-    let (mut last_fetched, mut last_arrival) = (0, Instant::now());
-    let mut last_progress = Instant::now();
-    let mut tick = tokio::time::interval(Duration::from_millis(10));
-    // The run's result, when it stopped on its own: a signal (it drained), or a fatal error.
-    let mut ended = None;
-    let drain = loop {
-        tokio::select! {
-            _ = tick.tick() => {}
-            result = &mut run => {
-                ended = Some(result);
-                break started.elapsed();
-            }
-        }
-        let handled = recorder.handled();
-        if handled >= target {
-            break started.elapsed();
-        }
-        let s = stats.snapshot();
-        if s.fetched != last_fetched {
-            (last_fetched, last_arrival) = (s.fetched, Instant::now());
-        } else if last_arrival.elapsed() >= Duration::from_secs(5) && s.in_flight == 0 && s.queued == 0 {
-            break started.elapsed();
-        }
-        if last_progress.elapsed() >= Duration::from_millis(100) {
-            last_progress = Instant::now();
-            emit(serde_json::json!({
-                "event": "progress",
-                "handled": handled,
-                "in_flight": s.in_flight,
-                "rss_bytes": rss_and_peak().0,
-            }));
-        }
+    let run = Drive {
+        policy,
+        work,
+        delivery,
+        ordered: args.ordered,
+        recorder: Arc::clone(&recorder),
+        target: args.updates as u64,
     };
-    shutdown.cancel();
-    // Only a signal ends a run on its own without an error: it drained what it had.
-    let signalled = ended.is_some();
-    let result = match ended {
-        Some(result) => result,
-        None => run.await,
-    };
-    let summary = match result {
-        Ok(Ok(summary)) => summary,
-        Ok(Err(RunError::Transport { source, .. })) => return Err(format!("transport failed: {source}")),
-        Ok(Err(e)) => return Err(e.to_string()),
-        Err(e) => return Err(format!("the runtime task failed: {e}")),
+    let (summary, drain, signalled, fetch_calls, webhook_429) = match args.transport {
+        TransportArg::Polling => {
+            let transport = telegram.ok_or("--child needs --api-url")?;
+            let (summary, drain, signalled) = run.drive(transport).await?;
+            let fetches = summary.stats.fetches;
+            (summary, drain, signalled, fetches, None)
+        }
+        TransportArg::Webhook => {
+            let webhook = webhook::start(&args, telegram.as_ref()).await?;
+            let handle = webhook.transport.handle();
+            let (summary, drain, signalled) = run.drive(webhook.transport).await?;
+            webhook::finish(telegram.as_ref(), webhook.registered).await;
+            let stats = handle.stats();
+            (
+                summary,
+                drain,
+                signalled,
+                stats.requests,
+                Some(stats.rejected_full + stats.expired),
+            )
+        }
     };
     let (_, peak) = rss_and_peak();
     let r = recorder.summary();
@@ -176,7 +152,7 @@ async fn run(args: Args) -> Result<RunResult, String> {
         p99_ms: r.p99_ms,
         ideal_s,
         efficiency: if drain_s > 0.0 { ideal_s / drain_s } else { 0.0 },
-        fetch_calls: summary.stats.fetches,
+        fetch_calls,
         max_in_flight: summary.stats.max_in_flight as u64,
         concurrency_bound: bound as u64,
         budget_bytes: budget,
@@ -191,5 +167,151 @@ async fn run(args: Args) -> Result<RunResult, String> {
         slow_frac: args.slow_frac,
         slow_x: args.slow_x,
         mean_handler_ms: r.mean_nominal_ms,
+        webhook_429,
     })
+}
+
+/// One run of the runtime over some transport, watched until the backlog is handled, the
+/// source went quiet for 5 s, or a signal stopped it.
+struct Drive {
+    policy: Arc<dyn AdmissionPolicy>,
+    work: u64,
+    delivery: Delivery,
+    ordered: bool,
+    recorder: Arc<Recorder>,
+    target: u64,
+}
+
+impl Drive {
+    /// The summary, the drain time, and whether a signal ended the run.
+    async fn drive<T: Transport>(self, transport: T) -> Result<(Summary, Duration, bool), String> {
+        let Drive {
+            policy,
+            work,
+            delivery,
+            ordered,
+            recorder,
+            target,
+        } = self;
+        let rec = Arc::clone(&recorder);
+        let runtime = Runtime::builder(transport, move |u| handle(Arc::clone(&rec), u))
+            .shared_policy(policy)
+            .cost_fn(move |_| work)
+            .delivery(delivery)
+            .ordered(ordered)
+            .poll_timeout(Duration::from_secs(1))
+            .shutdown_on_signals()
+            .build();
+        let stats = runtime.stats();
+        let shutdown = runtime.shutdown_token();
+
+        let started = Instant::now();
+        let mut run = tokio::spawn(runtime.run());
+        let (mut last_fetched, mut last_arrival) = (0, Instant::now());
+        let mut last_progress = Instant::now();
+        let mut tick = tokio::time::interval(Duration::from_millis(10));
+        let mut ended = None;
+        let drain = loop {
+            tokio::select! {
+                _ = tick.tick() => {}
+                result = &mut run => {
+                    ended = Some(result);
+                    break started.elapsed();
+                }
+            }
+            let handled = recorder.handled();
+            if handled >= target {
+                break started.elapsed();
+            }
+            let s = stats.snapshot();
+            if s.fetched != last_fetched {
+                (last_fetched, last_arrival) = (s.fetched, Instant::now());
+            } else if last_arrival.elapsed() >= Duration::from_secs(5) && s.in_flight == 0 && s.queued == 0 {
+                break started.elapsed();
+            }
+            if last_progress.elapsed() >= Duration::from_millis(100) {
+                last_progress = Instant::now();
+                emit(serde_json::json!({
+                    "event": "progress",
+                    "handled": handled,
+                    "in_flight": s.in_flight,
+                    "rss_bytes": rss_and_peak().0,
+                }));
+            }
+        };
+        shutdown.cancel();
+        let signalled = ended.is_some();
+        let result = match ended {
+            Some(result) => result,
+            None => run.await,
+        };
+        match result {
+            Ok(Ok(summary)) => Ok((summary, drain, signalled)),
+            Ok(Err(RunError::Transport { source, .. })) => Err(format!("transport failed: {source}")),
+            Ok(Err(e)) => Err(e.to_string()),
+            Err(e) => Err(format!("the runtime task failed: {e}")),
+        }
+    }
+}
+
+/// `--transport webhook`: the listener, and the embedded server told to push to it.
+mod webhook {
+    use pollgate::core::{SetWebhook, TelegramTransport};
+    use pollgate_webhook::WebhookTransport;
+
+    use crate::cli::Args;
+
+    /// The listener of one run, and whether this run registered it with the server.
+    pub(super) struct Listener {
+        pub(super) transport: WebhookTransport,
+        pub(super) registered: bool,
+    }
+
+    /// Binds the listener (`--webhook-listen`, else a free loopback port) and, with a Bot
+    /// API server to talk to, sets the webhook there: max_connections 100, a fresh secret.
+    pub(super) async fn start(args: &Args, telegram: Option<&TelegramTransport>) -> Result<Listener, String> {
+        let addr = args
+            .webhook_listen
+            .unwrap_or_else(|| std::net::SocketAddr::from(([127, 0, 0, 1], 0)));
+        let secret = match (std::env::var("TELEGRAM_WEBHOOK_SECRET"), telegram) {
+            (Ok(secret), _) => Some(secret),
+            (Err(_), Some(_)) => Some(std::iter::repeat_with(fastrand::alphanumeric).take(32).collect()),
+            (Err(_), None) => None,
+        };
+        let mut builder = WebhookTransport::builder().path("/");
+        if let Some(secret) = &secret {
+            builder = builder.secret(secret.clone());
+        }
+        let transport = builder
+            .bind(addr)
+            .await
+            .map_err(|e| format!("cannot listen for the webhook on {addr}: {e}"))?;
+        let Some(telegram) = telegram else {
+            return Ok(Listener {
+                transport,
+                registered: false,
+            });
+        };
+        let mut params = SetWebhook::new(format!("http://{}/", transport.local_addr())).max_connections(100);
+        if let Some(secret) = secret {
+            params = params.secret_token(secret);
+        }
+        telegram
+            .set_webhook(&params)
+            .await
+            .map_err(|e| format!("setWebhook failed: {e}"))?;
+        Ok(Listener {
+            transport,
+            registered: true,
+        })
+    }
+
+    /// Removes a webhook this run set, keeping what is pending.
+    pub(super) async fn finish(telegram: Option<&TelegramTransport>, registered: bool) {
+        if let (Some(telegram), true) = (telegram, registered)
+            && let Err(e) = telegram.delete_webhook(false).await
+        {
+            tracing::warn!(error = %e, "deleteWebhook failed");
+        }
+    }
 }

@@ -61,12 +61,30 @@ pub(crate) struct Args {
     /// Print one JSON object per policy run on stdout (and nothing else there).
     #[arg(long)]
     pub(crate) json: bool,
+    /// How updates arrive: polling (getUpdates) or webhook (the server pushes; with the
+    /// embedded server it is set to push to a listener of each run, max_connections 100).
+    #[arg(long, value_enum, default_value_t = TransportArg::Polling)]
+    pub(crate) transport: TransportArg,
+    /// With --transport webhook: listen on ADDR for an outside sender instead of the
+    /// embedded server (path /, secret from TELEGRAM_WEBHOOK_SECRET if set); each run stops
+    /// after --updates handled or 5 s without a request.
+    #[arg(long, value_name = "ADDR")]
+    pub(crate) webhook_listen: Option<std::net::SocketAddr>,
     /// Seed of the generated backlog.
     #[arg(long, default_value_t = 1, hide = true)]
     pub(crate) seed: u64,
     /// Internal: run one policy in this process (the parent starts children with it).
     #[arg(long, hide = true)]
     pub(crate) child: bool,
+}
+
+/// `--transport`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
+pub(crate) enum TransportArg {
+    /// `getUpdates` long polling.
+    Polling,
+    /// The server posts each update to a listener (`pollgate-webhook`).
+    Webhook,
 }
 
 /// `--delivery`.
@@ -92,6 +110,12 @@ impl Args {
         }
         if !(self.slow_x.is_finite() && self.slow_x >= 1.0) {
             return Err(format!("--slow-x must be at least 1, got {}", self.slow_x));
+        }
+        if self.webhook_listen.is_some() && self.transport != TransportArg::Webhook {
+            return Err("--webhook-listen needs --transport webhook".into());
+        }
+        if self.webhook_listen.is_some() && self.api_url.is_some() {
+            return Err("--webhook-listen and --api-url exclude each other: an outside sender pushes".into());
         }
         if self.child && self.policies.len() != 1 {
             return Err("--child runs exactly one --policy".into());

@@ -35,6 +35,10 @@ pub(crate) struct RunResult {
     pub(crate) slow_frac: f64,
     pub(crate) slow_x: f64,
     pub(crate) mean_handler_ms: f64,
+    /// `--transport webhook`: requests answered 429 (waiting bound or wait limit), so the
+    /// sender retried them later. Absent for polling.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub(crate) webhook_429: Option<u64>,
 }
 
 fn mib(b: u64) -> String {

@@ -9,9 +9,15 @@
 //!
 //! While a webhook is set (`setWebhook` with a non-empty `url`), `getUpdates` gets 409 "can't
 //! use getUpdates method while webhook is active", before any fault and without confirming
-//! anything, until `deleteWebhook` (or `setWebhook` with an empty `url`) removes it. No
-//! update is ever posted to the webhook: the mock only keeps its URL.
+//! anything, until `deleteWebhook` (or `setWebhook` with an empty `url`) removes it.
+//! Meanwhile the webhook sender ([`crate::webhook`]) POSTs the pending updates to the URL.
+//! Like the real server, `setWebhook` wants an HTTPS URL, with one exception for local
+//! testing: `http://` is accepted when the host is loopback (`localhost`, `127.0.0.0/8`,
+//! `[::1]`), as the real server does in `--local` mode. `secret_token` (1-256 characters of
+//! `A-Z`, `a-z`, `0-9`, `_`, `-`) and `max_connections` (clamped to 1..=100, default 40)
+//! are honoured; `allowed_updates`, `certificate` and `ip_address` are accepted and ignored.
 
+use std::net::Ipv4Addr;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
@@ -22,6 +28,7 @@ use axum::response::Response;
 use serde_json::{Value, json};
 use tokio::time::Instant;
 
+use crate::config::{DEFAULT_MAX_CONNECTIONS, WebhookSpec};
 use crate::faults::Fault;
 use crate::params::Params;
 use crate::reply;
@@ -58,52 +65,88 @@ pub(crate) async fn handle(
         "setwebhook" => set_webhook(&shared, &params),
         "deletewebhook" => match params.bool("drop_pending_updates") {
             Ok(drop) => {
-                let mut inner = shared.inner.lock();
-                if drop == Some(true) {
-                    inner.drop_pending();
-                }
-                inner.webhook_url.clear();
+                shared.set_webhook(WebhookSpec::default(), drop == Some(true));
                 reply::ok(Value::Bool(true))
             }
             Err(why) => reply::bad_request(&why),
         },
-        "getwebhookinfo" => {
-            let (url, pending) = {
-                let inner = shared.inner.lock();
-                (inner.webhook_url.clone(), inner.pending())
-            };
-            let mut info = json!({"url": url, "has_custom_certificate": false, "pending_update_count": pending});
-            if !url.is_empty() {
-                info["max_connections"] = json!(40);
-            }
-            reply::ok(info)
-        }
+        "getwebhookinfo" => reply::ok(webhook_info(&shared)),
         "close" | "logout" => reply::ok(Value::Bool(true)),
         "sendmessage" => send_message(&shared, params),
         _ => reply::not_found(),
     }
 }
 
-/// `setWebhook`: keeps `url` (an empty one removes the webhook). Like the real server, only
-/// an HTTPS URL is accepted.
+/// `setWebhook`: sets the webhook (an empty `url` removes it) and so starts or stops the
+/// sender. Only an HTTPS URL is accepted, or plain HTTP to a loopback host.
 fn set_webhook(shared: &Shared, params: &Params) -> Response {
-    let url = match params.string("url") {
-        Ok(url) => url.unwrap_or_default(),
+    let spec = match parse_webhook(params) {
+        Ok(spec) => spec,
         Err(why) => return reply::bad_request(&why),
     };
     let drop = match params.bool("drop_pending_updates") {
         Ok(drop) => drop == Some(true),
         Err(why) => return reply::bad_request(&why),
     };
-    if !url.is_empty() && !url.starts_with("https://") {
-        return reply::bad_request("bad webhook: An HTTPS URL must be provided for webhook");
-    }
-    let mut inner = shared.inner.lock();
-    if drop {
-        inner.drop_pending();
-    }
-    inner.webhook_url = url;
+    shared.set_webhook(spec, drop);
     reply::ok(Value::Bool(true))
+}
+
+/// The webhook `setWebhook`'s parameters describe; the error is the text after `Bad Request: `.
+fn parse_webhook(params: &Params) -> Result<WebhookSpec, String> {
+    let url = params.string("url")?.unwrap_or_default();
+    if !url.is_empty() && !url.starts_with("https://") && !is_loopback_http(&url) {
+        return Err("bad webhook: An HTTPS URL must be provided for webhook".to_owned());
+    }
+    let secret_token = params.string("secret_token")?.filter(|s| !s.is_empty());
+    if let Some(secret) = &secret_token {
+        if secret.len() > 256 {
+            return Err("secret token must be at most 256 characters".to_owned());
+        }
+        if !secret
+            .bytes()
+            .all(|b| b.is_ascii_alphanumeric() || b == b'_' || b == b'-')
+        {
+            return Err("secret token contains unallowed characters".to_owned());
+        }
+    }
+    let max_connections = params
+        .int("max_connections")?
+        .map_or(DEFAULT_MAX_CONNECTIONS, |n| n.clamp(1, 100) as u32);
+    Ok(WebhookSpec {
+        url,
+        secret_token,
+        max_connections,
+    })
+}
+
+/// Whether `url` is plain HTTP to this machine: `localhost`, `127.0.0.0/8` or `[::1]`.
+fn is_loopback_http(url: &str) -> bool {
+    let Ok(url) = reqwest::Url::parse(url) else {
+        return false;
+    };
+    let host = url.host_str().unwrap_or_default();
+    url.scheme() == "http"
+        && (host == "localhost" || host == "[::1]" || host.parse::<Ipv4Addr>().is_ok_and(|ip| ip.is_loopback()))
+}
+
+/// `getWebhookInfo`: the URL, the pending count and, while a webhook is set, its
+/// `max_connections` and the latest delivery error.
+fn webhook_info(shared: &Shared) -> Value {
+    let inner = shared.inner.lock();
+    let mut info = json!({
+        "url": inner.webhook.url,
+        "has_custom_certificate": false,
+        "pending_update_count": inner.pending(),
+    });
+    if !inner.webhook.url.is_empty() {
+        info["max_connections"] = json!(inner.webhook.max_connections);
+        if let Some((date, message)) = &inner.webhook_last_error {
+            info["last_error_date"] = json!(date);
+            info["last_error_message"] = json!(message);
+        }
+    }
+    info
 }
 
 fn bot_user(shared: &Shared) -> Value {
@@ -152,7 +195,7 @@ async fn get_updates(shared: &Arc<Shared>, params: &Params) -> Response {
         Ok(request) => request,
         Err(why) => return reply::bad_request(&why),
     };
-    if !shared.inner.lock().webhook_url.is_empty() {
+    if !shared.inner.lock().webhook.url.is_empty() {
         return reply::webhook_conflict();
     }
     let limit = request.limit.unwrap_or(100).clamp(1, 100) as usize;
@@ -268,4 +311,35 @@ fn send_message(shared: &Shared, params: Params) -> Response {
         "date": date,
         "text": text,
     }))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn plain_http_only_to_loopback() {
+        for url in [
+            "http://127.0.0.1:8080/hook",
+            "http://127.1.2.3/",
+            "http://localhost:3000/bot/hook?x=1",
+            "http://LOCALHOST/",
+            "http://[::1]:9/x",
+            "http://user:pw@127.0.0.1:1/",
+        ] {
+            assert!(is_loopback_http(url), "{url}");
+        }
+        for url in [
+            "http://plain.example/hook",
+            "http://127.0.0.1.example/",
+            "http://localhost.example/",
+            "http://10.0.0.1/",
+            "https://127.0.0.1/",
+            "ftp://127.0.0.1/",
+            "http://",
+            "not a url",
+        ] {
+            assert!(!is_loopback_http(url), "{url}");
+        }
+    }
 }

@@ -30,6 +30,11 @@ pub struct MockConfig {
     pub seed: u64,
     /// The longest a long poll waits, whatever `timeout` the client asks for.
     pub max_poll_timeout: Duration,
+    /// A webhook set from the start, as if `setWebhook` had been called before the first
+    /// request: the backlog is pushed to it at once and `getUpdates` gets 409.
+    pub webhook: Option<WebhookSpec>,
+    /// Retry delays and the request timeout of the webhook sender.
+    pub webhook_timing: WebhookTiming,
 }
 
 impl Default for MockConfig {
@@ -42,6 +47,8 @@ impl Default for MockConfig {
             faults: FaultRates::default(),
             seed: 1,
             max_poll_timeout: Duration::from_secs(50),
+            webhook: None,
+            webhook_timing: WebhookTiming::default(),
         }
     }
 }
@@ -83,4 +90,140 @@ pub struct LiveSpec {
     /// Shape of the generated updates; `updates` is how many to push before stopping
     /// (0 = never stop).
     pub spec: BacklogSpec,
+}
+
+/// `max_connections` of a webhook when `setWebhook` does not give one, as in the Bot API.
+pub const DEFAULT_MAX_CONNECTIONS: u32 = 40;
+
+/// A webhook: where the server pushes updates, with what secret and how many at once.
+///
+/// What `setWebhook` sets (its `url`, `secret_token` and `max_connections` parameters), for
+/// [`MockConfig::webhook`] and [`MockServer::set_webhook_spec`](crate::MockServer::set_webhook_spec).
+/// An empty `url` means no webhook. `max_connections` is clamped to 1..=100 when set.
+#[derive(Clone, PartialEq, Eq)]
+pub struct WebhookSpec {
+    /// Where updates are POSTed. Any scheme the HTTP client speaks (`http://` or `https://`).
+    pub url: String,
+    /// Sent as `X-Telegram-Bot-Api-Secret-Token` with every request when set.
+    pub secret_token: Option<String>,
+    /// Most requests in flight at once (1..=100; default 40).
+    pub max_connections: u32,
+}
+
+impl WebhookSpec {
+    /// A webhook at `url` without secret and with the default 40 connections.
+    pub fn new(url: impl Into<String>) -> Self {
+        Self {
+            url: url.into(),
+            ..Self::default()
+        }
+    }
+}
+
+impl Default for WebhookSpec {
+    /// No webhook (empty `url`), no secret, 40 connections.
+    fn default() -> Self {
+        Self {
+            url: String::new(),
+            secret_token: None,
+            max_connections: DEFAULT_MAX_CONNECTIONS,
+        }
+    }
+}
+
+impl std::fmt::Debug for WebhookSpec {
+    /// Shows the URL, whether a secret is set (never the secret) and `max_connections`.
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("WebhookSpec")
+            .field("url", &self.url)
+            .field("secret_token", &self.secret_token.as_ref().map(|_| "<redacted>"))
+            .field("max_connections", &self.max_connections)
+            .finish()
+    }
+}
+
+/// How the webhook sender waits: between attempts at an update that failed, and for an
+/// answer.
+///
+/// After the `n`-th failure in a row of one update the next attempt waits
+/// `base * 2^(n-1)`, at most `cap` (1 s, 2 s, 4 s … 60 s by default), unless the answer
+/// carried `Retry-After`. Tests and demos scale `base` and `cap` down to milliseconds.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct WebhookTiming {
+    /// The wait after an update's first failure.
+    pub base: Duration,
+    /// The longest wait between two attempts at one update (without `Retry-After`).
+    pub cap: Duration,
+    /// How long one request may take, from connecting to the end of the answer's body;
+    /// a request that takes longer is a failure.
+    pub request_timeout: Duration,
+}
+
+impl Default for WebhookTiming {
+    /// 1 s doubling up to 60 s; 60 s per request.
+    fn default() -> Self {
+        Self {
+            base: Duration::from_secs(1),
+            cap: Duration::from_secs(60),
+            request_timeout: Duration::from_secs(60),
+        }
+    }
+}
+
+impl WebhookTiming {
+    /// The wait before the next attempt at an update that failed `failures` times in a row:
+    /// `base * 2^(failures-1)`, at most `cap` (and `base` for 0 or 1 failures).
+    ///
+    /// # Examples
+    /// ```
+    /// use std::time::Duration;
+    /// use mock_bot_api::WebhookTiming;
+    ///
+    /// // Tests scale the delays down: 10 ms, 20 ms, 40 ms, then 50 ms from there on.
+    /// let timing = WebhookTiming {
+    ///     base: Duration::from_millis(10),
+    ///     cap: Duration::from_millis(50),
+    ///     ..WebhookTiming::default()
+    /// };
+    /// assert_eq!(timing.backoff(3), Duration::from_millis(40));
+    /// assert_eq!(timing.backoff(4), Duration::from_millis(50));
+    /// ```
+    pub fn backoff(&self, failures: u32) -> Duration {
+        let doublings = failures.saturating_sub(1).min(31);
+        self.base
+            .checked_mul(1 << doublings)
+            .map_or(self.cap, |delay| delay.min(self.cap))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn backoff_doubles_up_to_the_cap() {
+        let timing = WebhookTiming::default();
+        let secs: Vec<u64> = (1..=9).map(|n| timing.backoff(n).as_secs()).collect();
+        assert_eq!(secs, [1, 2, 4, 8, 16, 32, 60, 60, 60]);
+        assert_eq!(timing.backoff(0), Duration::from_secs(1));
+        assert_eq!(timing.backoff(u32::MAX), Duration::from_secs(60));
+        let fast = WebhookTiming {
+            base: Duration::from_millis(10),
+            cap: Duration::from_millis(50),
+            ..timing
+        };
+        let ms: Vec<u128> = (1..=5).map(|n| fast.backoff(n).as_millis()).collect();
+        assert_eq!(ms, [10, 20, 40, 50, 50]);
+    }
+
+    #[test]
+    fn debug_hides_the_secret() {
+        let spec = WebhookSpec {
+            secret_token: Some("s3cr3t".into()),
+            ..WebhookSpec::new("http://127.0.0.1:1/hook")
+        };
+        let text = format!("{spec:?}");
+        assert!(!text.contains("s3cr3t"), "{text}");
+        assert!(text.contains("<redacted>"), "{text}");
+    }
 }

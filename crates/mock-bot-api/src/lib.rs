@@ -37,9 +37,44 @@
 //! `getMe`, `getUpdates`, `setWebhook`, `deleteWebhook`, `getWebhookInfo`, `close`,
 //! `logOut`, `sendMessage`; parameters from the query string, url-encoded and multipart
 //! forms and JSON bodies. Unknown methods get 404, a wrong token 401, bad parameters 400,
-//! each with the Bot API's `{"ok":false,...}` envelope. While a webhook is set
-//! (`setWebhook`, or [`MockServer::set_webhook`]), `getUpdates` gets 409 as from the real
-//! server; the webhook itself is never called.
+//! each with the Bot API's `{"ok":false,...}` envelope.
+//!
+//! # Webhooks
+//! While a webhook is set (`setWebhook`, [`MockServer::set_webhook`] or
+//! [`MockServer::set_webhook_spec`], [`MockConfig::webhook`], or `--webhook-url` on the
+//! command line), the server POSTs its pending updates to it as the real Bot API server
+//! does: one update per request with the secret token header, at most `max_connections` at
+//! once, one at a time per chat in id order, retried with exponential backoff
+//! ([`WebhookTiming`]) or after `Retry-After` until a 2xx answer delivers them; meanwhile
+//! `getUpdates` gets 409. `setWebhook` takes `https://` URLs and, for local testing,
+//! `http://` ones on a loopback host. `deleteWebhook` stops the sender and leaves the
+//! undelivered updates to `getUpdates`. [`Stats`] counts the requests (`webhook_*`).
+//!
+//! ```no_run
+//! # async fn demo() -> std::io::Result<()> {
+//! use std::time::Duration;
+//! use mock_bot_api::{BacklogSpec, MockConfig, MockServer, WebhookSpec, WebhookTiming};
+//!
+//! // Push 1000 updates to a bot on loopback, 8 requests at a time; retry failed ones after
+//! // 10 ms, 20 ms, 40 ms ... instead of 1 s, 2 s, 4 s ...
+//! let server = MockServer::start(MockConfig {
+//!     backlog: Some(BacklogSpec::default()),
+//!     webhook: Some(WebhookSpec {
+//!         max_connections: 8,
+//!         ..WebhookSpec::new("http://127.0.0.1:8443/hook")
+//!     }),
+//!     webhook_timing: WebhookTiming {
+//!         base: Duration::from_millis(10),
+//!         cap: Duration::from_millis(500),
+//!         ..WebhookTiming::default()
+//!     },
+//!     ..MockConfig::default()
+//! })
+//! .await?;
+//! // ... once the bot has answered 200 to each of them:
+//! assert_eq!(server.stats().webhook_delivered, 1000);
+//! # Ok(()) }
+//! ```
 
 mod api;
 mod config;
@@ -51,8 +86,11 @@ mod reply;
 mod server;
 mod state;
 mod stats;
+mod webhook;
 
-pub use config::{BacklogSpec, DEFAULT_TOKEN, LiveSpec, MockConfig};
+pub use config::{
+    BacklogSpec, DEFAULT_MAX_CONNECTIONS, DEFAULT_TOKEN, LiveSpec, MockConfig, WebhookSpec, WebhookTiming,
+};
 pub use faults::{Fault, FaultRates};
 pub use server::MockServer;
 pub use stats::Stats;

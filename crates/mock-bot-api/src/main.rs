@@ -3,12 +3,17 @@
 //! ```text
 //! cargo run -p mock-bot-api -- --port 8081 --updates 100000 --text-bytes 256 --chats 50
 //! cargo run -p mock-bot-api -- --rate 500 --live-updates 0 --server-error 0.05
+//! MOCK_WEBHOOK_SECRET=s3cr3t cargo run -p mock-bot-api -- --updates 10000 \
+//!     --webhook-url http://127.0.0.1:8443/hook --max-connections 8 --webhook-backoff-ms 50
 //! ```
 
 use std::time::Duration;
 
 use clap::Parser;
-use mock_bot_api::{BacklogSpec, DEFAULT_TOKEN, FaultRates, LiveSpec, MockConfig, MockServer};
+use mock_bot_api::{
+    BacklogSpec, DEFAULT_MAX_CONNECTIONS, DEFAULT_TOKEN, FaultRates, LiveSpec, MockConfig, MockServer, WebhookSpec,
+    WebhookTiming,
+};
 
 /// Serve a Telegram Bot API-compatible mock on 127.0.0.1 until Ctrl-C.
 #[derive(Debug, Parser)]
@@ -65,6 +70,26 @@ struct Args {
     /// Delay of slow answers, in milliseconds.
     #[arg(long, default_value_t = 200)]
     slow_ms: u64,
+    /// Push updates to this webhook from the start, as if setWebhook had been called (any
+    /// URL, http:// too).
+    #[arg(long)]
+    webhook_url: Option<String>,
+    /// Secret token sent as X-Telegram-Bot-Api-Secret-Token with every webhook request.
+    #[arg(long, env = "MOCK_WEBHOOK_SECRET", hide_env_values = true)]
+    webhook_secret: Option<String>,
+    /// Most webhook requests in flight at once (clamped to 1..=100).
+    #[arg(long, default_value_t = DEFAULT_MAX_CONNECTIONS)]
+    max_connections: u32,
+    /// Wait before retrying an update after its first failed webhook request, in
+    /// milliseconds; it doubles with every further failure.
+    #[arg(long, default_value_t = 1000)]
+    webhook_backoff_ms: u64,
+    /// Longest wait between two webhook attempts at one update, in milliseconds.
+    #[arg(long, default_value_t = 60_000)]
+    webhook_backoff_cap_ms: u64,
+    /// How long one webhook request may take, in milliseconds.
+    #[arg(long, default_value_t = 60_000)]
+    webhook_timeout_ms: u64,
 }
 
 #[tokio::main]
@@ -102,17 +127,41 @@ async fn main() -> std::io::Result<()> {
         },
         seed: args.seed,
         max_poll_timeout: Duration::from_secs(args.max_poll_timeout),
+        webhook: args.webhook_url.clone().map(|url| WebhookSpec {
+            url,
+            secret_token: args.webhook_secret.clone().filter(|s| !s.is_empty()),
+            max_connections: args.max_connections,
+        }),
+        webhook_timing: WebhookTiming {
+            base: Duration::from_millis(args.webhook_backoff_ms),
+            cap: Duration::from_millis(args.webhook_backoff_cap_ms),
+            request_timeout: Duration::from_millis(args.webhook_timeout_ms),
+        },
     };
     let server = MockServer::start(config).await?;
     println!("url: {}", server.url());
     println!("token: {}", server.token());
     println!("pending: {}", server.pending());
+    if args.webhook_url.is_some() {
+        // Not the URL itself: it often holds the bot's token.
+        println!("webhook: set (max_connections {})", args.max_connections.clamp(1, 100));
+    }
     tokio::signal::ctrl_c().await?;
     let stats = server.stats();
     println!(
         "served {} updates ({} duplicates) in {} getUpdates calls",
         stats.updates_served, stats.duplicates_served, stats.get_updates_calls
     );
+    if stats.webhook_posts > 0 {
+        println!(
+            "webhook: {} requests, {} delivered, {} failed ({} with 429), at most {} at once",
+            stats.webhook_posts,
+            stats.webhook_delivered,
+            stats.webhook_failed,
+            stats.webhook_429,
+            stats.webhook_in_flight_peak
+        );
+    }
     server.shutdown().await;
     Ok(())
 }

@@ -1,4 +1,4 @@
-//! The server handle: binding, routing, live mode and shutdown.
+//! The server handle: binding, routing, live mode, the webhook sender and shutdown.
 
 use std::io;
 use std::net::{Ipv4Addr, SocketAddr};
@@ -16,12 +16,12 @@ use tokio::sync::oneshot;
 use tokio::task::JoinHandle;
 use tokio::time::{Instant, MissedTickBehavior};
 
-use crate::config::{BacklogSpec, LiveSpec, MockConfig};
+use crate::config::{BacklogSpec, LiveSpec, MockConfig, WebhookSpec};
 use crate::faults::{Fault, FaultRates};
 use crate::generator::{self, Generator};
 use crate::state::Shared;
 use crate::stats::Stats;
-use crate::{api, control, reply};
+use crate::{api, control, reply, webhook};
 
 /// How long [`MockServer::shutdown`] waits for open connections before cutting them.
 const SHUTDOWN_GRACE: Duration = Duration::from_secs(5);
@@ -31,14 +31,15 @@ const SHUTDOWN_GRACE: Duration = Duration::from_secs(5);
 /// Clients call `{url}/bot{token}/{method}`. The handle steers the server directly (push
 /// updates, inject faults, read stats); other processes use the HTTP control endpoints
 /// described in the crate docs. Share it between tasks with an `Arc`: every method but
-/// [`shutdown`](Self::shutdown) takes `&self`. Dropping the handle stops the server too,
-/// without waiting.
+/// [`shutdown`](Self::shutdown) takes `&self`. Dropping the handle stops the server (and
+/// its webhook sender) too, without waiting.
 pub struct MockServer {
     shared: Arc<Shared>,
     addr: SocketAddr,
     stop: Option<oneshot::Sender<()>>,
     server: Option<JoinHandle<()>>,
     live: Option<JoinHandle<()>>,
+    sender: Option<JoinHandle<()>>,
 }
 
 impl std::fmt::Debug for MockServer {
@@ -52,7 +53,8 @@ impl std::fmt::Debug for MockServer {
 
 impl MockServer {
     /// Binds `127.0.0.1:{config.port}`, generates the configured backlog and spawns the
-    /// server (and the live generator, if configured) on the current tokio runtime.
+    /// server, the webhook sender (idle until a webhook is set; `config.webhook` sets one
+    /// at once) and the live generator, if configured, on the current tokio runtime.
     ///
     /// # Errors
     /// When the port cannot be bound.
@@ -90,6 +92,10 @@ impl MockServer {
                 tracing::warn!("mock-bot-api: server stopped: {e}");
             }
         });
+        if let Some(spec) = config.webhook {
+            shared.set_webhook(spec, false);
+        }
+        let sender = tokio::spawn(webhook::run(Arc::clone(&shared), config.webhook_timing));
         let live = config.live.and_then(|live| spawn_live(Arc::clone(&shared), live));
         tracing::debug!(%addr, "mock-bot-api: listening");
         Ok(MockServer {
@@ -98,6 +104,7 @@ impl MockServer {
             stop: Some(stop),
             server: Some(server),
             live,
+            sender: Some(sender),
         })
     }
 
@@ -153,11 +160,34 @@ impl MockServer {
         self.shared.set_fault_rates(rates);
     }
 
-    /// Sets the bot's webhook URL, as `setWebhook` does; an empty `url` removes it. While a
-    /// webhook is set, `getUpdates` gets 409 and `getWebhookInfo` reports the URL, until
-    /// `deleteWebhook` or `set_webhook("")`. Any URL is accepted here, HTTPS or not.
+    /// Sets the bot's webhook URL, without secret and with 40 connections, as `setWebhook`
+    /// with only `url` does; an empty `url` removes it. While a webhook is set, the pending
+    /// updates are POSTed to it, `getUpdates` gets 409 and `getWebhookInfo` reports the
+    /// URL, until `deleteWebhook` or `set_webhook("")`. Any URL is accepted here, HTTPS or
+    /// not. See [`set_webhook_spec`](Self::set_webhook_spec) for the other parameters.
     pub fn set_webhook(&self, url: impl Into<String>) {
-        self.shared.set_webhook(url.into());
+        self.shared.set_webhook(WebhookSpec::new(url), false);
+    }
+
+    /// Sets the bot's webhook with a secret token and a connection limit, as `setWebhook`
+    /// does (`max_connections` is clamped to 1..=100); an empty `spec.url` removes it.
+    /// Setting a webhook again, even the same one, restarts every waiting retry at once.
+    ///
+    /// # Examples
+    /// ```no_run
+    /// # async fn demo(server: mock_bot_api::MockServer) {
+    /// use mock_bot_api::WebhookSpec;
+    ///
+    /// // Push the backlog to a bot listening on loopback, three requests at a time.
+    /// server.set_webhook_spec(WebhookSpec {
+    ///     secret_token: Some("s3cr3t".to_owned()),
+    ///     max_connections: 3,
+    ///     ..WebhookSpec::new("http://127.0.0.1:8443/hook")
+    /// });
+    /// # }
+    /// ```
+    pub fn set_webhook_spec(&self, spec: WebhookSpec) {
+        self.shared.set_webhook(spec, false);
     }
 
     /// The webhook URL; empty when no webhook is set.
@@ -186,8 +216,9 @@ impl MockServer {
         self.shared.sent_messages()
     }
 
-    /// Stops accepting connections, answers waiting long polls (with what is pending, or
-    /// nothing) and waits up to 5 s for open connections to finish.
+    /// Stops the webhook sender (dropping its requests in flight), stops accepting
+    /// connections, answers waiting long polls (with what is pending, or nothing) and waits
+    /// up to 5 s for open connections to finish.
     pub async fn shutdown(mut self) {
         self.signal_stop();
         let Some(mut server) = self.server.take() else {
@@ -201,8 +232,12 @@ impl MockServer {
     fn signal_stop(&mut self) {
         self.shared.closing.store(true, Ordering::SeqCst);
         self.shared.wake.notify_waiters();
+        self.shared.webhook_wake.notify_one();
         if let Some(live) = self.live.take() {
             live.abort();
+        }
+        if let Some(sender) = self.sender.take() {
+            sender.abort();
         }
         if let Some(stop) = self.stop.take() {
             let _ = stop.send(());
@@ -277,5 +312,6 @@ mod tests {
         is_send_sync::<MockServer>();
         is_send_sync::<MockConfig>();
         is_send_sync::<Stats>();
+        is_send_sync::<WebhookSpec>();
     }
 }

@@ -1,6 +1,6 @@
 //! The server's shared state: the backlog of unconfirmed updates, `getUpdates` offset
-//! semantics, the webhook URL, scheduled and random faults, recorded `sendMessage` calls
-//! and counters.
+//! semantics, the webhook, scheduled and random faults, recorded `sendMessage` calls and
+//! counters.
 //!
 //! Every update is stored once as its final JSON text (`Arc<str>`), so serving it is a
 //! copy into the response body and nothing more.
@@ -14,6 +14,7 @@ use parking_lot::Mutex;
 use serde_json::Value;
 use tokio::sync::Notify;
 
+use crate::config::WebhookSpec;
 use crate::faults::{Fault, FaultRates};
 use crate::stats::Stats;
 
@@ -42,6 +43,11 @@ pub(crate) struct Shared {
     pub(crate) closing: AtomicBool,
     /// Long polls currently waiting.
     pub(crate) in_flight_polls: AtomicU64,
+    /// Wakes the webhook sender (its only waiter, so `notify_one` keeps a wake-up that
+    /// comes while it is busy): updates arrived, the webhook changed, or the server closes.
+    pub(crate) webhook_wake: Notify,
+    /// Webhook requests in flight, kept by the sender.
+    pub(crate) webhook_in_flight: AtomicU64,
 }
 
 /// The mutable part of [`Shared`].
@@ -60,8 +66,12 @@ pub(crate) struct Inner {
     pub(crate) stats: Stats,
     sent: VecDeque<Value>,
     next_message_id: i64,
-    /// The URL set by `setWebhook`; empty when no webhook is set.
-    pub(crate) webhook_url: String,
+    /// The webhook set by `setWebhook`; its `url` is empty when none is set.
+    pub(crate) webhook: WebhookSpec,
+    /// Bumped whenever the webhook is set or removed, so the sender sees every change.
+    pub(crate) webhook_generation: u64,
+    /// When (Unix seconds) and why the latest webhook request failed, for `getWebhookInfo`.
+    pub(crate) webhook_last_error: Option<(u64, String)>,
 }
 
 impl Shared {
@@ -84,11 +94,15 @@ impl Shared {
                 stats: Stats::default(),
                 sent: VecDeque::new(),
                 next_message_id: 1,
-                webhook_url: String::new(),
+                webhook: WebhookSpec::default(),
+                webhook_generation: 0,
+                webhook_last_error: None,
             }),
             wake: Notify::new(),
             closing: AtomicBool::new(false),
             in_flight_polls: AtomicU64::new(0),
+            webhook_wake: Notify::new(),
+            webhook_in_flight: AtomicU64::new(0),
         }
     }
 
@@ -108,6 +122,7 @@ impl Shared {
         };
         if !ids.is_empty() {
             self.wake.notify_waiters();
+            self.webhook_wake.notify_one();
         }
         ids
     }
@@ -128,6 +143,7 @@ impl Shared {
             inner.backlog.push_back((id, Arc::from(raw)));
         }
         self.wake.notify_waiters();
+        self.webhook_wake.notify_one();
     }
 
     /// A snapshot of the counters.
@@ -137,13 +153,14 @@ impl Shared {
         stats.pending = inner.backlog.len() as u64;
         stats.next_update_id = inner.next_update_id;
         stats.in_flight_polls = self.in_flight_polls.load(Ordering::SeqCst);
+        stats.webhook_in_flight = self.webhook_in_flight.load(Ordering::SeqCst);
         stats
     }
 
     /// Empties the backlog, forgets faults, counters and the webhook; ids keep increasing.
     pub(crate) fn reset(&self) {
+        self.set_webhook(WebhookSpec::default(), false);
         let mut inner = self.inner.lock();
-        inner.webhook_url.clear();
         inner.backlog.clear();
         inner.highest_served = None;
         inner.scheduled.clear();
@@ -178,14 +195,32 @@ impl Shared {
         self.inner.lock().backlog.len()
     }
 
-    /// Sets the webhook URL (`setWebhook`); an empty one removes the webhook.
-    pub(crate) fn set_webhook(&self, url: String) {
-        self.inner.lock().webhook_url = url;
+    /// Sets the webhook (`setWebhook`; an empty `url` removes it, as `deleteWebhook` does),
+    /// first dropping every pending update if `drop_pending`, and wakes the sender.
+    /// `max_connections` is clamped to 1..=100.
+    pub(crate) fn set_webhook(&self, mut spec: WebhookSpec, drop_pending: bool) {
+        spec.max_connections = spec.max_connections.clamp(1, 100);
+        {
+            let mut inner = self.inner.lock();
+            if drop_pending {
+                inner.drop_pending();
+            }
+            inner.webhook = spec;
+            inner.webhook_generation += 1;
+            inner.webhook_last_error = None;
+        }
+        self.webhook_wake.notify_one();
     }
 
     /// The webhook URL; empty when none is set.
     pub(crate) fn webhook_url(&self) -> String {
-        self.inner.lock().webhook_url.clone()
+        self.inner.lock().webhook.url.clone()
+    }
+
+    /// The webhook and its generation (which changes with every set or removal).
+    pub(crate) fn webhook(&self) -> (u64, WebhookSpec) {
+        let inner = self.inner.lock();
+        (inner.webhook_generation, inner.webhook.clone())
     }
 
     /// Every recorded `sendMessage` parameter object, oldest first.
@@ -285,6 +320,31 @@ impl Inner {
     pub(crate) fn pending(&self) -> usize {
         self.backlog.len()
     }
+
+    /// Up to `max` pending updates with an id above `id`, in id order.
+    pub(crate) fn updates_after(&self, id: i64, max: usize) -> Vec<Stored> {
+        let skip = self.backlog.partition_point(|(i, _)| *i <= id);
+        self.backlog.iter().skip(skip).take(max).cloned().collect()
+    }
+
+    /// The text of pending update `id`, if it is still pending.
+    pub(crate) fn update_text(&self, id: i64) -> Option<Arc<str>> {
+        let at = self.backlog.binary_search_by_key(&id, |(i, _)| *i).ok()?;
+        Some(Arc::clone(&self.backlog[at].1))
+    }
+
+    /// Removes pending update `id` (delivered to the webhook), wherever it is in the
+    /// backlog; later `getUpdates` offsets work as before, ids only skip it. Returns whether
+    /// it was still pending. Cheap near the front, where deliveries happen.
+    pub(crate) fn remove_update(&mut self, id: i64) -> bool {
+        match self.backlog.binary_search_by_key(&id, |(i, _)| *i) {
+            Ok(at) => {
+                self.backlog.remove(at);
+                true
+            }
+            Err(_) => false,
+        }
+    }
 }
 
 /// `{"update_id":id,` + the rest of `body` (an object); non-objects are kept under
@@ -345,6 +405,23 @@ mod tests {
         assert_eq!(ids(&inner.peek(Some(3), 2)), [3, 4]);
         assert_eq!(ids(&inner.peek(Some(-1), 2)), [5]);
         assert_eq!(inner.pending(), 5);
+    }
+
+    #[test]
+    fn delivered_updates_leave_holes_that_offsets_skip() {
+        let s = shared_with(5);
+        let mut inner = s.inner.lock();
+        assert!(inner.remove_update(3));
+        assert!(!inner.remove_update(3), "already gone");
+        assert_eq!(ids(&inner.updates_after(1, 10)), [2, 4, 5]);
+        assert_eq!(ids(&inner.updates_after(0, 2)), [1, 2]);
+        assert!(inner.update_text(3).is_none());
+        assert_eq!(
+            inner.update_text(4).as_deref(),
+            Some(r#"{"update_id":4,"message":{"n":3}}"#)
+        );
+        assert_eq!(ids(&inner.serve(Some(2), 100).1), [2, 4, 5]);
+        assert_eq!(ids(&inner.serve(Some(4), 100).1), [4, 5]);
     }
 
     #[test]

@@ -46,4 +46,17 @@ pub struct Stats {
     pub last_allowed_updates: Option<Vec<String>>,
     /// `sendMessage` calls accepted.
     pub sent_messages: u64,
+    /// Requests the webhook sender started (first attempts and retries).
+    pub webhook_posts: u64,
+    /// Webhook requests answered with a 2xx status: their updates are delivered and gone.
+    pub webhook_delivered: u64,
+    /// Webhook requests that failed: a non-2xx answer (429s included), a connection error or
+    /// a timeout. Each failure is retried later.
+    pub webhook_failed: u64,
+    /// Webhook requests answered with 429 (also counted in `webhook_failed`).
+    pub webhook_429: u64,
+    /// Webhook requests in flight now.
+    pub webhook_in_flight: u64,
+    /// The most webhook requests that were in flight at once.
+    pub webhook_in_flight_peak: u64,
 }

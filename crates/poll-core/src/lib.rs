@@ -31,7 +31,8 @@ pub use decode::GetUpdatesResponse;
 pub use error::{BODY_EXCERPT_BYTES, BodyExcerpt, TelegramError};
 pub use memory::MemoryTransport;
 pub use telegram::{
-    DEFAULT_API_URL, DEFAULT_MAX_BODY_BYTES, MAX_LIMIT, TelegramStats, TelegramTransport, TelegramTransportBuilder,
+    DEFAULT_API_URL, DEFAULT_MAX_BODY_BYTES, MAX_LIMIT, SetWebhook, TelegramStats, TelegramTransport,
+    TelegramTransportBuilder,
 };
 pub use token::BotToken;
 pub use transport::{Ack, AckModel, Batch, DecodeFailure, FetchRequest, Transport};

@@ -543,6 +543,12 @@ async fn dispatch_loop<T: Transport, H: Handler>(
         } else {
             register_mixed(ctx, batch, returned)
         };
+        // Eager receipts are due now, not before the next fetch (which may wait for room):
+        // a webhook's request is answered when its update is taken, a queue's entry
+        // leaves its pending list.
+        if ctx.individual && ctx.config.delivery == crate::Delivery::Eager && !fresh.is_empty() {
+            ctx.receipts_ready.notify_one();
+        }
         // Only new updates fill a batch (`Barrier`): repeats are already counted.
         ctx.gate.on_batch(fresh.len());
         for update in fresh {

@@ -162,6 +162,7 @@ impl TelegramTransportBuilder {
             get_updates: url("getUpdates")?,
             get_webhook_info: url("getWebhookInfo")?,
             delete_webhook: url("deleteWebhook")?,
+            set_webhook: url("setWebhook")?,
         };
         Ok(TelegramTransport {
             client,

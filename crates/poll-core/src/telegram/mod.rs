@@ -42,6 +42,7 @@ use crate::transport::{Ack, AckModel, Batch, FetchRequest, Transport};
 pub use builder::TelegramTransportBuilder;
 use stats::Counters;
 pub use stats::TelegramStats;
+pub use webhook::SetWebhook;
 
 /// The public Bot API server.
 pub const DEFAULT_API_URL: &str = "https://api.telegram.org";
@@ -91,6 +92,7 @@ struct MethodUrls {
     get_updates: reqwest::Url,
     get_webhook_info: reqwest::Url,
     delete_webhook: reqwest::Url,
+    set_webhook: reqwest::Url,
 }
 
 impl fmt::Debug for TelegramTransport {

@@ -10,6 +10,11 @@
 //!
 //! A webhook set later, while polling, is not looked for again: its 409s are retried like
 //! a competing consumer's, and logged with what to do.
+//!
+//! For bots that take updates by webhook (`pollgate-webhook`), [`SetWebhook`] with
+//! [`TelegramTransport::set_webhook`] and [`TelegramTransport::delete_webhook`] switch
+//! between the two: a webhook set stops `getUpdates`; deleting it (keeping the pending
+//! updates) lets polling resume where the webhook left off.
 
 use std::sync::atomic::Ordering;
 
@@ -36,7 +41,131 @@ struct DeleteWebhookParams {
 #[derive(Serialize)]
 struct NoParams {}
 
+/// The parameters of `setWebhook` a bot sets: where Telegram posts, the secret it sends
+/// with each request, how many requests it keeps open, which update kinds, and whether to
+/// drop what is pending.
+///
+/// `Debug` redacts the secret.
+///
+/// # Examples
+///
+/// ```no_run
+/// use pollgate_core::{SetWebhook, TelegramTransport};
+///
+/// # async fn demo() -> Result<(), pollgate_core::TelegramError> {
+/// let bot = TelegramTransport::builder(std::env::var("TELEGRAM_BOT_TOKEN").unwrap()).build()?;
+/// bot.set_webhook(
+///     &SetWebhook::new("https://bot.example.com/telegram")
+///         .secret_token("s3cr3t-token")
+///         .max_connections(100),
+/// )
+/// .await?;
+/// // ... and back to polling, keeping what is pending:
+/// bot.delete_webhook(false).await?;
+/// # Ok(()) }
+/// ```
+#[derive(Clone, Serialize)]
+#[non_exhaustive]
+pub struct SetWebhook {
+    /// The HTTPS URL Telegram posts updates to (ports 443, 80, 88 or 8443).
+    pub url: String,
+    /// Sent in `X-Telegram-Bot-Api-Secret-Token` with every request: 1–256 characters of
+    /// `A-Z a-z 0-9 _ -`.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub secret_token: Option<String>,
+    /// Requests Telegram keeps open at once, 1–100 (Telegram's default: 40).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub max_connections: Option<u32>,
+    /// The update kinds to receive (`message`, `callback_query`, ...); `None` keeps the
+    /// previous setting.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub allowed_updates: Option<Vec<String>>,
+    /// Drop every pending update instead of delivering it to the new webhook.
+    pub drop_pending_updates: bool,
+}
+
+impl SetWebhook {
+    /// A webhook at `url`, with Telegram's defaults for the rest.
+    pub fn new(url: impl Into<String>) -> Self {
+        Self {
+            url: url.into(),
+            secret_token: None,
+            max_connections: None,
+            allowed_updates: None,
+            drop_pending_updates: false,
+        }
+    }
+
+    /// Sets [`secret_token`](Self::secret_token).
+    #[must_use]
+    pub fn secret_token(mut self, secret: impl Into<String>) -> Self {
+        self.secret_token = Some(secret.into());
+        self
+    }
+
+    /// Sets [`max_connections`](Self::max_connections).
+    #[must_use]
+    pub fn max_connections(mut self, connections: u32) -> Self {
+        self.max_connections = Some(connections);
+        self
+    }
+
+    /// Sets [`allowed_updates`](Self::allowed_updates).
+    #[must_use]
+    pub fn allowed_updates<S: Into<String>>(mut self, kinds: impl IntoIterator<Item = S>) -> Self {
+        self.allowed_updates = Some(kinds.into_iter().map(Into::into).collect());
+        self
+    }
+
+    /// Sets [`drop_pending_updates`](Self::drop_pending_updates).
+    #[must_use]
+    pub fn drop_pending_updates(mut self, drop: bool) -> Self {
+        self.drop_pending_updates = drop;
+        self
+    }
+}
+
+impl std::fmt::Debug for SetWebhook {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("SetWebhook")
+            .field("url", &self.url)
+            .field("secret_token", &self.secret_token.as_ref().map(|_| "<redacted>"))
+            .field("max_connections", &self.max_connections)
+            .field("allowed_updates", &self.allowed_updates)
+            .field("drop_pending_updates", &self.drop_pending_updates)
+            .finish()
+    }
+}
+
 impl TelegramTransport {
+    /// Sets the bot's webhook (`setWebhook`), with the transport's retries. From then on
+    /// Telegram posts updates there and `getUpdates` fails with 409.
+    ///
+    /// # Errors
+    /// The Bot API's answer (for example `BadRequest` for a URL that is not HTTPS), or the
+    /// network error after the retries.
+    pub async fn set_webhook(&self, params: &SetWebhook) -> Result<(), TelegramError> {
+        let _: bool = self.call("setWebhook", &self.urls.set_webhook, params).await?;
+        info!(
+            webhook_host = webhook_host(&params.url, &self.token).as_deref().unwrap_or("?"),
+            max_connections = params.max_connections,
+            "webhook set"
+        );
+        Ok(())
+    }
+
+    /// Removes the bot's webhook (`deleteWebhook`); with `drop_pending_updates` false the
+    /// pending updates wait for `getUpdates` (or the next webhook).
+    ///
+    /// # Errors
+    /// The Bot API's answer, or the network error after the retries.
+    pub async fn delete_webhook(&self, drop_pending_updates: bool) -> Result<(), TelegramError> {
+        let params = DeleteWebhookParams { drop_pending_updates };
+        let _: bool = self.call("deleteWebhook", &self.urls.delete_webhook, &params).await?;
+        info!(drop_pending_updates, "webhook deleted");
+        Ok(())
+    }
+
     /// Runs the webhook check unless it already succeeded.
     ///
     /// # Errors

@@ -1,0 +1,201 @@
+//! [`WebhookTransport`]: the listener as a [`Transport`] the runtime drives.
+
+use std::convert::Infallible;
+use std::fmt;
+use std::io;
+use std::net::SocketAddr;
+use std::sync::Arc;
+
+use axum::Router;
+use axum::routing::post;
+use pollgate_core::{Ack, AckModel, Batch, FetchRequest, Transport};
+use tokio::net::TcpListener;
+use tokio::sync::Notify;
+use tracing::{debug, error};
+
+use crate::builder::WebhookBuilder;
+use crate::queue::Shared;
+use crate::receive::receive;
+use crate::stats::WebhookStats;
+
+/// A webhook listener that the runtime drives as a [`Transport`]: each fetch takes the
+/// requests waiting for admission, each acknowledgement answers its request 200.
+///
+/// Acknowledgements are individual ([`AckModel::Individual`]): under eager delivery the
+/// runtime acknowledges an update when it takes it, so Telegram gets its 200 once the
+/// update is admitted; under at-least-once, when the handler finished. Dropping the
+/// transport (the runtime does at the end of `run`) answers every request still waiting,
+/// or taken and not acknowledged, with 503 and `Retry-After` — Telegram delivers those
+/// again — and stops the listener.
+///
+/// `fetch` never fails: a listener cannot lose its server. `Error` is therefore
+/// [`Infallible`].
+///
+/// # Examples
+///
+/// ```no_run
+/// use pollgate_webhook::WebhookTransport;
+///
+/// # async fn demo() -> std::io::Result<()> {
+/// let transport = WebhookTransport::builder()
+///     .secret("s3cr3t-token")
+///     .bind("0.0.0.0:8443".parse().unwrap())
+///     .await?;
+/// let handle = transport.handle(); // stats after the runtime took the transport
+/// # let _ = (transport, handle);
+/// # Ok(()) }
+/// ```
+pub struct WebhookTransport {
+    handle: WebhookHandle,
+}
+
+/// A handle on a [`WebhookTransport`]'s listener that outlives the runtime's ownership of
+/// the transport: its address, its counters, and a way to close it.
+#[derive(Clone)]
+pub struct WebhookHandle {
+    shared: Arc<Shared>,
+    addr: SocketAddr,
+    stop: Arc<Notify>,
+}
+
+impl WebhookTransport {
+    /// Starts configuring a webhook listener.
+    pub fn builder() -> WebhookBuilder {
+        WebhookBuilder::default()
+    }
+
+    pub(crate) fn serve(config: WebhookBuilder, listener: TcpListener) -> io::Result<Self> {
+        let addr = listener.local_addr()?;
+        let path = config.path.clone();
+        let shared = Arc::new(Shared::new(config));
+        let stop = Arc::new(Notify::new());
+        let app = Router::new()
+            .route(&path, post(receive))
+            .with_state(Arc::clone(&shared));
+        tokio::spawn({
+            let stop = Arc::clone(&stop);
+            async move {
+                let shutdown = async move { stop.notified().await };
+                if let Err(e) = axum::serve(listener, app).with_graceful_shutdown(shutdown).await {
+                    error!(error = %e, "webhook listener stopped");
+                }
+            }
+        });
+        debug!(%addr, path, "webhook listener started");
+        Ok(Self {
+            handle: WebhookHandle { shared, addr, stop },
+        })
+    }
+
+    /// The address the listener is bound to.
+    pub fn local_addr(&self) -> SocketAddr {
+        self.handle.addr
+    }
+
+    /// A handle for the listener's counters and address.
+    pub fn handle(&self) -> WebhookHandle {
+        self.handle.clone()
+    }
+}
+
+impl WebhookHandle {
+    /// The address the listener is bound to.
+    pub fn local_addr(&self) -> SocketAddr {
+        self.addr
+    }
+
+    /// A snapshot of the listener's counters.
+    pub fn stats(&self) -> WebhookStats {
+        self.shared.counters.snapshot()
+    }
+
+    /// Requests waiting for admission now.
+    pub fn waiting(&self) -> usize {
+        self.shared.waiting()
+    }
+
+    /// Answers every open request 503 with `Retry-After`, refuses new ones the same way,
+    /// and stops the listener once they are answered. Idempotent; dropping the transport
+    /// does the same.
+    pub fn close(&self) {
+        self.shared.close();
+        self.stop.notify_one();
+    }
+}
+
+impl Transport for WebhookTransport {
+    type Error = Infallible;
+
+    fn ack_model(&self) -> AckModel {
+        AckModel::Individual {
+            window: self.handle.shared.config.window,
+        }
+    }
+
+    /// Waits up to `request.timeout` for a request, then takes every waiting one up to
+    /// `request.limit`.
+    ///
+    /// # Cancel safety
+    ///
+    /// Cancel safe: requests leave the queue only in the synchronous step that returns
+    /// them.
+    async fn fetch(&self, request: FetchRequest) -> Result<Batch, Infallible> {
+        let shared = &self.handle.shared;
+        let limit = request.limit.clamp(1, shared.config.window);
+        let deadline = tokio::time::Instant::now() + request.timeout;
+        loop {
+            let arrived = shared.arrived.notified();
+            let updates = shared.take(limit);
+            if !updates.is_empty() || shared.is_closed() {
+                return Ok(Batch {
+                    updates,
+                    ..Batch::default()
+                });
+            }
+            tokio::select! {
+                () = arrived => {}
+                () = tokio::time::sleep_until(deadline) => return Ok(Batch::default()),
+            }
+        }
+    }
+
+    /// Answers the requests of `ack.receipts` with 200.
+    ///
+    /// # Cancel safety
+    ///
+    /// Cancel safe: it completes without awaiting.
+    async fn ack(&self, ack: Ack<'_>) -> Result<(), Infallible> {
+        self.handle.shared.acknowledge(ack.receipts);
+        Ok(())
+    }
+
+    /// Nothing to make durable: Telegram keeps every update it was not answered 200 for.
+    async fn flush(&self) -> Result<(), Infallible> {
+        Ok(())
+    }
+}
+
+impl Drop for WebhookTransport {
+    fn drop(&mut self) {
+        // The server task ends by itself once the open requests are answered.
+        self.handle.close();
+    }
+}
+
+impl fmt::Debug for WebhookTransport {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("WebhookTransport")
+            .field("addr", &self.handle.addr)
+            .field("config", &self.handle.shared.config)
+            .finish_non_exhaustive()
+    }
+}
+
+impl fmt::Debug for WebhookHandle {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("WebhookHandle")
+            .field("addr", &self.addr)
+            .field("stats", &self.stats())
+            .finish_non_exhaustive()
+    }
+}
