@@ -15,6 +15,7 @@ import argparse
 import asyncio
 import json
 import os
+import sys
 import time
 
 from aiogram import Bot, Dispatcher
@@ -45,8 +46,11 @@ async def main() -> None:
     state = {"handled": 0, "first": None, "last": time.monotonic()}
     done = asyncio.Event()
 
-    @dp.update()
-    async def handle(update: Update) -> None:
+    # Every update, whatever its kind, runs the work: an outer middleware on the update
+    # observer (a handler on `dp.update` would never run: the dispatcher's own one, which
+    # routes to `message`, `callback_query`, ... handlers, comes first).
+    @dp.update.outer_middleware()
+    async def handle(handler, update: Update, data) -> None:
         if state["first"] is None:
             state["first"] = time.monotonic()
         buf = bytearray(a.work_kib * 1024)
@@ -58,6 +62,7 @@ async def main() -> None:
         state["last"] = time.monotonic()
         if state["handled"] >= a.updates:
             done.set()
+        return await handler(update, data)
 
     app = web.Application()
     SimpleRequestHandler(dispatcher=dp, bot=bot, secret_token=a.secret).register(app, path="/")
@@ -68,7 +73,11 @@ async def main() -> None:
     print(json.dumps({"event": "listening", "addr": a.listen}), flush=True)
 
     started = time.monotonic()
+    last_report = started
     while not done.is_set():
+        if time.monotonic() - last_report >= 1:
+            last_report = time.monotonic()
+            print(json.dumps({"event": "progress", "handled": state["handled"], "tasks": len(asyncio.all_tasks())}), file=sys.stderr, flush=True)
         try:
             await asyncio.wait_for(done.wait(), timeout=0.5)
         except asyncio.TimeoutError:

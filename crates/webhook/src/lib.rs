@@ -25,6 +25,7 @@
 //! | without the secret header, or a wrong one (when a secret is set) | 401, counted, body not read |
 //! | more than [`WebhookBuilder::max_waiting`] requests already waiting for admission | 429 with `Retry-After`, body not read |
 //! | a body over [`WebhookBuilder::max_body_bytes`] | 413 |
+//! | a body not received within [`WebhookBuilder::max_wait`] (stalled connection) | 408 |
 //! | not JSON, or no integer `update_id` | 400 (not an update; Telegram never sends one) |
 //! | an update whose envelope cannot be decoded | 200 after an error log, counted: retrying it cannot help (as polling acknowledges past it) |
 //! | waited [`WebhookBuilder::max_wait`] without being admitted | 429 with `Retry-After`: Telegram sends it again later |

@@ -41,12 +41,23 @@ pub(crate) async fn receive(State(shared): State<Arc<Shared>>, headers: HeaderMa
             return retry_later(&shared, StatusCode::SERVICE_UNAVAILABLE);
         }
     }
-    // From here the slot is ours: every path gives it back (`release`), or hands it to the
-    // queue (`enqueue`).
-    let bytes = match to_bytes(body, shared.config.max_body_bytes).await {
-        Ok(bytes) => bytes,
-        Err(e) => {
-            shared.release();
+    // From here the slot is ours: the guard gives it back on every path (a dropped future
+    // included) unless the request goes into the queue, which takes it over.
+    let slot = Slot {
+        shared: &shared,
+        held: true,
+    };
+    // A body that never arrives (a stalled or half-open connection) must not hold its slot
+    // longer than a request may wait.
+    let read = tokio::time::timeout(shared.config.max_wait, to_bytes(body, shared.config.max_body_bytes));
+    let bytes = match read.await {
+        Ok(Ok(bytes)) => bytes,
+        Err(_elapsed) => {
+            Counters::bump(&counters.bad_request);
+            warn!("webhook request body not received within max_wait; answered 408");
+            return StatusCode::REQUEST_TIMEOUT.into_response();
+        }
+        Ok(Err(e)) => {
             let too_large = std::error::Error::source(&e).is_some_and(|s| s.is::<LengthLimitError>());
             return if too_large {
                 Counters::bump(&counters.too_large);
@@ -63,25 +74,24 @@ pub(crate) async fn receive(State(shared): State<Arc<Shared>>, headers: HeaderMa
         Ok(Err(e)) if e.update_id().is_some() => {
             // Telegram sent it, so retrying would bring the same bytes back: report it and
             // answer 200, as polling acknowledges past an undecodable update.
-            shared.release();
             Counters::bump(&counters.undecodable);
             error!(error = %e, "undecodable update from the webhook; acknowledged so Telegram does not resend it");
             return StatusCode::OK.into_response();
         }
         Ok(Err(e)) => {
-            shared.release();
             Counters::bump(&counters.bad_request);
             warn!(error = %e, "webhook request without an update; answered 400");
             return StatusCode::BAD_REQUEST.into_response();
         }
         Err(_) => {
-            shared.release();
             Counters::bump(&counters.bad_request);
             warn!("webhook request body is not UTF-8; answered 400");
             return StatusCode::BAD_REQUEST.into_response();
         }
     };
-    let Some((seq, answer)) = shared.enqueue(update) else {
+    let queued = shared.enqueue(update);
+    slot.handed_over();
+    let Some((seq, answer)) = queued else {
         Counters::bump(&counters.closed);
         return retry_later(&shared, StatusCode::SERVICE_UNAVAILABLE);
     };
@@ -121,6 +131,27 @@ pub(crate) async fn receive(State(shared): State<Arc<Shared>>, headers: HeaderMa
 fn retry_later(shared: &Shared, status: StatusCode) -> Response {
     let secs = shared.config.retry_after_secs();
     (status, [(header::RETRY_AFTER, secs.to_string())]).into_response()
+}
+
+/// A reserved waiting slot, given back when dropped unless the queue took it over.
+struct Slot<'a> {
+    shared: &'a Shared,
+    held: bool,
+}
+
+impl Slot<'_> {
+    /// The queue owns the slot now (`enqueue` gives it back itself when it refuses).
+    fn handed_over(mut self) {
+        self.held = false;
+    }
+}
+
+impl Drop for Slot<'_> {
+    fn drop(&mut self) {
+        if self.held {
+            self.shared.release();
+        }
+    }
 }
 
 /// Takes a waiting request out of the queue when its handler is dropped before it was

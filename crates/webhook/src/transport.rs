@@ -5,12 +5,15 @@ use std::fmt;
 use std::io;
 use std::net::SocketAddr;
 use std::sync::Arc;
+use std::time::Duration;
 
 use axum::Router;
 use axum::routing::post;
+use parking_lot::Mutex;
 use pollgate_core::{Ack, AckModel, Batch, FetchRequest, Transport};
 use tokio::net::TcpListener;
 use tokio::sync::Notify;
+use tokio::task::JoinHandle;
 use tracing::{debug, error};
 
 use crate::builder::WebhookBuilder;
@@ -47,7 +50,13 @@ use crate::stats::WebhookStats;
 /// ```
 pub struct WebhookTransport {
     handle: WebhookHandle,
+    /// The listener's task: awaited (boundedly) by `flush`, so that the 503s of the close
+    /// are written before `run` returns.
+    server: Mutex<Option<JoinHandle<()>>>,
 }
+
+/// How long [`Transport::flush`] waits for the listener to write its last answers.
+const CLOSE_GRACE: Duration = Duration::from_secs(2);
 
 /// A handle on a [`WebhookTransport`]'s listener that outlives the runtime's ownership of
 /// the transport: its address, its counters, and a way to close it.
@@ -72,7 +81,7 @@ impl WebhookTransport {
         let app = Router::new()
             .route(&path, post(receive))
             .with_state(Arc::clone(&shared));
-        tokio::spawn({
+        let server = tokio::spawn({
             let stop = Arc::clone(&stop);
             async move {
                 let shutdown = async move { stop.notified().await };
@@ -84,6 +93,7 @@ impl WebhookTransport {
         debug!(%addr, path, "webhook listener started");
         Ok(Self {
             handle: WebhookHandle { shared, addr, stop },
+            server: Mutex::new(Some(server)),
         })
     }
 
@@ -133,7 +143,9 @@ impl Transport for WebhookTransport {
     }
 
     /// Waits up to `request.timeout` for a request, then takes every waiting one up to
-    /// `request.limit`.
+    /// `request.limit`. Once the listener is closed ([`WebhookHandle::close`]) nothing
+    /// arrives any more: each fetch waits its whole timeout and returns nothing, like a
+    /// long poll of an empty queue (stop the runtime with its shutdown token).
     ///
     /// # Cancel safety
     ///
@@ -145,8 +157,12 @@ impl Transport for WebhookTransport {
         let deadline = tokio::time::Instant::now() + request.timeout;
         loop {
             let arrived = shared.arrived.notified();
+            if shared.is_closed() {
+                tokio::time::sleep_until(deadline).await;
+                return Ok(Batch::default());
+            }
             let updates = shared.take(limit);
-            if !updates.is_empty() || shared.is_closed() {
+            if !updates.is_empty() {
                 return Ok(Batch {
                     updates,
                     ..Batch::default()
@@ -170,7 +186,21 @@ impl Transport for WebhookTransport {
     }
 
     /// Nothing to make durable: Telegram keeps every update it was not answered 200 for.
+    /// The runtime flushes once, at the end of `run`: the listener closes (what still waits
+    /// is answered 503 with `Retry-After`) and `flush` waits up to 2 s for those answers to
+    /// be written, so a program that exits right after `run` does not reset them.
+    ///
+    /// # Cancel safety
+    ///
+    /// Cancel safe: the listener is closed either way; only the wait is cut short.
     async fn flush(&self) -> Result<(), Infallible> {
+        self.handle.close();
+        let server = self.server.lock().take();
+        if let Some(server) = server
+            && tokio::time::timeout(CLOSE_GRACE, server).await.is_err()
+        {
+            tracing::warn!("webhook listener still had open requests 2 s after closing");
+        }
         Ok(())
     }
 }

@@ -2,6 +2,9 @@
 //! refused, and what a stop answers. Real sockets (the listener is axum on loopback); the
 //! tests wait on states (a request waiting, a handler running), never on sleeps.
 
+mod common;
+
+use common::{until, update};
 use std::convert::Infallible;
 use std::sync::Arc;
 use std::time::Duration;
@@ -16,12 +19,6 @@ use tokio::sync::Semaphore;
 use tokio::task::JoinHandle;
 
 const SECRET: &str = "test-secret_123";
-
-fn update(id: i64, chat: i64) -> String {
-    format!(
-        r#"{{"update_id":{id},"message":{{"message_id":{id},"date":0,"chat":{{"id":{chat},"type":"private"}},"text":"hi"}}}}"#
-    )
-}
 
 /// Handlers that run until the test lets them finish (one permit per handler).
 #[derive(Clone)]
@@ -100,17 +97,6 @@ fn post(url: &str, body: String, secret: Option<&str>) -> JoinHandle<reqwest::Re
         request = request.header(SECRET_HEADER, secret);
     }
     tokio::spawn(async move { request.send().await.expect("answered") })
-}
-
-/// Waits (yielding, bounded) until `cond` holds.
-async fn until(what: &str, mut cond: impl FnMut() -> bool) {
-    for _ in 0..5000 {
-        if cond() {
-            return;
-        }
-        tokio::time::sleep(Duration::from_millis(2)).await;
-    }
-    panic!("timed out waiting for: {what}");
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -627,18 +627,7 @@ mod tests {
 
     #[test]
     fn release_hook_is_rate_limited() {
-        let calls = Arc::new(AtomicUsize::new(0));
-        let policy = RssAdaptive::builder(1000 * MIB)
-            .min_budget(10 * MIB)
-            .max_budget(800 * MIB)
-            .probe(|| Some(100 * MIB))
-            .release_hook(Duration::from_millis(100), {
-                let calls = calls.clone();
-                move || {
-                    calls.fetch_add(1, Ordering::Relaxed);
-                }
-            })
-            .build_manual();
+        let (policy, calls) = with_counting_hook();
         // RSS retained at 950 MiB while nothing is in use; every release frees 50 MiB (it
         // helps, so no back-off), and the heaps fill again by the next sample.
         for at_ms in (0..1000).step_by(5) {
