@@ -142,12 +142,22 @@ impl std::fmt::Debug for WebhookSpec {
     }
 }
 
-/// How the webhook sender waits: between attempts at an update that failed, and for an
-/// answer.
+/// How the webhook sender waits: between attempts at an update that failed, for an answer,
+/// and while the receiver seems to be down.
 ///
 /// After the `n`-th failure in a row of one update the next attempt waits
 /// `base * 2^(n-1)`, at most `cap` (1 s, 2 s, 4 s … 60 s by default), unless the answer
-/// carried `Retry-After`. Tests and demos scale `base` and `cap` down to milliseconds.
+/// carried `Retry-After`.
+///
+/// The receiver counts as down once `down_after` has passed without a delivered update
+/// (counted from when the webhook was set, then from each delivery), and at once when a
+/// request cannot connect (refused, unresolvable host, failed TLS handshake). While it is
+/// down, at most one request starts per `probe_interval`, however many chats wait; the next
+/// delivery ends it. The defaults, 10 s and 2 s, are the real server's for opening new
+/// connections. A request that cannot connect does not count against its update: it keeps
+/// its failure count and retry time.
+///
+/// Tests and demos scale all of these down to milliseconds.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct WebhookTiming {
     /// The wait after an update's first failure.
@@ -157,15 +167,23 @@ pub struct WebhookTiming {
     /// How long one request may take, from connecting to the end of the answer's body;
     /// a request that takes longer is a failure.
     pub request_timeout: Duration,
+    /// How long without a delivered update before the receiver counts as down.
+    pub down_after: Duration,
+    /// While the receiver is down, the least time between the starts of two requests (at
+    /// least 1 ms).
+    pub probe_interval: Duration,
 }
 
 impl Default for WebhookTiming {
-    /// 1 s doubling up to 60 s; 60 s per request.
+    /// 1 s doubling up to 60 s; 60 s per request; down after 10 s without a delivery, then
+    /// one request per 2 s.
     fn default() -> Self {
         Self {
             base: Duration::from_secs(1),
             cap: Duration::from_secs(60),
             request_timeout: Duration::from_secs(60),
+            down_after: Duration::from_secs(10),
+            probe_interval: Duration::from_secs(2),
         }
     }
 }

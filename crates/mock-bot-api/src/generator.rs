@@ -430,6 +430,7 @@ impl Generator {
                     "can_manage_video_chats": false, "can_restrict_members": true,
                     "can_promote_members": false, "can_change_info": true, "can_invite_users": true,
                     "can_post_stories": false, "can_edit_stories": false, "can_delete_stories": false,
+                    "can_send_welcome_messages": false,
                 }),
             ),
         };

@@ -45,9 +45,10 @@
 //! command line), the server POSTs its pending updates to it as the real Bot API server
 //! does: one update per request with the secret token header, at most `max_connections` at
 //! once, one at a time per chat in id order, retried with exponential backoff
-//! ([`WebhookTiming`]) or after `Retry-After` until a 2xx answer delivers them; meanwhile
-//! `getUpdates` gets 409. `setWebhook` takes `https://` URLs and, for local testing,
-//! `http://` ones on a loopback host. `deleteWebhook` stops the sender and leaves the
+//! ([`WebhookTiming`]) or after `Retry-After` until a 2xx answer delivers them, and only one
+//! request per 2 s while the receiver is down (refusing connections, or nothing delivered
+//! for 10 s); meanwhile `getUpdates` gets 409. `setWebhook` takes `https://` URLs and, for
+//! local testing, `http://` ones on a loopback host. `deleteWebhook` stops the sender and leaves the
 //! undelivered updates to `getUpdates`. [`Stats`] counts the requests (`webhook_*`).
 //!
 //! ```no_run

@@ -90,6 +90,13 @@ struct Args {
     /// How long one webhook request may take, in milliseconds.
     #[arg(long, default_value_t = 60_000)]
     webhook_timeout_ms: u64,
+    /// How long without a delivered update before the webhook counts as down, in
+    /// milliseconds; a refused connection makes it down at once.
+    #[arg(long, default_value_t = 10_000)]
+    webhook_down_after_ms: u64,
+    /// While the webhook is down, the least time between two requests, in milliseconds.
+    #[arg(long, default_value_t = 2_000)]
+    webhook_probe_ms: u64,
 }
 
 #[tokio::main]
@@ -136,6 +143,8 @@ async fn main() -> std::io::Result<()> {
             base: Duration::from_millis(args.webhook_backoff_ms),
             cap: Duration::from_millis(args.webhook_backoff_cap_ms),
             request_timeout: Duration::from_millis(args.webhook_timeout_ms),
+            down_after: Duration::from_millis(args.webhook_down_after_ms),
+            probe_interval: Duration::from_millis(args.webhook_probe_ms),
         },
     };
     let server = MockServer::start(config).await?;

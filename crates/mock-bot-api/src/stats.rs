@@ -51,7 +51,8 @@ pub struct Stats {
     /// Webhook requests answered with a 2xx status: their updates are delivered and gone.
     pub webhook_delivered: u64,
     /// Webhook requests that failed: a non-2xx answer (429s included), a connection error or
-    /// a timeout. Each failure is retried later.
+    /// a timeout. Each failure is retried later (after a connection error, the update is
+    /// sent again as it was, once the receiver is probed again).
     pub webhook_failed: u64,
     /// Webhook requests answered with 429 (also counted in `webhook_failed`).
     pub webhook_429: u64,

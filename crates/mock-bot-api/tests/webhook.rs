@@ -1,8 +1,9 @@
 //! The webhook sender against a receiving bot: a small axum server on loopback that
 //! records every request it gets and answers as each test tells it.
 //!
-//! Waits are bounded polls of a condition (`eventually`), never sleeps; timing assertions
-//! are lower bounds only (a retry waits at least its backoff), never speed limits.
+//! Waits are bounded polls of a condition (`eventually`), never sleeps, except where a test
+//! counts what happens in a stretch of time; timing assertions are lower bounds only (a
+//! retry waits at least its backoff, a probe its interval), never speed limits.
 
 mod common;
 
@@ -25,11 +26,15 @@ use parking_lot::Mutex;
 use serde_json::{Value, json};
 use tokio::sync::{Notify, watch};
 
-/// Fast retries, so that tests of failures finish in milliseconds.
+/// Fast retries, so that tests of failures finish in milliseconds. The receiver counts as
+/// down after the real server's 10 s without a delivery, longer than any test here waits
+/// for one; a refused connection is probed again every 20 ms.
 const FAST: WebhookTiming = WebhookTiming {
     base: Duration::from_millis(20),
     cap: Duration::from_millis(50),
     request_timeout: Duration::from_secs(10),
+    down_after: Duration::from_secs(10),
+    probe_interval: Duration::from_millis(20),
 };
 
 /// One request the bot received.
@@ -112,6 +117,16 @@ impl Bot {
         F: Fn(Hit, Arc<BotState>) -> Fut + Send + Sync + 'static,
         Fut: Future<Output = Answer> + Send + 'static,
     {
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.expect("bind");
+        Bot::start_on(listener, respond)
+    }
+
+    /// A bot on `listener`.
+    fn start_on<F, Fut>(listener: tokio::net::TcpListener, respond: F) -> Bot
+    where
+        F: Fn(Hit, Arc<BotState>) -> Fut + Send + Sync + 'static,
+        Fut: Future<Output = Answer> + Send + 'static,
+    {
         let state = Arc::new(BotState {
             hits: Mutex::new(Vec::new()),
             in_flight: AtomicUsize::new(0),
@@ -124,7 +139,6 @@ impl Bot {
         let app = Router::new()
             .route("/hook", post(receive))
             .with_state(Arc::clone(&state));
-        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.expect("bind");
         let url = format!("http://{}/hook", listener.local_addr().unwrap());
         tokio::spawn(async move { axum::serve(listener, app).await.expect("bot server") });
         Bot { url, state }
@@ -493,6 +507,107 @@ async fn a_refused_connection_is_retried_and_the_update_kept() {
     let message = info["result"]["last_error_message"].as_str().unwrap().to_owned();
     assert!(message.starts_with("Connection failed: "), "{message}");
     assert!(!message.contains("127.0.0.1"), "no URL in the message: {message}");
+}
+
+#[tokio::test]
+async fn a_refused_connection_holds_back_every_chat_and_a_receiver_that_comes_back_gets_all() {
+    let server = server(WebhookTiming {
+        probe_interval: Duration::from_millis(100),
+        ..FAST
+    })
+    .await;
+    // A port nothing listens on yet.
+    let addr = {
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        listener.local_addr().unwrap()
+    };
+    // 30 chats, two updates each: ids 1..=30, then 31..=60 in the same chats.
+    push_chats(&server, (0..60).map(|i| i % 30));
+    server.set_webhook_spec(WebhookSpec {
+        max_connections: 5,
+        ..WebhookSpec::new(format!("http://{addr}/hook"))
+    });
+    eventually("the first requests were refused", || server.stats().webhook_failed >= 5).await;
+    let before = server.stats().webhook_posts;
+    tokio::time::sleep(Duration::from_millis(250)).await;
+    let probes = server.stats().webhook_posts - before;
+    assert!(
+        probes <= 3,
+        "{probes} requests in 250 ms after a refusal: one per 100 ms, not one per chat"
+    );
+
+    let listener = tokio::net::TcpListener::bind(addr).await.expect("the port again");
+    let bot = Bot::start_on(listener, |_, _| async { Answer::Ok });
+    eventually("every update is delivered", || server.pending() == 0).await;
+    assert_eq!(
+        sorted(bot.state.ids()),
+        (1..=60).collect::<Vec<_>>(),
+        "each exactly once"
+    );
+    for (chat, ids) in per_chat(&bot.state.hits()) {
+        assert_eq!(ids, [chat + 1, chat + 31], "chat {chat} in id order");
+    }
+    assert_eq!(bot.state.overlaps.load(Ordering::SeqCst), 0);
+    let stats = server.stats();
+    assert_eq!(stats.webhook_delivered, 60);
+    assert_eq!(
+        stats.webhook_posts,
+        stats.webhook_failed + 60,
+        "every refusal was counted"
+    );
+}
+
+#[tokio::test]
+async fn nothing_delivered_for_down_after_leaves_one_request_per_probe_interval() {
+    const DOWN_AFTER: Duration = Duration::from_millis(300);
+    const PROBE: Duration = Duration::from_millis(100);
+    let server = server(WebhookTiming {
+        base: Duration::from_millis(5),
+        cap: Duration::from_millis(10),
+        down_after: DOWN_AFTER,
+        probe_interval: PROBE,
+        ..FAST
+    })
+    .await;
+    let healthy = Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let bot = Bot::start({
+        let healthy = Arc::clone(&healthy);
+        move |_, _| {
+            let healthy = healthy.load(Ordering::SeqCst);
+            async move { if healthy { Answer::Ok } else { Answer::Status(500) } }
+        }
+    })
+    .await;
+    push_chats(&server, (0..40).map(|i| i % 20));
+    let set_at = Instant::now();
+    server.set_webhook_spec(WebhookSpec {
+        max_connections: 10,
+        ..WebhookSpec::new(&bot.url)
+    });
+    tokio::time::sleep(DOWN_AFTER + Duration::from_millis(700)).await;
+    let down_from = set_at + DOWN_AFTER + Duration::from_millis(50);
+    let hits = bot.state.hits();
+    let (up, down): (Vec<&Hit>, Vec<&Hit>) = hits.iter().partition(|h| h.at < down_from);
+    assert!(up.len() > 20, "at full speed while up: {} requests", up.len());
+    assert!(
+        (3..=8).contains(&down.len()),
+        "{} requests in the 650 ms after down_after, one per 100 ms expected",
+        down.len()
+    );
+    for pair in down.windows(2) {
+        let gap = pair[1].at - pair[0].at;
+        // Half the interval: arrivals at the bot jitter around the sender's starts.
+        assert!(gap >= PROBE / 2, "{gap:?} between two requests");
+    }
+
+    // The next request is delivered, and the rest follows at full speed.
+    healthy.store(true, Ordering::SeqCst);
+    eventually("every update is delivered", || server.pending() == 0).await;
+    for (chat, ids) in per_chat(&bot.state.hits()) {
+        let mut delivered = ids.clone();
+        delivered.dedup();
+        assert_eq!(delivered, [chat + 1, chat + 21], "chat {chat} in id order: {ids:?}");
+    }
 }
 
 #[tokio::test]
