@@ -11,6 +11,8 @@
 //! - `webhook` (`pollgate-webhook`, with the `webhook` feature): the webhook transport —
 //!   Telegram pushes, the same admission budget decides when each request is answered
 //!   (`docs/webhooks.md`).
+//! - `spool` (`pollgate-spool`, with the `spool` feature): the durable local spool for
+//!   at-least-once delivery at full speed (`docs/tuning.md`).
 
 pub use pollgate_admission as admission;
 pub use pollgate_core as core;
@@ -25,6 +27,11 @@ pub use pollgate_redis as redis;
 /// `webhook` feature).
 #[cfg(feature = "webhook")]
 pub use pollgate_webhook as webhook;
+
+/// The durable local spool: fetch eagerly into redb, confirm once durable, handle at full
+/// speed under at-least-once delivery (the `spool` feature).
+#[cfg(feature = "spool")]
+pub use pollgate_spool as spool;
 
 pub use pollgate_admission::{
     AdmissionPolicy, Barrier, ByteBudget, Fixed, Gate, Limit, Load, MemoryProbe, Outcome, RssAdaptive, all_of,

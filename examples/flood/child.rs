@@ -12,6 +12,7 @@ use pollgate::core::{TelegramTransport, Transport};
 use pollgate::{
     AdmissionPolicy, Barrier, ByteBudget, Delivery, Fixed, Load, RssAdaptive, RunError, Runtime, Summary, all_of,
 };
+use pollgate_spool::SpoolTransport;
 
 use crate::cli::{Args, DeliveryArg, PolicySpec, TransportArg};
 use crate::custom_policy::TokenBucket;
@@ -107,7 +108,27 @@ async fn run(args: Args) -> Result<RunResult, String> {
         recorder: Arc::clone(&recorder),
         target: args.updates as u64,
     };
+    let mut spool_peak_bytes = None;
     let (summary, drain, signalled, fetch_calls, webhook_429) = match args.transport {
+        TransportArg::Polling if args.spool.is_some() => {
+            let transport = telegram.ok_or("--child needs --api-url")?;
+            let dir = args.spool.clone().unwrap_or_default();
+            // The bot's id names the source, so a restart trusts the spool's offset.
+            let bot = args
+                .token
+                .as_deref()
+                .and_then(|t| t.split(':').next())
+                .unwrap_or_default();
+            let spool = SpoolTransport::builder(&dir)
+                .source(bot)
+                .open(transport)
+                .map_err(|e| format!("cannot open the spool: {e}"))?;
+            let handle = spool.handle();
+            let (summary, drain, signalled) = run.drive(spool).await?;
+            spool_peak_bytes = Some(handle.stats().peak_bytes);
+            let fetches = handle.stats().batches;
+            (summary, drain, signalled, fetches, None)
+        }
         TransportArg::Polling => {
             let transport = telegram.ok_or("--child needs --api-url")?;
             let (summary, drain, signalled) = run.drive(transport).await?;
@@ -168,6 +189,7 @@ async fn run(args: Args) -> Result<RunResult, String> {
         slow_x: args.slow_x,
         mean_handler_ms: r.mean_nominal_ms,
         webhook_429,
+        spool_peak_bytes,
     })
 }
 

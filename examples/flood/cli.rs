@@ -61,6 +61,10 @@ pub(crate) struct Args {
     /// Print one JSON object per policy run on stdout (and nothing else there).
     #[arg(long)]
     pub(crate) json: bool,
+    /// With --delivery at-least-once: spool updates durably in DIR (pollgate-spool) and
+    /// confirm them to the server once committed, instead of once handled.
+    #[arg(long, value_name = "DIR")]
+    pub(crate) spool: Option<PathBuf>,
     /// How updates arrive: polling (getUpdates) or webhook (the server pushes; with the
     /// embedded server it is set to push to a listener of each run, max_connections 100).
     #[arg(long, value_enum, default_value_t = TransportArg::Polling)]
@@ -110,6 +114,11 @@ impl Args {
         }
         if !(self.slow_x.is_finite() && self.slow_x >= 1.0) {
             return Err(format!("--slow-x must be at least 1, got {}", self.slow_x));
+        }
+        if self.spool.is_some()
+            && (self.delivery != DeliveryArg::AtLeastOnce || self.transport != TransportArg::Polling)
+        {
+            return Err("--spool needs --delivery at-least-once and polling".into());
         }
         if self.webhook_listen.is_some() && self.transport != TransportArg::Webhook {
             return Err("--webhook-listen needs --transport webhook".into());

@@ -25,6 +25,12 @@ pub(crate) fn main(args: Args) -> u8 {
 async fn run(args: Args) -> Result<(), String> {
     let mut stops = crate::stop::listen()?;
     let outside = args.api_url.is_some() || args.webhook_listen.is_some();
+    if let (false, Some(dir)) = (outside, &args.spool) {
+        // A new embedded server starts its ids from 1: a spool left by an earlier run
+        // holds updates of another server. (With --api-url the spool is kept: that is
+        // the point of it.)
+        let _ = std::fs::remove_file(dir.join("spool.redb"));
+    }
     let server = match outside {
         true => None,
         false => Some(
@@ -135,6 +141,9 @@ async fn run_child(
     }
     if args.transport == TransportArg::Webhook {
         cmd.args(["--transport", "webhook"]);
+    }
+    if let Some(dir) = &args.spool {
+        cmd.arg("--spool").arg(dir);
     }
     cmd.args(["--updates", &args.updates.to_string()])
         .args(["--text-bytes", &args.text_bytes.to_string()])

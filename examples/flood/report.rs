@@ -39,6 +39,9 @@ pub(crate) struct RunResult {
     /// sender retried them later. Absent for polling.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub(crate) webhook_429: Option<u64>,
+    /// `--spool`: the most JSON bytes the spool held at once. Absent without a spool.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub(crate) spool_peak_bytes: Option<u64>,
 }
 
 fn mib(b: u64) -> String {

@@ -1,0 +1,179 @@
+//! The on-disk part: one redb file with the spooled updates, keyed by update id, and the
+//! highest id ever committed.
+//!
+//! redb commits atomically (copy-on-write pages, checksummed) and, with its default
+//! `Durability::Immediate`, fsyncs before `commit` returns: a committed batch survives a
+//! crash or `kill -9` whole, an interrupted one is not there at all.
+
+use std::collections::BTreeMap;
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+
+use redb::{Database, ReadableTable, TableDefinition};
+
+use crate::error::SpoolError;
+
+/// Spooled updates: update id → the update's JSON text.
+const ENTRIES: TableDefinition<'_, i64, &[u8]> = TableDefinition::new("entries");
+/// Bookkeeping: `high` → the highest update id ever committed (entries deleted since
+/// included), so that a batch fetched again after a crash is not spooled twice; `high_at`
+/// → when (Unix seconds).
+const META: TableDefinition<'_, &str, i64> = TableDefinition::new("meta");
+
+/// Bookkeeping: `source` → the name of the source `high` belongs to
+/// ([`SpoolBuilder::source`](crate::SpoolBuilder::source)).
+const SOURCE: TableDefinition<'_, &str, &str> = TableDefinition::new("source");
+
+/// After this long without a commit, `high` is forgotten at open. Telegram keeps updates
+/// for 24 hours, and after a week without updates it may restart its ids at a random,
+/// possibly lower, number: confirming a stale `high + 1` then would drop new updates.
+const HIGH_FORGOTTEN_AFTER_S: i64 = 24 * 3600;
+
+fn unix_now() -> i64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| i64::try_from(d.as_secs()).unwrap_or(i64::MAX))
+}
+
+/// What the spool holds and has done (a snapshot from [`SpoolTransport::stats`](crate::SpoolTransport::stats)).
+#[non_exhaustive]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct SpoolStats {
+    /// Entries in the spool now (waiting or being handled).
+    pub entries: u64,
+    /// Their JSON bytes.
+    pub bytes: u64,
+    /// The most bytes the spool held at once.
+    pub peak_bytes: u64,
+    /// Batches committed from the source.
+    pub batches: u64,
+    /// Updates committed from the source.
+    pub spooled: u64,
+    /// Entries deleted after their handler finished.
+    pub deleted: u64,
+    /// Updates the source delivered again that were already spooled (skipped).
+    pub skipped: u64,
+}
+
+/// The redb database behind a spool. Cheap to clone.
+#[derive(Clone)]
+pub(crate) struct Store {
+    db: Arc<Database>,
+}
+
+/// What a spool holds at open: each entry's id and size, and the highest id committed.
+pub(crate) struct Contents {
+    pub(crate) entries: BTreeMap<i64, u32>,
+    pub(crate) high: Option<i64>,
+}
+
+impl Store {
+    /// Opens (or creates) `dir/spool.redb` with a page cache of `cache_bytes`, and reads
+    /// what it holds. The recorded highest id is trusted only when it was written for the
+    /// same `source` (and recently): otherwise confirming it would drop another source's
+    /// updates.
+    pub(crate) fn open(dir: &Path, cache_bytes: usize, source: Option<&str>) -> Result<(Store, Contents), SpoolError> {
+        let path: PathBuf = dir.join("spool.redb");
+        std::fs::create_dir_all(dir).map_err(|e| SpoolError::Open {
+            path: path.clone(),
+            source: Box::new(redb::DatabaseError::Storage(redb::StorageError::Io(e))),
+        })?;
+        let db = Database::builder()
+            .set_cache_size(cache_bytes)
+            .create(&path)
+            .map_err(|source| SpoolError::Open {
+                path: path.clone(),
+                source: Box::new(source),
+            })?;
+        let store = Store { db: Arc::new(db) };
+        let contents = store.contents(source)?;
+        Ok((store, contents))
+    }
+
+    fn contents(&self, source: Option<&str>) -> Result<Contents, SpoolError> {
+        #[allow(clippy::result_large_err)] // redb's error, boxed on the way out
+        let read = || -> Result<Contents, redb::Error> {
+            // Create the tables on first use, so that reads never meet a missing table.
+            let txn = self.db.begin_write()?;
+            txn.open_table(ENTRIES)?;
+            txn.open_table(META)?;
+            txn.open_table(SOURCE)?;
+            txn.commit()?;
+            let txn = self.db.begin_read()?;
+            let table = txn.open_table(ENTRIES)?;
+            let mut entries = BTreeMap::new();
+            for row in table.iter()? {
+                let (id, json) = row?;
+                entries.insert(id.value(), u32::try_from(json.value().len()).unwrap_or(u32::MAX));
+            }
+            let meta = txn.open_table(META)?;
+            let high_at = meta.get("high_at")?.map_or(0, |v| v.value());
+            let fresh = unix_now().saturating_sub(high_at) < HIGH_FORGOTTEN_AFTER_S;
+            let recorded = txn.open_table(SOURCE)?.get("source")?.map(|v| v.value().to_owned());
+            let same_source = source.is_some() && recorded.as_deref() == source;
+            let high = meta.get("high")?.map(|v| v.value()).filter(|_| fresh && same_source);
+            Ok(Contents { entries, high })
+        };
+        read().map_err(SpoolError::store("read its contents at open"))
+    }
+
+    /// Commits a batch, the new highest id and the source's name in one transaction
+    /// (fsync'd on return).
+    pub(crate) fn append(&self, rows: &[(i64, String)], high: i64, source: Option<&str>) -> Result<(), SpoolError> {
+        #[allow(clippy::result_large_err)] // redb's error, boxed on the way out
+        let write = || -> Result<(), redb::Error> {
+            let txn = self.db.begin_write()?;
+            {
+                let mut table = txn.open_table(ENTRIES)?;
+                for (id, json) in rows {
+                    table.insert(*id, json.as_bytes())?;
+                }
+                let mut meta = txn.open_table(META)?;
+                meta.insert("high", high)?;
+                meta.insert("high_at", unix_now())?;
+                let mut names = txn.open_table(SOURCE)?;
+                match source {
+                    Some(source) => names.insert("source", source)?,
+                    None => names.remove("source")?,
+                };
+            }
+            txn.commit()?;
+            Ok(())
+        };
+        write().map_err(SpoolError::store("committed a batch"))
+    }
+
+    /// Reads entries by id (those still there), in the order given.
+    pub(crate) fn read(&self, ids: &[i64]) -> Result<Vec<(i64, String)>, SpoolError> {
+        #[allow(clippy::result_large_err)] // redb's error, boxed on the way out
+        let read = || -> Result<Vec<(i64, String)>, redb::Error> {
+            let txn = self.db.begin_read()?;
+            let table = txn.open_table(ENTRIES)?;
+            let mut rows = Vec::with_capacity(ids.len());
+            for &id in ids {
+                if let Some(json) = table.get(id)? {
+                    rows.push((id, String::from_utf8_lossy(json.value()).into_owned()));
+                }
+            }
+            Ok(rows)
+        };
+        read().map_err(SpoolError::store("read entries"))
+    }
+
+    /// Deletes finished entries in one transaction.
+    pub(crate) fn remove(&self, ids: &[i64]) -> Result<(), SpoolError> {
+        #[allow(clippy::result_large_err)] // redb's error, boxed on the way out
+        let write = || -> Result<(), redb::Error> {
+            let txn = self.db.begin_write()?;
+            {
+                let mut table = txn.open_table(ENTRIES)?;
+                for &id in ids {
+                    table.remove(id)?;
+                }
+            }
+            txn.commit()?;
+            Ok(())
+        };
+        write().map_err(SpoolError::store("deleted finished entries"))
+    }
+}

@@ -1,0 +1,504 @@
+//! [`SpoolTransport`]: the spool as a [`Transport`] the runtime drives, and the filler
+//! task that keeps it fed from the source.
+
+use std::collections::{BTreeMap, HashMap};
+use std::fmt;
+use std::path::PathBuf;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering::Relaxed};
+use std::time::Duration;
+
+use parking_lot::Mutex;
+use pollgate_core::{Ack, AckModel, Batch, DecodeFailure, FetchRequest, Transport, Update};
+use tokio::sync::Notify;
+use tokio_util::sync::CancellationToken;
+use tokio_util::task::AbortOnDropHandle;
+use tracing::{debug, error};
+
+use crate::error::SpoolError;
+use crate::store::{SpoolStats, Store};
+
+/// Configures a spool. Made by [`SpoolTransport::builder`].
+#[must_use = "a builder does nothing until opened"]
+#[derive(Clone, Debug)]
+pub struct SpoolBuilder {
+    dir: PathBuf,
+    max_entries: u64,
+    max_bytes: u64,
+    fill_timeout: Duration,
+    window: usize,
+    cache_bytes: usize,
+    source: Option<String>,
+}
+
+impl SpoolBuilder {
+    /// The name of the source this spool fills from (for Telegram, the bot's id: the
+    /// token's part before `:`). With it, a restart within 24 hours confirms at once what
+    /// the spool committed before the crash, so nothing is fetched twice; without it, or
+    /// when the name differs (another bot on the same directory), the recorded offset is
+    /// not trusted and at most one batch is spooled twice after a crash.
+    pub fn source(mut self, name: impl Into<String>) -> Self {
+        self.source = Some(name.into());
+        self
+    }
+
+    /// The store's page cache (default 8 MiB). redb's own default, 1 GiB, would count
+    /// against the memory the admission policy budgets; the spool reads each entry once.
+    pub fn cache_bytes(mut self, bytes: usize) -> Self {
+        self.cache_bytes = bytes;
+        self
+    }
+
+    /// The most entries the spool holds (default 100 000); at the limit the filler stops
+    /// fetching and the backlog waits on the source.
+    pub fn max_entries(mut self, entries: u64) -> Self {
+        self.max_entries = entries.max(1);
+        self
+    }
+
+    /// The most JSON bytes the spool holds (default 256 MiB; the file is larger by
+    /// redb's pages and free space).
+    pub fn max_bytes(mut self, bytes: u64) -> Self {
+        self.max_bytes = bytes.max(1);
+        self
+    }
+
+    /// The long-poll timeout of the filler's fetches from the source (default 25 s).
+    pub fn fill_timeout(mut self, timeout: Duration) -> Self {
+        self.fill_timeout = timeout;
+        self
+    }
+
+    /// Opens (or creates) the spool in its directory, then starts filling it from
+    /// `source` on the current tokio runtime. What the spool already holds is delivered
+    /// first, in id order.
+    ///
+    /// # Errors
+    ///
+    /// [`SpoolError::Open`] when the file cannot be opened (locked by another process,
+    /// corrupt, not writable); [`SpoolError::Store`] when its contents cannot be read.
+    ///
+    /// # Panics
+    ///
+    /// Outside a tokio runtime.
+    pub fn open<T: Transport>(self, source: T) -> Result<SpoolTransport<T>, SpoolError> {
+        let (store, contents) = Store::open(&self.dir, self.cache_bytes, self.source.as_deref())?;
+        let bytes = contents.entries.values().map(|&b| u64::from(b)).sum();
+        let entries = contents.entries.len() as u64;
+        if entries > 0 {
+            tracing::info!(
+                entries,
+                bytes,
+                "spool holds unfinished updates from before; they go first"
+            );
+        }
+        let shared = Arc::new(Shared {
+            store,
+            limits: self.clone(),
+            state: Mutex::new(State {
+                ready: contents.entries,
+                leased: HashMap::new(),
+                high: contents.high,
+                error: None,
+            }),
+            stats: Arc::new(Mutex::new(SpoolStats {
+                entries,
+                bytes,
+                peak_bytes: bytes,
+                ..SpoolStats::default()
+            })),
+            arrived: Notify::new(),
+            room: Notify::new(),
+            stop: CancellationToken::new(),
+            average: AtomicU64::new(0),
+        });
+        let source = Arc::new(source);
+        let filler = AbortOnDropHandle::new(tokio::spawn(fill(Arc::clone(&shared), Arc::clone(&source))));
+        Ok(SpoolTransport {
+            shared,
+            source,
+            filler: tokio::sync::Mutex::new(Some(filler)),
+        })
+    }
+}
+
+/// A durable local spool in front of a transport with cumulative acks (Telegram): a
+/// [`Transport`] with individual acks that the runtime drives at full speed under
+/// at-least-once delivery. See the [crate docs](crate).
+pub struct SpoolTransport<T> {
+    shared: Arc<Shared>,
+    source: Arc<T>,
+    filler: tokio::sync::Mutex<Option<AbortOnDropHandle<()>>>,
+}
+
+struct Shared {
+    store: Store,
+    limits: SpoolBuilder,
+    state: Mutex<State>,
+    /// The counters, apart so that a [`SpoolHandle`] does not keep the store open.
+    stats: Arc<Mutex<SpoolStats>>,
+    /// Wakes the fetch when entries arrive (or the filler failed).
+    arrived: Notify,
+    /// Wakes the filler when entries were deleted.
+    room: Notify,
+    /// Stops the filler between commits (never inside one).
+    stop: CancellationToken,
+    /// The average entry size of the last committed batch (0: none yet).
+    average: AtomicU64,
+}
+
+struct State {
+    /// Entries waiting for a fetch: id → JSON size.
+    ready: BTreeMap<i64, u32>,
+    /// Entries handed to the runtime and not acknowledged yet.
+    leased: HashMap<i64, u32>,
+    /// The highest id committed (when trusted: see [`SpoolBuilder::source`]).
+    high: Option<i64>,
+    /// The filler's final error, returned by the next fetch.
+    error: Option<SpoolError>,
+}
+
+impl SpoolTransport<()> {
+    /// Starts configuring a spool kept in `dir` (created if missing; the file is
+    /// `dir/spool.redb`).
+    pub fn builder(dir: impl Into<PathBuf>) -> SpoolBuilder {
+        SpoolBuilder {
+            dir: dir.into(),
+            max_entries: 100_000,
+            max_bytes: 256 << 20,
+            fill_timeout: Duration::from_secs(25),
+            window: 100,
+            cache_bytes: 8 << 20,
+            source: None,
+        }
+    }
+}
+
+impl<T> SpoolTransport<T> {
+    /// What the spool holds and has done.
+    pub fn stats(&self) -> SpoolStats {
+        *self.shared.stats.lock()
+    }
+
+    /// A handle on the spool's counters that outlives the runtime's ownership of it.
+    pub fn handle(&self) -> SpoolHandle {
+        SpoolHandle {
+            stats: Arc::clone(&self.shared.stats),
+        }
+    }
+
+    /// Stops the filler and closes the spool file, so that it can be opened again in this
+    /// process once this returns (dropping the transport closes it a moment later, when
+    /// the filler task has ended). Entries stay in the spool; nothing is confirmed that
+    /// was not already.
+    pub async fn close(self) {
+        self.stop_filler().await;
+    }
+
+    /// Stops the filler between two commits and waits for it to end.
+    async fn stop_filler(&self) {
+        self.shared.stop.cancel();
+        let filler = self.filler.lock().await.take();
+        if let Some(filler) = filler {
+            let _ = filler.await;
+        }
+    }
+}
+
+impl Shared {
+    /// How many entries the filler may ask for now: 0 until the room reaches the low-water
+    /// mark (a quarter of `max_entries`, at most one window), so that a full spool refills
+    /// in whole batches rather than one `getUpdates` and one commit per freed entry; and
+    /// no more than the free bytes hold at the entries' average size.
+    fn room(&self) -> usize {
+        let s = *self.stats.lock();
+        let l = &self.limits;
+        let free_entries = l.max_entries.saturating_sub(s.entries);
+        let low_water = (l.max_entries / 4).clamp(1, l.window as u64);
+        let free_bytes = l.max_bytes.saturating_sub(s.bytes);
+        // The entries' average size: of those held, else of the last batch; unknown before
+        // the first batch, which then asks for one update only.
+        let average = match (s.entries, self.average.load(Relaxed)) {
+            (0, 0) => return usize::from(free_entries > 0 && free_bytes > 0),
+            (0, last) => last,
+            (n, _) => (s.bytes / n).max(1),
+        };
+        if free_entries < low_water.min(l.max_entries) || free_bytes < average {
+            return 0;
+        }
+        let by_bytes = (free_bytes / average).max(1);
+        usize::try_from(free_entries.min(by_bytes)).unwrap_or(usize::MAX)
+    }
+
+    fn fail(&self, error: SpoolError) {
+        error!(error = %error, "spool filler stopped");
+        self.state.lock().error = Some(error);
+        self.arrived.notify_one();
+    }
+}
+
+/// The filler: while there is room, fetch from the source, commit, then confirm. It stops
+/// (on `shared.stop`) only while waiting for room or for the source, never between a
+/// commit and the bookkeeping after it.
+async fn fill<T: Transport>(shared: Arc<Shared>, source: Arc<T>) {
+    let window = shared.limits.window;
+    // The offset to confirm: everything up to the last committed batch.
+    let mut confirm = shared.state.lock().high.map(|h| h + 1);
+    loop {
+        let room = loop {
+            let freed = shared.room.notified();
+            let room = shared.room();
+            if room > 0 {
+                break room;
+            }
+            tokio::select! {
+                () = freed => {}
+                () = shared.stop.cancelled() => return,
+            }
+        };
+        if let Err(e) = source
+            .ack(Ack {
+                below: confirm,
+                receipts: &[],
+            })
+            .await
+        {
+            return shared.fail(SpoolError::Source(Box::new(e)));
+        }
+        let request = FetchRequest {
+            limit: room.min(window),
+            timeout: shared.limits.fill_timeout,
+        };
+        let batch = tokio::select! {
+            batch = source.fetch(request) => match batch {
+                Ok(batch) => batch,
+                Err(e) => return shared.fail(SpoolError::Source(Box::new(e))),
+            },
+            () = shared.stop.cancelled() => return,
+        };
+        let Some(last) = batch.last_id() else { continue };
+        // Already spooled: at or below the trusted highest id, or still in the spool (a
+        // batch delivered again after a crash between its commit and its confirmation).
+        let spooled = |id: i64, state: &State| {
+            state.high.is_some_and(|h| id <= h) || state.ready.contains_key(&id) || state.leased.contains_key(&id)
+        };
+        let (rows, skipped, high) = {
+            let state = shared.state.lock();
+            let mut skipped = 0u64;
+            let mut rows: Vec<(i64, String)> = Vec::with_capacity(batch.len());
+            for u in &batch.updates {
+                if spooled(u.id(), &state) {
+                    skipped += 1;
+                } else {
+                    rows.push((u.id(), u.raw().to_owned()));
+                }
+            }
+            // Undecodable updates are spooled too (their excerpt): confirmed with the batch,
+            // they must survive a crash until the runtime has reported them.
+            for f in &batch.failures {
+                if spooled(f.update_id, &state) {
+                    skipped += 1;
+                } else {
+                    rows.push((f.update_id, f.raw.clone()));
+                }
+            }
+            (rows, skipped, state.high)
+        };
+        drop(batch); // the response body, before the commit
+        let new_high = high.map_or(last, |h| h.max(last));
+        let store = shared.store.clone();
+        let source_name = shared.limits.source.clone();
+        let committed =
+            tokio::task::spawn_blocking(move || store.append(&rows, new_high, source_name.as_deref()).map(|()| rows))
+                .await;
+        let rows = match committed {
+            Ok(Ok(rows)) => rows,
+            Ok(Err(e)) => return shared.fail(e),
+            Err(join) => {
+                return shared.fail(SpoolError::Source(format!("spool commit task failed: {join}").into()));
+            }
+        };
+        let mut added = 0u64;
+        {
+            let mut state = shared.state.lock();
+            for (id, json) in &rows {
+                let size = u32::try_from(json.len()).unwrap_or(u32::MAX);
+                state.ready.insert(*id, size);
+                added += u64::from(size);
+            }
+            state.high = Some(new_high);
+        }
+        if !rows.is_empty() {
+            shared.average.store((added / rows.len() as u64).max(1), Relaxed);
+        }
+        {
+            let mut stats = shared.stats.lock();
+            stats.bytes += added;
+            stats.entries += rows.len() as u64;
+            stats.peak_bytes = stats.peak_bytes.max(stats.bytes);
+            stats.batches += 1;
+            stats.spooled += rows.len() as u64;
+            stats.skipped += skipped;
+        }
+        debug!(spooled = rows.len(), last, "spool committed a batch");
+        confirm = Some(new_high + 1);
+        shared.arrived.notify_one();
+    }
+}
+
+impl<T: Transport> Transport for SpoolTransport<T> {
+    type Error = SpoolError;
+
+    fn ack_model(&self) -> AckModel {
+        AckModel::Individual {
+            window: self.shared.limits.window,
+        }
+    }
+
+    /// Takes up to `request.limit` spooled entries in id order, waiting up to
+    /// `request.timeout` for the filler when none is ready.
+    ///
+    /// # Cancel safety
+    ///
+    /// Cancel safe: entries are leased only in the step that returns them.
+    async fn fetch(&self, request: FetchRequest) -> Result<Batch, SpoolError> {
+        let shared = &self.shared;
+        let deadline = tokio::time::Instant::now() + request.timeout;
+        loop {
+            let arrived = shared.arrived.notified();
+            let ids = {
+                let mut state = shared.state.lock();
+                if let Some(e) = state.error.take() {
+                    return Err(e);
+                }
+                let limit = request.limit.clamp(1, shared.limits.window);
+                let ids: Vec<i64> = state.ready.keys().take(limit).copied().collect();
+                for id in &ids {
+                    if let Some(size) = state.ready.remove(id) {
+                        state.leased.insert(*id, size);
+                    }
+                }
+                ids
+            };
+            if !ids.is_empty() {
+                let rows = shared.store.read(&ids)?;
+                let mut updates = Vec::with_capacity(rows.len());
+                let mut failures = Vec::new();
+                for (id, json) in rows {
+                    match Update::from_json(&json) {
+                        Ok(update) => updates.push(update.with_receipt(id.to_string())),
+                        Err(error) => failures.push(DecodeFailure {
+                            update_id: id,
+                            id_inferred: false,
+                            error,
+                            raw: json,
+                        }),
+                    }
+                }
+                if !failures.is_empty() {
+                    // Reported by the runtime with this batch; retrying cannot decode them.
+                    let gone: Vec<i64> = failures.iter().map(|f| f.update_id).collect();
+                    shared.store.remove(&gone)?;
+                    self.forget(&gone);
+                }
+                return Ok(Batch {
+                    updates,
+                    failures,
+                    truncated: false,
+                });
+            }
+            tokio::select! {
+                () = arrived => {}
+                () = tokio::time::sleep_until(deadline) => return Ok(Batch::default()),
+            }
+        }
+    }
+
+    /// Deletes the acknowledged entries (one transaction) and makes room for the filler.
+    ///
+    /// # Cancel safety
+    ///
+    /// Cancel safe in effect: a dropped call's deletion still completes (it runs on a
+    /// blocking thread); only its error is lost.
+    async fn ack(&self, ack: Ack<'_>) -> Result<(), SpoolError> {
+        let ids: Vec<i64> = ack.receipts.iter().filter_map(|r| r.parse().ok()).collect();
+        if ids.is_empty() {
+            return Ok(());
+        }
+        let store = self.shared.store.clone();
+        let delete = ids.clone();
+        match tokio::task::spawn_blocking(move || store.remove(&delete)).await {
+            Ok(result) => result?,
+            Err(join) => return Err(SpoolError::Source(format!("spool delete task failed: {join}").into())),
+        }
+        self.forget(&ids);
+        Ok(())
+    }
+
+    /// Stops the filler and flushes the source (Telegram: confirms the last committed
+    /// batch's offset). Entries still in the spool stay there for the next start.
+    async fn flush(&self) -> Result<(), SpoolError> {
+        self.stop_filler().await;
+        let confirm = self.shared.state.lock().high.map(|h| h + 1);
+        self.source
+            .ack(Ack {
+                below: confirm,
+                receipts: &[],
+            })
+            .await
+            .map_err(|e| SpoolError::Source(Box::new(e)))?;
+        self.source.flush().await.map_err(|e| SpoolError::Source(Box::new(e)))
+    }
+}
+
+/// The counters of a [`SpoolTransport`], readable after the runtime took the transport.
+/// It does not keep the spool file open.
+#[derive(Clone)]
+pub struct SpoolHandle {
+    stats: Arc<Mutex<SpoolStats>>,
+}
+
+impl SpoolHandle {
+    /// What the spool holds and has done.
+    pub fn stats(&self) -> SpoolStats {
+        *self.stats.lock()
+    }
+}
+
+impl<T> SpoolTransport<T> {
+    /// Drops deleted entries from the bookkeeping (waiting or leased) and wakes the filler.
+    fn forget(&self, ids: &[i64]) {
+        let (mut count, mut bytes) = (0u64, 0u64);
+        {
+            let mut state = self.shared.state.lock();
+            for id in ids {
+                if let Some(size) = state.leased.remove(id).or_else(|| state.ready.remove(id)) {
+                    count += 1;
+                    bytes += u64::from(size);
+                }
+            }
+        }
+        {
+            let mut stats = self.shared.stats.lock();
+            stats.entries -= count;
+            stats.bytes -= bytes;
+            stats.deleted += count;
+        }
+        self.shared.room.notify_one();
+    }
+}
+
+impl fmt::Debug for SpoolHandle {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("SpoolHandle").field("stats", &self.stats()).finish()
+    }
+}
+
+impl<T> fmt::Debug for SpoolTransport<T> {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("SpoolTransport")
+            .field("limits", &self.shared.limits)
+            .field("stats", &self.stats())
+            .finish_non_exhaustive()
+    }
+}
