@@ -97,6 +97,18 @@ impl Server {
             .unwrap()
     }
 
+    /// Resets the server and generates `n` updates; the first and last id.
+    async fn fresh_backlog(&self, n: u64, seed: u64) -> (i64, i64) {
+        self.post("/control/reset", serde_json::json!({})).await;
+        let range = self
+            .post(
+                "/control/backlog",
+                serde_json::json!({"updates": n, "text_bytes": 64, "chats": 20, "seed": seed}),
+            )
+            .await;
+        (range["first"].as_i64().unwrap(), range["last"].as_i64().unwrap())
+    }
+
     async fn stats(&self) -> serde_json::Value {
         self.http
             .get(format!("{}/stats", self.url))
@@ -156,14 +168,7 @@ fn ledger_counts(path: &Path) -> BTreeMap<i64, usize> {
 async fn crash_and_recover(server: &Server, policy: &str, seed: u64) {
     let n = knob("CRASH_N", 1200);
     let kills = knob("CRASH_KILLS", 3) as usize;
-    server.post("/control/reset", serde_json::json!({})).await;
-    let range = server
-        .post(
-            "/control/backlog",
-            serde_json::json!({"updates": n, "text_bytes": 64, "chats": 20, "seed": seed}),
-        )
-        .await;
-    let (first, last) = (range["first"].as_i64().unwrap(), range["last"].as_i64().unwrap());
+    let (first, last) = server.fresh_backlog(n, seed).await;
     let ledger =
         std::env::temp_dir().join(format!("pollgate-crash-{}-{policy}.ledger", std::process::id()).replace(':', "_"));
     let _ = std::fs::remove_file(&ledger);
@@ -228,14 +233,7 @@ async fn crash_and_recover(server: &Server, policy: &str, seed: u64) {
 async fn crash_and_recover_spooled(server: &Server, policy: &str, in_flight: usize, seed: u64) {
     let n = knob("CRASH_N", 1200);
     let kills = knob("CRASH_KILLS", 3) as usize;
-    server.post("/control/reset", serde_json::json!({})).await;
-    let range = server
-        .post(
-            "/control/backlog",
-            serde_json::json!({"updates": n, "text_bytes": 64, "chats": 20, "seed": seed}),
-        )
-        .await;
-    let (first, last) = (range["first"].as_i64().unwrap(), range["last"].as_i64().unwrap());
+    let (first, last) = server.fresh_backlog(n, seed).await;
     let name = format!("pollgate-crash-spool-{}-{policy}", std::process::id()).replace(':', "_");
     let ledger = std::env::temp_dir().join(format!("{name}.ledger"));
     let spool = std::env::temp_dir().join(format!("{name}.spool"));

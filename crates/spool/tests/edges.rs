@@ -2,65 +2,21 @@
 //! offsets, undecodable updates across a crash, closing mid-commit, the size limits, the
 //! refill rhythm. The mock Bot API server over real sockets; waits on states, not sleeps.
 
+mod common;
+
+use common::{server_with, telegram, temp_dir, until};
 use std::collections::HashMap;
 use std::convert::Infallible;
-use std::path::PathBuf;
 use std::sync::Arc;
-use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::Duration;
 
-use mock_bot_api::{BacklogSpec, Fault, MockConfig, MockServer};
+use mock_bot_api::Fault;
 use parking_lot::Mutex;
 use pollgate_admission::Fixed;
-use pollgate_core::{Ack, AckModel, Backoff, Batch, FetchRequest, TelegramTransport, Transport, Update};
+use pollgate_core::{Ack, AckModel, Batch, FetchRequest, Transport, Update};
 use pollgate_runtime::{Delivery, Runtime};
 use pollgate_spool::SpoolTransport;
 use tokio::sync::Notify;
-
-fn temp_dir(name: &str) -> PathBuf {
-    static NEXT: AtomicU64 = AtomicU64::new(0);
-    let dir = std::env::temp_dir().join(format!(
-        "pollgate-spool-defect-{name}-{}-{}",
-        std::process::id(),
-        NEXT.fetch_add(1, Ordering::Relaxed)
-    ));
-    let _ = std::fs::remove_dir_all(&dir);
-    dir
-}
-
-async fn server_with(updates: usize, text_bytes: usize) -> MockServer {
-    let server = MockServer::start(MockConfig::default()).await.unwrap();
-    server.generate(&BacklogSpec {
-        updates,
-        text_bytes,
-        chats: 20,
-        seed: 3,
-    });
-    server
-}
-
-fn telegram(server: &MockServer) -> TelegramTransport {
-    TelegramTransport::builder(server.token())
-        .api_url(server.url())
-        .backoff(Backoff {
-            initial: Duration::from_millis(1),
-            factor: 2.0,
-            max: Duration::from_millis(5),
-            max_retries: None,
-        })
-        .build()
-        .unwrap()
-}
-
-async fn until(what: &str, mut cond: impl FnMut() -> bool) {
-    for _ in 0..5000 {
-        if cond() {
-            return;
-        }
-        tokio::time::sleep(Duration::from_millis(2)).await;
-    }
-    panic!("timed out waiting for: {what}");
-}
 
 /// Waits up to `limit` for `cond`; returns whether it held.
 async fn within(limit: Duration, mut cond: impl FnMut() -> bool) -> bool {

@@ -2,65 +2,24 @@
 //! handler, nothing re-fetched after a crash, the size limit leaving the backlog on the
 //! server, a corrupt file refused. Real sockets; the tests wait on states, not on sleeps.
 
+mod common;
+
+use common::{server_with, telegram, temp_dir, until};
 use std::collections::HashMap;
 use std::convert::Infallible;
-use std::path::PathBuf;
 use std::sync::Arc;
-use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::Duration;
 
-use mock_bot_api::{BacklogSpec, MockConfig, MockServer};
+use mock_bot_api::MockServer;
 use parking_lot::Mutex;
 use pollgate_admission::Fixed;
-use pollgate_core::{Backoff, TelegramTransport, Update};
+use pollgate_core::Update;
 use pollgate_runtime::{Delivery, Runtime};
 use pollgate_spool::{SpoolError, SpoolTransport};
 use tokio::sync::Semaphore;
 
-/// A fresh directory under the system's temp dir.
-fn temp_dir(name: &str) -> PathBuf {
-    static NEXT: AtomicU64 = AtomicU64::new(0);
-    let dir = std::env::temp_dir().join(format!(
-        "pollgate-spool-{name}-{}-{}",
-        std::process::id(),
-        NEXT.fetch_add(1, Ordering::Relaxed)
-    ));
-    let _ = std::fs::remove_dir_all(&dir);
-    dir
-}
-
 async fn server(updates: usize) -> MockServer {
-    let server = MockServer::start(MockConfig::default()).await.unwrap();
-    server.generate(&BacklogSpec {
-        updates,
-        text_bytes: 64,
-        chats: 20,
-        seed: 3,
-    });
-    server
-}
-
-fn telegram(server: &MockServer) -> TelegramTransport {
-    TelegramTransport::builder(server.token())
-        .api_url(server.url())
-        .backoff(Backoff {
-            initial: Duration::from_millis(1),
-            factor: 2.0,
-            max: Duration::from_millis(5),
-            max_retries: None,
-        })
-        .build()
-        .unwrap()
-}
-
-async fn until(what: &str, mut cond: impl FnMut() -> bool) {
-    for _ in 0..5000 {
-        if cond() {
-            return;
-        }
-        tokio::time::sleep(Duration::from_millis(2)).await;
-    }
-    panic!("timed out waiting for: {what}");
+    server_with(updates, 64).await
 }
 
 type Boxed = std::pin::Pin<Box<dyn Future<Output = Result<(), Infallible>> + Send>>;
