@@ -248,11 +248,17 @@ async fn crash_and_recover_spooled(server: &Server, policy: &str, in_flight: usi
     }
     // The final run drains the spool and the rest of the server's backlog; it stops after
     // n handled or 5 s with nothing new.
-    let status = flood_with(server, policy, n, &ledger, Some(&spool))
-        .status()
+    let output = flood_with(server, policy, n, &ledger, Some(&spool))
+        .stderr(Stdio::piped())
+        .output()
         .await
         .unwrap();
-    assert!(status.success(), "{policy}: the final run failed: {status}");
+    assert!(
+        output.status.success(),
+        "{policy}: the final run failed: {}: {}",
+        output.status,
+        String::from_utf8_lossy(&output.stderr)
+    );
     assert_eq!(
         server.stats().await["pending"].as_u64(),
         Some(0),

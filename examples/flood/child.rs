@@ -119,10 +119,14 @@ async fn run(args: Args) -> Result<RunResult, String> {
                 .as_deref()
                 .and_then(|t| t.split(':').next())
                 .unwrap_or_default();
-            let spool = SpoolTransport::builder(&dir)
-                .source(bot)
-                .open(transport)
-                .map_err(|e| format!("cannot open the spool: {e}"))?;
+            drop(transport);
+            let spool = open_spool(&dir, bot, || {
+                TelegramTransport::builder(args.token.clone().unwrap_or_default())
+                    .api_url(args.api_url.clone().unwrap_or_default())
+                    .build()
+                    .map_err(|e| format!("cannot build the transport: {e}"))
+            })
+            .await?;
             let handle = spool.handle();
             let (summary, drain, signalled) = run.drive(spool).await?;
             spool_peak_bytes = Some(handle.stats().peak_bytes);
@@ -334,6 +338,26 @@ mod webhook {
             && let Err(e) = telegram.delete_webhook(false).await
         {
             tracing::warn!(error = %e, "deleteWebhook failed");
+        }
+    }
+}
+
+/// Opens the spool, waiting up to 10 s for a previous instance (killed, still exiting) to
+/// let go of the file. `source` builds the transport for each attempt (a failed open
+/// drops the one it was given).
+async fn open_spool(
+    dir: &std::path::Path,
+    bot: &str,
+    source: impl Fn() -> Result<TelegramTransport, String>,
+) -> Result<SpoolTransport<TelegramTransport>, String> {
+    let deadline = Instant::now() + Duration::from_secs(10);
+    loop {
+        match SpoolTransport::builder(dir).source(bot).open(source()?) {
+            Ok(spool) => return Ok(spool),
+            Err(e) if e.is_locked() && Instant::now() < deadline => {
+                tokio::time::sleep(Duration::from_millis(50)).await;
+            }
+            Err(e) => return Err(format!("cannot open the spool: {e}")),
         }
     }
 }

@@ -29,6 +29,13 @@ pub enum SpoolError {
 }
 
 impl SpoolError {
+    /// Whether the spool file is held by another process (or another spool in this one):
+    /// typically the previous instance of the bot, still exiting. Opening again once it is
+    /// gone succeeds.
+    pub fn is_locked(&self) -> bool {
+        matches!(self, SpoolError::Open { source, .. } if matches!(**source, redb::DatabaseError::DatabaseAlreadyOpen))
+    }
+
     pub(crate) fn store(doing: &'static str) -> impl FnOnce(redb::Error) -> SpoolError {
         move |source| SpoolError::Store {
             doing,

@@ -165,3 +165,16 @@ async fn a_corrupt_spool_is_an_error_at_open_and_is_left_alone() {
     assert_eq!(std::fs::read(&file).unwrap(), garbage, "the file is untouched");
     let _ = std::fs::remove_dir_all(dir);
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_spool_held_by_another_instance_is_locked_not_corrupt() {
+    let server = server(1).await;
+    let dir = temp_dir("locked");
+    let first = SpoolTransport::builder(&dir).open(telegram(&server)).unwrap();
+    let error = SpoolTransport::builder(&dir).open(telegram(&server)).unwrap_err();
+    assert!(error.is_locked(), "{error:?}");
+    first.close().await;
+    let again = SpoolTransport::builder(&dir).open(telegram(&server)).unwrap();
+    again.close().await;
+    let _ = std::fs::remove_dir_all(dir);
+}
