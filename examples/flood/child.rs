@@ -357,7 +357,16 @@ async fn open_spool(
             Err(e) if e.is_locked() && Instant::now() < deadline => {
                 tokio::time::sleep(Duration::from_millis(50)).await;
             }
-            Err(e) => return Err(format!("cannot open the spool: {e}")),
+            Err(e) => {
+                // The whole chain: the store's own reason is the part that helps.
+                let mut message = format!("cannot open the spool: {e}");
+                let mut source = std::error::Error::source(&e);
+                while let Some(cause) = source {
+                    message.push_str(&format!(": {cause}"));
+                    source = cause.source();
+                }
+                return Err(message);
+            }
         }
     }
 }

@@ -29,6 +29,41 @@ const SOURCE: TableDefinition<'_, &str, &str> = TableDefinition::new("source");
 /// possibly lower, number: confirming a stale `high + 1` then would drop new updates.
 const HIGH_FORGOTTEN_AFTER_S: i64 = 24 * 3600;
 
+/// Creates a new, empty spool file under a temporary name and renames it into place, so a
+/// crash during creation leaves no half-written `spool.redb` (which the next start would
+/// have to refuse as corrupt), only a `spool.redb.new` that the next start replaces.
+fn create_atomically(dir: &Path, path: &Path, cache_bytes: usize) -> Result<(), SpoolError> {
+    let fresh = dir.join("spool.redb.new");
+    let io = |e: std::io::Error| SpoolError::Open {
+        path: path.to_path_buf(),
+        source: Box::new(redb::DatabaseError::Storage(redb::StorageError::Io(e))),
+    };
+    match std::fs::remove_file(&fresh) {
+        Ok(()) => {}
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
+        Err(e) => return Err(io(e)),
+    }
+    {
+        let db = Database::builder()
+            .set_cache_size(cache_bytes)
+            .create(&fresh)
+            .map_err(|source| SpoolError::Open {
+                path: fresh.clone(),
+                source: Box::new(source),
+            })?;
+        let txn = db
+            .begin_write()
+            .map_err(|e| SpoolError::store("created the file")(e.into()))?;
+        txn.open_table(ENTRIES)
+            .map_err(|e| SpoolError::store("created the file")(e.into()))?;
+        txn.commit()
+            .map_err(|e| SpoolError::store("created the file")(e.into()))?;
+    }
+    std::fs::rename(&fresh, path).map_err(io)?;
+    // The rename must survive a power loss too.
+    std::fs::File::open(dir).and_then(|d| d.sync_all()).map_err(io)
+}
+
 fn unix_now() -> i64 {
     std::time::SystemTime::now()
         .duration_since(std::time::UNIX_EPOCH)
@@ -78,6 +113,9 @@ impl Store {
             path: path.clone(),
             source: Box::new(redb::DatabaseError::Storage(redb::StorageError::Io(e))),
         })?;
+        if !path.exists() {
+            create_atomically(dir, &path, cache_bytes)?;
+        }
         let db = Database::builder()
             .set_cache_size(cache_bytes)
             .create(&path)

@@ -178,3 +178,18 @@ async fn a_spool_held_by_another_instance_is_locked_not_corrupt() {
     again.close().await;
     let _ = std::fs::remove_dir_all(dir);
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_crash_while_the_spool_was_created_leaves_nothing_to_refuse() {
+    // What a kill during the first start leaves: a half-written file under the
+    // temporary name, and no spool.redb. The next start creates the spool anew.
+    let server = server(5).await;
+    let dir = temp_dir("created");
+    std::fs::create_dir_all(&dir).unwrap();
+    std::fs::write(dir.join("spool.redb.new"), b"half a header").unwrap();
+    let spool = SpoolTransport::builder(&dir).open(telegram(&server)).unwrap();
+    until("5 spooled", || spool.stats().spooled == 5).await;
+    spool.close().await;
+    assert!(!dir.join("spool.redb.new").exists());
+    let _ = std::fs::remove_dir_all(dir);
+}
