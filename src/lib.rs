@@ -37,4 +37,4 @@ pub use pollgate_admission::{
     AdmissionPolicy, Barrier, ByteBudget, Fixed, Gate, Limit, Load, MemoryProbe, Outcome, RssAdaptive, all_of,
 };
 pub use pollgate_core::{MemoryTransport, TelegramError, TelegramTransport, Transport, Update, UpdateKind};
-pub use pollgate_runtime::{CancellationToken, Delivery, Handler, RunError, Runtime, Stats, Summary};
+pub use pollgate_runtime::{CancellationToken, Delivery, Handler, Retry, RunError, Runtime, Stats, Summary};

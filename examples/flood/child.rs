@@ -10,7 +10,7 @@ use std::time::{Duration, Instant};
 
 use pollgate::core::{TelegramTransport, Transport};
 use pollgate::{
-    AdmissionPolicy, Barrier, ByteBudget, Delivery, Fixed, Load, RssAdaptive, RunError, Runtime, Summary, all_of,
+    AdmissionPolicy, Barrier, ByteBudget, Delivery, Fixed, Load, Retry, RssAdaptive, RunError, Runtime, Summary, all_of,
 };
 use pollgate_spool::SpoolTransport;
 
@@ -56,6 +56,8 @@ async fn run(args: Args) -> Result<RunResult, String> {
         hold: Duration::from_millis(args.work_ms),
         slow_frac: args.slow_frac,
         slow_x: args.slow_x,
+        fail_frac: args.fail_frac,
+        poison_frac: args.poison_frac,
     };
     let recorder = Recorder::new(workload, args.updates, args.ordered, args.ledger.as_deref())
         .map_err(|e| format!("cannot open the ledger: {e}"))?;
@@ -100,15 +102,18 @@ async fn run(args: Args) -> Result<RunResult, String> {
         DeliveryArg::Eager => Delivery::Eager,
         DeliveryArg::AtLeastOnce => Delivery::AtLeastOnce,
     };
+    let retry = Retry::attempts(args.attempts).initial_backoff(Duration::from_millis(args.retry_ms));
     let run = Drive {
         policy,
         work,
         delivery,
+        retry,
         ordered: args.ordered,
         recorder: Arc::clone(&recorder),
         target: args.updates as u64,
     };
     let mut spool_peak_bytes = None;
+    let mut spool_dead_lettered = None;
     let (summary, drain, signalled, fetch_calls, webhook_429) = match args.transport {
         TransportArg::Polling if args.spool.is_some() => {
             let transport = telegram.ok_or("--child needs --api-url")?;
@@ -130,6 +135,7 @@ async fn run(args: Args) -> Result<RunResult, String> {
             let handle = spool.handle();
             let (summary, drain, signalled) = run.drive(spool).await?;
             spool_peak_bytes = Some(handle.stats().peak_bytes);
+            spool_dead_lettered = Some(handle.stats().dead_lettered);
             let fetches = handle.stats().batches;
             (summary, drain, signalled, fetches, None)
         }
@@ -193,6 +199,9 @@ async fn run(args: Args) -> Result<RunResult, String> {
         slow_x: args.slow_x,
         mean_handler_ms: r.mean_nominal_ms,
         webhook_429,
+        retried: summary.stats.retried,
+        // With a spool, what its dead-letter table took; else what failed every attempt.
+        dead_lettered: spool_dead_lettered.unwrap_or(summary.stats.exhausted),
         spool_peak_bytes,
     })
 }
@@ -203,6 +212,7 @@ struct Drive {
     policy: Arc<dyn AdmissionPolicy>,
     work: u64,
     delivery: Delivery,
+    retry: Retry,
     ordered: bool,
     recorder: Arc<Recorder>,
     target: u64,
@@ -215,6 +225,7 @@ impl Drive {
             policy,
             work,
             delivery,
+            retry,
             ordered,
             recorder,
             target,
@@ -225,6 +236,7 @@ impl Drive {
             .cost_fn(move |_| work)
             .delivery(delivery)
             .ordered(ordered)
+            .retry(retry)
             .poll_timeout(Duration::from_secs(1))
             .shutdown_on_signals()
             .build();
@@ -246,10 +258,11 @@ impl Drive {
                 }
             }
             let handled = recorder.handled();
-            if handled >= target {
+            let s = stats.snapshot();
+            // Done: every update handled, or failed on every attempt.
+            if handled + s.exhausted >= target {
                 break started.elapsed();
             }
-            let s = stats.snapshot();
             if s.fetched != last_fetched {
                 (last_fetched, last_arrival) = (s.fetched, Instant::now());
             } else if last_arrival.elapsed() >= Duration::from_secs(5) && s.in_flight == 0 && s.queued == 0 {

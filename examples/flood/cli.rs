@@ -41,6 +41,20 @@ pub(crate) struct Args {
     /// How many times longer a straggler takes.
     #[arg(long = "slow-x", value_name = "X", default_value_t = 20.0)]
     pub(crate) slow_x: f64,
+    /// Fraction of updates whose handler fails its first attempt (0..=1), after doing its
+    /// work; they succeed when retried (--attempts).
+    #[arg(long = "fail-frac", value_name = "F", default_value_t = 0.0)]
+    pub(crate) fail_frac: f64,
+    /// Fraction of updates whose handler fails every attempt (0..=1): with --spool they
+    /// end in its dead-letter table.
+    #[arg(long = "poison-frac", value_name = "F", default_value_t = 0.0)]
+    pub(crate) poison_frac: f64,
+    /// Runs of a failing handler per update, the first included (the runtime's retry).
+    #[arg(long, value_name = "N", default_value_t = 3)]
+    pub(crate) attempts: u32,
+    /// Milliseconds before the first retry (doubling after each failed attempt, jittered).
+    #[arg(long = "retry-ms", value_name = "MS", default_value_t = 100)]
+    pub(crate) retry_ms: u64,
     /// When updates are acknowledged.
     #[arg(long, value_enum, default_value_t = DeliveryArg::Eager)]
     pub(crate) delivery: DeliveryArg,
@@ -111,6 +125,14 @@ impl Args {
         }
         if !(0.0..=1.0).contains(&self.slow_frac) {
             return Err(format!("--slow-frac must be within 0..=1, got {}", self.slow_frac));
+        }
+        for (flag, f) in [("--fail-frac", self.fail_frac), ("--poison-frac", self.poison_frac)] {
+            if !(0.0..=1.0).contains(&f) {
+                return Err(format!("{flag} must be within 0..=1, got {f}"));
+            }
+        }
+        if self.attempts == 0 {
+            return Err("--attempts must be at least 1".into());
         }
         if !(self.slow_x.is_finite() && self.slow_x >= 1.0) {
             return Err(format!("--slow-x must be at least 1, got {}", self.slow_x));

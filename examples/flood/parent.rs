@@ -152,6 +152,10 @@ async fn run_child(
         .args(["--work-ms", &args.work_ms.to_string()])
         .args(["--slow-frac", &args.slow_frac.to_string()])
         .args(["--slow-x", &args.slow_x.to_string()])
+        .args(["--fail-frac", &args.fail_frac.to_string()])
+        .args(["--poison-frac", &args.poison_frac.to_string()])
+        .args(["--attempts", &args.attempts.to_string()])
+        .args(["--retry-ms", &args.retry_ms.to_string()])
         .args([
             "--delivery",
             if args.delivery == DeliveryArg::Eager {

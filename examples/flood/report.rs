@@ -39,6 +39,12 @@ pub(crate) struct RunResult {
     /// sender retried them later. Absent for polling.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub(crate) webhook_429: Option<u64>,
+    /// Failed attempts that were run again (`--attempts`).
+    #[serde(default)]
+    pub(crate) retried: u64,
+    /// Updates that failed every attempt: with `--spool`, those its dead-letter table took.
+    #[serde(default)]
+    pub(crate) dead_lettered: u64,
     /// `--spool`: the most JSON bytes the spool held at once. Absent without a spool.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub(crate) spool_peak_bytes: Option<u64>,

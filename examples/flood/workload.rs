@@ -20,19 +20,41 @@ pub(crate) struct Workload {
     pub(crate) hold: Duration,
     pub(crate) slow_frac: f64,
     pub(crate) slow_x: f64,
+    pub(crate) fail_frac: f64,
+    pub(crate) poison_frac: f64,
 }
+
+/// A number in [0, 1) from the id and a salt: the same for every run and every policy.
+/// (`scripts/spool-failures.py` computes it the same way to check the dead letters.)
+pub(crate) fn unit(id: i64, salt: u64) -> f64 {
+    let h = ((id as u64) ^ salt).wrapping_mul(0x9E37_79B9_7F4A_7C15) >> 11;
+    h as f64 / (1u64 << 53) as f64
+}
+
+/// The salts of the straggler, flaky and poisoned choices (independent of each other).
+const SLOW: u64 = 0;
+const FLAKY: u64 = 0x5851_F42D_4C95_7F2D;
+const POISON: u64 = 0x1405_7B7E_F767_814F;
 
 impl Workload {
     /// How long the update with this id holds its memory (stragglers chosen by a hash of
     /// the id, so every run and every policy gets the same ones).
     pub(crate) fn hold_for(&self, id: i64) -> Duration {
-        let h = (id as u64).wrapping_mul(0x9E37_79B9_7F4A_7C15) >> 11;
-        let unit = h as f64 / (1u64 << 53) as f64;
-        if unit < self.slow_frac {
+        if unit(id, SLOW) < self.slow_frac {
             self.hold.mul_f64(self.slow_x)
         } else {
             self.hold
         }
+    }
+
+    /// Whether the update's first attempt fails (`--fail-frac`).
+    fn flaky(&self, id: i64) -> bool {
+        unit(id, FLAKY) < self.fail_frac
+    }
+
+    /// Whether every attempt fails (`--poison-frac`).
+    fn poisoned(&self, id: i64) -> bool {
+        unit(id, POISON) < self.poison_frac
     }
 }
 
@@ -44,6 +66,8 @@ pub(crate) struct Recorder {
     handled: AtomicU64,
     ledger: Option<File>,
     ordered: bool,
+    /// Flaky updates whose first attempt failed already (in this process).
+    failed_once: Mutex<std::collections::HashSet<i64>>,
 }
 
 #[derive(Debug)]
@@ -83,16 +107,18 @@ impl Recorder {
             handled: AtomicU64::new(0),
             ledger,
             ordered,
+            failed_once: Mutex::new(std::collections::HashSet::new()),
         }))
     }
 
-    /// Called when a handler starts: checks per-key order and exclusivity.
+    /// Called when a handler starts: checks per-key order and exclusivity (an attempt
+    /// after a failed one starts the same id again).
     pub(crate) fn start(&self, u: &Update) {
         let (true, Some(key)) = (self.ordered, u.key()) else {
             return;
         };
         let mut s = self.seen.lock();
-        if s.last_started.get(&key).is_some_and(|&prev| prev >= u.id()) {
+        if s.last_started.get(&key).is_some_and(|&prev| prev > u.id()) {
             s.order_violations += 1;
         }
         s.last_started.insert(key, u.id());
@@ -101,6 +127,22 @@ impl Recorder {
         if *running > 1 {
             s.order_violations += 1;
         }
+    }
+
+    /// Called when a handler failed: releases its key for the order check.
+    fn abandon(&self, u: &Update) {
+        if let (true, Some(key)) = (self.ordered, u.key())
+            && let Some(r) = self.seen.lock().running.get_mut(&key)
+        {
+            *r = r.saturating_sub(1);
+        }
+    }
+
+    /// Whether this attempt fails: every attempt of a poisoned update, the first of a
+    /// flaky one.
+    fn fails(&self, id: i64) -> bool {
+        let w = &self.workload;
+        w.poisoned(id) || (w.flaky(id) && self.failed_once.lock().insert(id))
     }
 
     /// Called when a handler is done: the ledger line is written first.
@@ -172,5 +214,9 @@ pub(crate) async fn handle(rec: Arc<Recorder>, u: Update) -> io::Result<()> {
     tokio::time::sleep(hold).await;
     std::hint::black_box(&buf);
     drop(buf);
+    if rec.fails(u.id()) {
+        rec.abandon(&u);
+        return Err(io::Error::other(format!("update {} failed (simulated)", u.id())));
+    }
     rec.finish(&u, started.elapsed(), hold)
 }

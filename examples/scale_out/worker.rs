@@ -35,6 +35,8 @@ async fn run(args: WorkerArgs) -> Result<(), String> {
         hold: Duration::from_millis(args.work_ms),
         slow_frac: 0.0,
         slow_x: 1.0,
+        fail_frac: 0.0,
+        poison_frac: 0.0,
     };
     let recorder = Recorder::new(workload, args.updates, false, Some(&args.ledger))
         .map_err(|e| format!("cannot open the ledger: {e}"))?;

@@ -67,6 +67,49 @@ pub struct Ack<'a> {
     /// Receipts of the updates finished since the last ack, for transports that ack each
     /// update on its own. Empty for Telegram.
     pub receipts: &'a [Arc<str>],
+    /// Those of `receipts` whose handler failed on every attempt (error, panic or
+    /// timeout), with why. A transport that keeps dead letters (the spool) keeps these
+    /// instead of deleting them; any other acknowledges them like the rest of `receipts`.
+    pub failed: &'a [HandlerFailure],
+}
+
+/// An update whose handler failed on every attempt the runtime made.
+///
+/// The runtime acknowledges it past (it must not block the offset or its key for ever)
+/// and hands this record to the transport in [`Ack::failed`], so that a transport with a
+/// dead-letter store can keep the update for a later replay.
+///
+/// # Examples
+///
+/// ```
+/// use pollgate_core::HandlerFailure;
+///
+/// let failure = HandlerFailure::new(42, "42".into(), 3, "the database is down");
+/// assert_eq!((failure.update_id, failure.attempts), (42, 3));
+/// ```
+#[derive(Clone, Debug, PartialEq, Eq)]
+#[non_exhaustive]
+pub struct HandlerFailure {
+    /// The update's id.
+    pub update_id: i64,
+    /// The update's receipt ([`Update::receipt`]), as in [`Ack::receipts`].
+    pub receipt: Arc<str>,
+    /// How many times its handler ran.
+    pub attempts: u32,
+    /// The last attempt's error, panic message or timeout, as text.
+    pub error: String,
+}
+
+impl HandlerFailure {
+    /// A failure record for the update `update_id` with `receipt`.
+    pub fn new(update_id: i64, receipt: Arc<str>, attempts: u32, error: impl Into<String>) -> HandlerFailure {
+        HandlerFailure {
+            update_id,
+            receipt,
+            attempts,
+            error: error.into(),
+        }
+    }
 }
 
 /// The result of one fetch.

@@ -75,6 +75,7 @@ async fn drain(t: &TelegramTransport) -> Vec<i64> {
         t.ack(Ack {
             below: batch.last_id().map(|id| id + 1),
             receipts: &[],
+            failed: &[],
         })
         .await
         .unwrap();
@@ -156,6 +157,7 @@ async fn a_malformed_update_is_reported_with_its_id_and_skipped_past() {
     t.ack(Ack {
         below: batch.last_id().map(|id| id + 1),
         receipts: &[],
+        failed: &[],
     })
     .await
     .unwrap();
@@ -263,6 +265,7 @@ async fn offset_limit_and_final_confirmation_follow_the_bot_api() {
     t.ack(Ack {
         below: Some(tenth),
         receipts: &[],
+        failed: &[],
     })
     .await
     .unwrap();
@@ -282,12 +285,14 @@ async fn offset_limit_and_final_confirmation_follow_the_bot_api() {
     t.ack(Ack {
         below: Some(tenth + 15),
         receipts: &[],
+        failed: &[],
     })
     .await
     .unwrap();
     t.ack(Ack {
         below: Some(tenth),
         receipts: &[],
+        failed: &[],
     })
     .await
     .unwrap();

@@ -341,6 +341,7 @@ async fn a_lost_read_is_recovered_from_the_own_pending_list() {
         .ack(pollgate_core::Ack {
             below: None,
             receipts: &receipts,
+            failed: &[],
         })
         .await
         .unwrap();

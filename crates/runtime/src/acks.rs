@@ -17,6 +17,8 @@
 use std::collections::BTreeSet;
 use std::sync::Arc;
 
+use pollgate_core::HandlerFailure;
+
 use crate::Delivery;
 
 #[derive(Debug)]
@@ -33,6 +35,21 @@ pub(crate) struct AckTracker {
     seen_max: Option<i64>,
     /// Receipts of finished updates not yet acknowledged (individual acks).
     receipts: Vec<Arc<str>>,
+    /// Those of them whose every attempt failed (bounded like `receipts`).
+    failed: Vec<HandlerFailure>,
+}
+
+/// What the next acknowledgement carries for a transport with individual acks.
+#[derive(Debug, Default)]
+pub(crate) struct Pending {
+    pub(crate) receipts: Vec<Arc<str>>,
+    pub(crate) failed: Vec<HandlerFailure>,
+}
+
+impl Pending {
+    pub(crate) fn is_empty(&self) -> bool {
+        self.receipts.is_empty() && self.failed.is_empty()
+    }
 }
 
 /// What to do with a fetched update id.
@@ -53,6 +70,7 @@ impl AckTracker {
             seen_above: BTreeSet::new(),
             seen_max: None,
             receipts: Vec::new(),
+            failed: Vec::new(),
         }
     }
 
@@ -80,16 +98,23 @@ impl AckTracker {
         Seen::New
     }
 
-    /// Records that `id` is finished (handled, failed or undecodable). Returns whether the
-    /// fetch window moved, i.e. whether a dispatcher waiting for room should look again
-    /// (only at-least-once with cumulative acks ever waits for that).
-    pub(crate) fn finished(&mut self, id: i64, receipt: Option<&Arc<str>>) -> bool {
+    /// Records that `id` is finished (handled, failed or undecodable); `failure` when its
+    /// every attempt failed (kept only with a receipt: only a transport with individual
+    /// acks can keep it). Returns whether the fetch window moved, i.e. whether a
+    /// dispatcher waiting for room should look again (only at-least-once with cumulative
+    /// acks ever waits for that).
+    pub(crate) fn finished(&mut self, id: i64, receipt: Option<&Arc<str>>, failure: Option<HandlerFailure>) -> bool {
         let before = self.unfinished.first().copied();
         self.unfinished.remove(&id);
         if self.delivery == Delivery::AtLeastOnce
             && let Some(r) = receipt
         {
             self.receipts.push(Arc::clone(r));
+        }
+        if receipt.is_some()
+            && let Some(f) = failure
+        {
+            self.failed.push(f);
         }
         if !self.tracks_window() || before == self.unfinished.first().copied() {
             return false;
@@ -115,15 +140,20 @@ impl AckTracker {
         if self.tracks_window() { self.seen_above.len() } else { 0 }
     }
 
-    /// Takes the receipts to acknowledge.
-    pub(crate) fn take_receipts(&mut self) -> Vec<Arc<str>> {
-        std::mem::take(&mut self.receipts)
+    /// Takes the receipts (and failures) to acknowledge.
+    pub(crate) fn take_receipts(&mut self) -> Pending {
+        Pending {
+            receipts: std::mem::take(&mut self.receipts),
+            failed: std::mem::take(&mut self.failed),
+        }
     }
 
     /// Puts back receipts whose acknowledgement was interrupted, to be sent later.
-    pub(crate) fn restore_receipts(&mut self, mut receipts: Vec<Arc<str>>) {
-        receipts.append(&mut self.receipts);
-        self.receipts = receipts;
+    pub(crate) fn restore_receipts(&mut self, mut pending: Pending) {
+        pending.receipts.append(&mut self.receipts);
+        self.receipts = pending.receipts;
+        pending.failed.append(&mut self.failed);
+        self.failed = pending.failed;
     }
 
     /// Ids fetched and not finished.
@@ -143,10 +173,10 @@ mod tests {
             assert_eq!(t.fetched(id, None), Seen::New);
         }
         assert_eq!(t.below(), Some(10));
-        assert!(!t.finished(12, None), "the window did not move");
+        assert!(!t.finished(12, None, None), "the window did not move");
         assert_eq!(t.below(), Some(10));
         assert_eq!(t.redelivered_next(), 5);
-        assert!(t.finished(10, None));
+        assert!(t.finished(10, None, None));
         assert_eq!(t.below(), Some(11));
         assert_eq!(t.redelivered_next(), 4);
         // A redelivered id is dropped, finished or not.
@@ -154,7 +184,7 @@ mod tests {
         assert_eq!(t.fetched(11, None), Seen::Again);
         assert_eq!(t.fetched(15, None), Seen::New);
         for id in [11, 13, 14, 15] {
-            t.finished(id, None);
+            t.finished(id, None, None);
         }
         assert_eq!(t.below(), Some(16));
         assert_eq!(t.redelivered_next(), 0);
@@ -176,11 +206,11 @@ mod tests {
         let mut alo = AckTracker::new(Delivery::AtLeastOnce, false);
         alo.fetched(1, Some(&r));
         assert!(alo.take_receipts().is_empty());
-        alo.finished(1, Some(&r));
-        assert_eq!(alo.take_receipts().len(), 1);
+        alo.finished(1, Some(&r), None);
+        assert_eq!(alo.take_receipts().receipts.len(), 1);
         let mut eager = AckTracker::new(Delivery::Eager, false);
         eager.fetched(1, Some(&r));
-        assert_eq!(eager.take_receipts().len(), 1);
+        assert_eq!(eager.take_receipts().receipts.len(), 1);
         // Queues redeliver by design (a claimed entry): not filtered.
         assert_eq!(alo.fetched(1, Some(&r)), Seen::New);
     }

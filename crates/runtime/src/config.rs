@@ -9,6 +9,7 @@ use pollgate_core::{Transport, Update};
 use tokio_util::sync::CancellationToken;
 
 use crate::handler::Handler;
+use crate::retry::Retry;
 use crate::runtime::Runtime;
 
 /// When an update is acknowledged; `docs/architecture.md` ("Delivery modes and Telegram's
@@ -71,6 +72,7 @@ pub(crate) struct Config {
     pub(crate) repoll_interval: Duration,
     pub(crate) drain_deadline: Duration,
     pub(crate) handler_timeout: Option<Duration>,
+    pub(crate) retry: Retry,
     #[cfg(feature = "signal")]
     pub(crate) on_signals: bool,
     pub(crate) summary_every: Option<Duration>,
@@ -114,6 +116,7 @@ impl<T: Transport, H: Handler> RuntimeBuilder<T, H> {
                 repoll_interval: DEFAULT_REPOLL_INTERVAL,
                 drain_deadline: Duration::from_secs(30),
                 handler_timeout: None,
+                retry: Retry::none(),
                 #[cfg(feature = "signal")]
                 on_signals: false,
                 summary_every: None,
@@ -150,8 +153,9 @@ impl<T: Transport, H: Handler> RuntimeBuilder<T, H> {
         self
     }
 
-    /// With ordering, the most updates that may wait behind busy keys; fetching pauses
-    /// while that many wait (default 1024). They also count against a byte budget.
+    /// The most updates that may wait in memory without running: behind busy keys (with
+    /// [ordering](Self::ordered)) or for their next [attempt](Self::retry). Fetching
+    /// pauses while that many wait (default 1024). They also count against a byte budget.
     ///
     /// # Panics
     /// If `max` is 0.
@@ -304,8 +308,9 @@ impl<T: Transport, H: Handler> RuntimeBuilder<T, H> {
     /// [ordering](Self::ordered) the next update of its key starts, and it is acknowledged
     /// past in both [`Delivery`] modes: in eager mode it was confirmed when fetched, and in
     /// at-least-once mode the offset moves past it too, so it is **not** delivered again.
-    /// Retrying it is the handler's own business (or, later, a durable spool's); a handler
-    /// that must not lose an update makes its own retries fit within the timeout.
+    /// With [`retry`](Self::retry) a timed-out attempt is retried like a failed one, each
+    /// attempt with its own timeout; after the last one the update goes to the transport
+    /// as a failure (a spool keeps it as a dead letter).
     ///
     /// Without a timeout, a handler that never returns holds its permit for ever, keeps its
     /// key busy (its updates pile up to [`max_queued`](Self::max_queued)), and in
@@ -336,6 +341,17 @@ impl<T: Transport, H: Handler> RuntimeBuilder<T, H> {
     pub fn handler_timeout(mut self, timeout: Duration) -> Self {
         assert!(!timeout.is_zero(), "handler_timeout must be greater than zero");
         self.config.handler_timeout = Some(timeout);
+        self
+    }
+
+    /// Runs a failed handler again, up to `retry`'s attempts with backoff in between
+    /// (default [`Retry::none`]: once). An error, a panic and a timeout all count as a
+    /// failure; see [`Retry`] for what a waiting retry holds and how it keeps per-key
+    /// order. After the last attempt the update is acknowledged past like any failed one
+    /// and reported in [`Ack::failed`](pollgate_core::Ack::failed), so a transport with a
+    /// dead-letter store (the spool) keeps it.
+    pub fn retry(mut self, retry: Retry) -> Self {
+        self.config.retry = retry;
         self
     }
 

@@ -53,6 +53,7 @@ mod acks;
 mod config;
 mod handler;
 mod ordering;
+mod retry;
 mod runtime;
 #[cfg(feature = "signal")]
 mod signals;
@@ -63,6 +64,7 @@ mod task;
 
 pub use config::{DEFAULT_COST_FACTOR, DEFAULT_REPOLL_INTERVAL, Delivery, RuntimeBuilder};
 pub use handler::{BoxError, Handler, Overloaded};
+pub use retry::Retry;
 pub use runtime::{RunError, Runtime, Summary};
 pub use stats::{Stats, StatsHandle};
 pub use tokio_util::sync::CancellationToken;

@@ -23,7 +23,7 @@ use std::time::Duration;
 
 use parking_lot::Mutex;
 use pollgate_admission::{AdmissionPolicy, Gate, TryAcquireError};
-use pollgate_core::{Ack, FetchRequest, Transport, Update};
+use pollgate_core::{Ack, FetchRequest, HandlerFailure, Transport, Update};
 use tokio::sync::Notify;
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::{AbortOnDropHandle, TaskTracker};
@@ -84,12 +84,20 @@ pub(crate) struct Ctx<H> {
 }
 
 impl<H> Ctx<H> {
-    /// Records that `id` is finished for acknowledgement.
-    pub(crate) fn finished(&self, id: i64, receipt: Option<&Arc<str>>) {
+    /// Records that `id` is finished for acknowledgement; `failed` (attempts, error) when
+    /// its every attempt failed.
+    pub(crate) fn finished(&self, id: i64, receipt: Option<&Arc<str>>, failed: Option<(u32, String)>) {
+        if failed.is_some() {
+            Counters::bump(&self.counters.exhausted);
+        }
         if !self.track_completions {
             return;
         }
-        if self.acks.lock().finished(id, receipt) {
+        let failure = match (receipt, failed) {
+            (Some(r), Some((attempts, error))) => Some(HandlerFailure::new(id, Arc::clone(r), attempts, error)),
+            _ => None,
+        };
+        if self.acks.lock().finished(id, receipt, failure) {
             self.progress.notify_one();
         }
         if self.individual && receipt.is_some() {
@@ -340,14 +348,15 @@ impl<T: Transport, H: Handler> Runtime<T, H> {
             if !receipts.is_empty() {
                 let ack = transport.ack(Ack {
                     below: None,
-                    receipts: &receipts,
+                    receipts: &receipts.receipts,
+                    failed: &receipts.failed,
                 });
                 if let Ok(Err(e)) | Err(e) = tokio::time::timeout(limit, ack)
                     .await
                     .map_err(|_| "timed out".to_string())
                     .map(|r| r.map_err(|e| e.to_string()))
                 {
-                    warn!(error = %e, receipts = receipts.len(), "could not acknowledge finished updates after the failure");
+                    warn!(error = %e, receipts = receipts.receipts.len(), "could not acknowledge finished updates after the failure");
                 }
             }
             return Err(RunError::Transport {
@@ -359,7 +368,8 @@ impl<T: Transport, H: Handler> Runtime<T, H> {
             transport
                 .ack(Ack {
                     below,
-                    receipts: &receipts,
+                    receipts: &receipts.receipts,
+                    failed: &receipts.failed,
                 })
                 .await
                 .map_err(|e| e.to_string())?;
@@ -490,7 +500,7 @@ async fn dispatch_loop<T: Transport, H: Handler>(
         // not wait for it. The receipts go back for the final acknowledgement.
         let acked = tokio::select! {
             biased;
-            r = transport.ack(Ack { below, receipts: &receipts }) => r,
+            r = transport.ack(Ack { below, receipts: &receipts.receipts, failed: &receipts.failed }) => r,
             _ = stop.cancelled() => {
                 ctx.acks.lock().restore_receipts(receipts);
                 return Ok(());
@@ -579,7 +589,7 @@ fn register_mixed<H>(ctx: &Ctx<H>, batch: pollgate_core::Batch, returned: usize)
             match item {
                 Item::Skip(f) => {
                     if acks.fetched(f.update_id, None) == Seen::New {
-                        acks.finished(f.update_id, None);
+                        acks.finished(f.update_id, None, None);
                         skipped.push(f);
                     }
                 }
@@ -626,9 +636,10 @@ async fn ack_loop<T: Transport, H>(
         let ack = transport
             .ack(Ack {
                 below: None,
-                receipts: &receipts,
+                receipts: &receipts.receipts,
+                failed: &receipts.failed,
             })
-            .instrument(info_span!("ack", receipts = receipts.len()));
+            .instrument(info_span!("ack", receipts = receipts.receipts.len()));
         // Once every handler finished, an acknowledgement still retrying (the server is
         // unreachable) gets the drain deadline, then is given up: its entries stay
         // pending and are delivered again.
@@ -639,12 +650,12 @@ async fn ack_loop<T: Transport, H>(
         let acked = tokio::select! {
             r = ack => r,
             _ = gave_up => {
-                warn!(receipts = receipts.len(), "acknowledgement still failing at shutdown; given up (the entries will be delivered again)");
+                warn!(receipts = receipts.receipts.len(), "acknowledgement still failing at shutdown; given up (the entries will be delivered again)");
                 return None;
             }
         };
         if let Err(e) = acked {
-            error!(error = %e, receipts = receipts.len(), "acknowledgement failed; stopping (unacknowledged entries will be delivered again)");
+            error!(error = %e, receipts = receipts.receipts.len(), "acknowledgement failed; stopping (unacknowledged entries will be delivered again)");
             stop.cancel();
             return Some(e);
         }
@@ -677,9 +688,11 @@ async fn fetch_room<H>(ctx: &Ctx<H>, window: usize) -> Option<usize> {
         progressed.as_mut().enable();
         let again = ctx.acks.lock().redelivered_next();
         let room_window = window.saturating_sub(again);
-        let room_queue = match ctx.keys {
-            Some(_) => ctx.config.max_queued.saturating_sub(ctx.gate.load().queued),
-            None => usize::MAX,
+        // Updates parked behind their keys and those waiting for a retry hold reservations.
+        let room_queue = if ctx.keys.is_some() || ctx.config.retry.retries() {
+            ctx.config.max_queued.saturating_sub(ctx.gate.load().queued)
+        } else {
+            usize::MAX
         };
         if room_window == 0 || room_queue == 0 {
             // Room comes back with a completion or an admitted parked update; a closed gate
@@ -785,7 +798,7 @@ async fn acquire_and_spawn<H: Handler>(ctx: &Arc<Ctx<H>>, update: Update, cost: 
     };
     match permit {
         Some(permit) => {
-            if ctx.keys.is_some() && update.key().is_some() {
+            if (ctx.keys.is_some() && update.key().is_some()) || ctx.config.retry.retries() {
                 ctx.tracker.spawn(task::run(Arc::clone(ctx), update, permit));
             } else {
                 ctx.tracker.spawn(task::RunOne::new(Arc::clone(ctx), update, permit));

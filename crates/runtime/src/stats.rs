@@ -26,13 +26,19 @@ pub struct Stats {
     pub admitted: u64,
     /// Handlers that returned `Ok`.
     pub completed: u64,
-    /// Handlers that returned an error.
+    /// Handler runs that returned an error (each attempt counts).
     pub failed: u64,
-    /// Handlers that panicked.
+    /// Handler runs that panicked (each attempt counts).
     pub panicked: u64,
-    /// Handlers cancelled at the handler timeout (`RuntimeBuilder::handler_timeout`):
-    /// reported to the policy as overload, and acknowledged past like a failed update.
+    /// Handler runs cancelled at the handler timeout (`RuntimeBuilder::handler_timeout`):
+    /// reported to the policy as overload (each attempt counts).
     pub timed_out: u64,
+    /// Failed runs (error, panic or timeout) that were followed by another attempt
+    /// (`RuntimeBuilder::retry`).
+    pub retried: u64,
+    /// Updates whose every attempt failed: acknowledged past and reported to the
+    /// transport as failures (a spool keeps them as dead letters).
+    pub exhausted: u64,
     /// Handlers aborted at the drain deadline, or updates given up before they ran.
     pub aborted: u64,
     /// Updates that could not be decoded (reported and acknowledged past).
@@ -50,9 +56,10 @@ pub struct Stats {
 }
 
 impl Stats {
-    /// Updates finished one way or another: completed, failed, panicked or timed out.
+    /// Updates finished one way or another: completed, or failed (error, panic or
+    /// timeout) on their last attempt.
     pub fn finished(&self) -> u64 {
-        self.completed + self.failed + self.panicked + self.timed_out
+        (self.completed + self.failed + self.panicked + self.timed_out).saturating_sub(self.retried)
     }
 }
 
@@ -64,6 +71,10 @@ pub(crate) struct Counters {
     pub(crate) panicked: AtomicU64,
     /// Handlers cancelled at the handler timeout (their permits were released).
     pub(crate) timed_out: AtomicU64,
+    /// Failed runs followed by another attempt.
+    pub(crate) retried: AtomicU64,
+    /// Updates whose last attempt failed.
+    pub(crate) exhausted: AtomicU64,
     /// Updates given up before they ran.
     pub(crate) aborted: AtomicU64,
     /// Handlers dropped at the drain deadline (their permits were released).
@@ -81,6 +92,8 @@ impl Default for Counters {
             failed: AtomicU64::new(0),
             panicked: AtomicU64::new(0),
             timed_out: AtomicU64::new(0),
+            retried: AtomicU64::new(0),
+            exhausted: AtomicU64::new(0),
             aborted: AtomicU64::new(0),
             aborted_running: AtomicU64::new(0),
             undecodable: AtomicU64::new(0),
@@ -130,6 +143,8 @@ impl StatsHandle {
             failed: r(&c.failed),
             panicked: r(&c.panicked),
             timed_out: r(&c.timed_out),
+            retried: r(&c.retried),
+            exhausted: r(&c.exhausted),
             aborted: r(&c.aborted) + r(&c.aborted_running),
             undecodable: r(&c.undecodable),
             redelivered: r(&c.redelivered),

@@ -33,8 +33,8 @@ type Panic = Box<dyn Any + Send>;
 
 pin_project_lite::pin_project! {
     /// Runs one handler to its end, to the handler timeout or to the drain deadline, and
-    /// reports the outcome to the permit, the counters and the log. Resolves to `false`
-    /// when aborted at the deadline (a timed-out update counts as finished).
+    /// reports the outcome to the permit, the counters and the log, then says how the
+    /// attempt ended ([`Verdict`]).
     pub(crate) struct Execute<H: Handler> {
         ctx: Arc<Ctx<H>>,
         #[pin]
@@ -99,6 +99,16 @@ impl Future for Waits {
     }
 }
 
+/// How one attempt at an update ended, for its acknowledgement and its retries.
+pub(crate) enum Verdict {
+    /// The handler returned `Ok`.
+    Handled,
+    /// The handler failed (an error, a panic or the handler timeout): why, as text.
+    Failed(String),
+    /// The handler was dropped at the drain deadline: the update is not finished.
+    Aborted,
+}
+
 /// How a handler ended.
 enum Ended<E> {
     /// It returned.
@@ -143,9 +153,9 @@ impl<H: Handler> Execute<H> {
 }
 
 impl<H: Handler> Future for Execute<H> {
-    type Output = bool;
+    type Output = Verdict;
 
-    fn poll(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<bool> {
+    fn poll(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Verdict> {
         let mut this = self.project();
         let ended = match this.handler.as_mut().project() {
             StartedProj::Panicked { panic } => Ended::Panicked(panic.take().expect("polled after completion")),
@@ -199,9 +209,14 @@ impl Waits {
     }
 }
 
-/// Reports how a handler ended; `false` when aborted at the drain deadline (the update
-/// does not count as finished).
-fn report<H: Handler>(ctx: &Ctx<H>, id: i64, permit: Permit, started: Option<Instant>, ended: Ended<H::Error>) -> bool {
+/// Reports how a handler ended, and turns it into a [`Verdict`].
+fn report<H: Handler>(
+    ctx: &Ctx<H>,
+    id: i64,
+    permit: Permit,
+    started: Option<Instant>,
+    ended: Ended<H::Error>,
+) -> Verdict {
     let latency = started.map(|t| t.elapsed()).unwrap_or_default();
     let latency_ms = latency.as_secs_f64() * 1e3;
     match ended {
@@ -210,7 +225,7 @@ fn report<H: Handler>(ctx: &Ctx<H>, id: i64, permit: Permit, started: Option<Ins
             permit.finish(Outcome::Cancelled, latency);
             ctx.given_up.lock().push(id);
             warn!(update_id = id, latency_ms, "handler aborted at the drain deadline");
-            false
+            Verdict::Aborted
         }
         Ended::TimedOut => {
             // Counted before the permit is released: `Stats::completed` is derived from
@@ -222,16 +237,16 @@ fn report<H: Handler>(ctx: &Ctx<H>, id: i64, permit: Permit, started: Option<Ins
                 update_id = id,
                 ?timeout,
                 latency_ms,
-                "handler timed out: cancelled, reported as overload, acknowledged as finished"
+                "handler timed out: cancelled, reported as overload"
             );
-            true
+            Verdict::Failed(format!("timed out after {timeout:?}"))
         }
         Ended::Returned(Ok(())) => {
             // No counter here: successes are the gate's releases minus the other outcomes,
             // so the common path writes no shared counter.
             permit.finish(Outcome::Success, latency);
             debug!(update_id = id, outcome = "success", latency_ms, "update handled");
-            true
+            Verdict::Handled
         }
         Ended::Returned(Err(e)) => {
             let e: BoxError = e.into();
@@ -242,20 +257,22 @@ fn report<H: Handler>(ctx: &Ctx<H>, id: i64, permit: Permit, started: Option<Ins
             };
             Counters::bump(&ctx.counters.failed);
             permit.finish(outcome, latency);
-            warn!(update_id = id, outcome = ?outcome, error = %e, latency_ms, "handler failed");
-            true
+            let error = error_chain(&*e);
+            warn!(update_id = id, outcome = ?outcome, error = %error, latency_ms, "handler failed");
+            Verdict::Failed(error)
         }
         Ended::Panicked(panic) => {
             Counters::bump(&ctx.counters.panicked);
             permit.finish(Outcome::Panic, latency);
+            let message = panic_message(&*panic);
             error!(
                 update_id = id,
                 outcome = "panic",
-                panic = panic_message(&*panic),
+                panic = message,
                 latency_ms,
                 "handler panicked"
             );
-            true
+            Verdict::Failed(format!("panicked: {message}"))
         }
     }
 }
@@ -285,23 +302,27 @@ impl<H: Handler> Future for RunOne<H> {
 
     fn poll(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<()> {
         let mut this = self.project();
-        if ready!(this.execute.as_mut().poll(cx)) {
-            let execute = this.execute.project();
-            execute.ctx.finished(*execute.id, this.receipt.as_ref());
-        }
+        let failed = match ready!(this.execute.as_mut().poll(cx)) {
+            Verdict::Aborted => return Poll::Ready(()),
+            Verdict::Handled => None,
+            Verdict::Failed(error) => Some((1, error)),
+        };
+        let execute = this.execute.project();
+        execute.ctx.finished(*execute.id, this.receipt.as_ref(), failed);
         Poll::Ready(())
     }
 }
 
-/// Runs an update, then the updates queued behind its key, one at a time.
+/// Runs an update (with its retries), then the updates queued behind its key, one at a
+/// time.
 pub(crate) async fn run<H: Handler>(ctx: Arc<Ctx<H>>, mut update: Update, mut permit: Permit) {
     loop {
         let (id, key, receipt) = (update.id(), update.key(), update.receipt().cloned());
-        if !Execute::new(Arc::clone(&ctx), update, permit).await {
+        let Some(failed) = attempts(&ctx, update, permit).await else {
             ctx.abandon_key(key);
             return;
-        }
-        ctx.finished(id, receipt.as_ref());
+        };
+        ctx.finished(id, receipt.as_ref(), failed);
         let (Some(keys), Some(key)) = (&ctx.keys, key) else {
             return;
         };
@@ -325,6 +346,71 @@ pub(crate) async fn run<H: Handler>(ctx: Arc<Ctx<H>>, mut update: Update, mut pe
             }
         }
     }
+}
+
+/// Runs an update's handler until it succeeds or its [attempts](crate::Retry) are used
+/// up, waiting out the backoff between two attempts with the update's JSON size reserved
+/// (see the [`retry`](crate::retry) module). Returns `None` when the update was not
+/// finished (aborted at the drain deadline, or its next attempt never admitted), else
+/// whether it failed for good: `Some(None)` handled, `Some(Some((attempts, error)))` not.
+async fn attempts<H: Handler>(ctx: &Arc<Ctx<H>>, update: Update, mut permit: Permit) -> Option<Option<(u32, String)>> {
+    let retry = &ctx.config.retry;
+    // The handler takes its update: keep a copy for the next attempt (cheap: the JSON is
+    // shared, not copied).
+    let copy = retry.retries().then(|| update.clone());
+    let mut next = update;
+    let mut attempt = 1;
+    loop {
+        let error = match Execute::new(Arc::clone(ctx), next, permit).await {
+            Verdict::Handled => return Some(None),
+            Verdict::Aborted => return None,
+            Verdict::Failed(error) => error,
+        };
+        let Some(update) = copy.as_ref().filter(|_| attempt < retry.max_attempts()) else {
+            return Some(Some((attempt, error)));
+        };
+        Counters::bump(&ctx.counters.retried);
+        let delay = retry.delay(attempt);
+        debug!(update_id = update.id(), attempt, ?delay, error = %error, "retrying after backoff");
+        // Counted like an update parked behind its key: in memory, not running.
+        let waiting = ctx.gate.reserve(update.size() as u64);
+        let slept = tokio::select! {
+            biased;
+            _ = ctx.abort.cancelled() => false,
+            _ = tokio::time::sleep(delay) => true,
+        };
+        // At the drain deadline the gate is closed: a waiting acquire then fails.
+        let acquired = if slept {
+            ctx.gate.acquire(ctx.config.cost.of(update)).await.ok()
+        } else {
+            None
+        };
+        // The reservation leaves the gate's queued count only now: a dispatcher that
+        // paused at `max_queued` may go on (see `run` for why not earlier).
+        drop(waiting);
+        ctx.progress.notify_one();
+        match acquired {
+            Some(p) => permit = p,
+            None => {
+                ctx.give_up(update);
+                return None;
+            }
+        }
+        attempt += 1;
+        next = update.clone();
+    }
+}
+
+/// The error's message followed by its sources', as one line.
+fn error_chain(error: &(dyn std::error::Error + 'static)) -> String {
+    let mut text = error.to_string();
+    let mut source = error.source();
+    while let Some(cause) = source {
+        text.push_str(": ");
+        text.push_str(&cause.to_string());
+        source = cause.source();
+    }
+    text
 }
 
 fn panic_message(panic: &(dyn Any + Send)) -> &str {

@@ -41,10 +41,13 @@
 //! # Ok(()) }
 //! ```
 
+mod dead;
 mod error;
 mod store;
 mod transport;
+mod writer;
 
+pub use dead::DeadLetters;
 pub use error::SpoolError;
-pub use store::SpoolStats;
+pub use store::{DeadLetter, SpoolStats, Which};
 pub use transport::{SpoolBuilder, SpoolHandle, SpoolTransport};

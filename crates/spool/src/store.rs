@@ -8,6 +8,7 @@
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use redb::{Database, ReadableTable, TableDefinition};
 
@@ -19,6 +20,10 @@ const ENTRIES: TableDefinition<'_, i64, &[u8]> = TableDefinition::new("entries")
 /// included), so that a batch fetched again after a crash is not spooled twice; `high_at`
 /// → when (Unix seconds).
 const META: TableDefinition<'_, &str, i64> = TableDefinition::new("meta");
+
+/// Dead letters: update id → (attempts, when it failed for good in Unix seconds, the last
+/// error, the update's JSON text).
+const DEAD: TableDefinition<'_, i64, (u32, i64, &str, &[u8])> = TableDefinition::new("dead");
 
 /// Bookkeeping: `source` → the name of the source `high` belongs to
 /// ([`SpoolBuilder::source`](crate::SpoolBuilder::source)).
@@ -56,6 +61,8 @@ fn create_atomically(dir: &Path, path: &Path, cache_bytes: usize) -> Result<(), 
             .map_err(|e| SpoolError::store("created the file")(e.into()))?;
         txn.open_table(ENTRIES)
             .map_err(|e| SpoolError::store("created the file")(e.into()))?;
+        txn.open_table(DEAD)
+            .map_err(|e| SpoolError::store("created the file")(e.into()))?;
         txn.commit()
             .map_err(|e| SpoolError::store("created the file")(e.into()))?;
     }
@@ -88,6 +95,30 @@ pub struct SpoolStats {
     pub deleted: u64,
     /// Updates the source delivered again that were already spooled (skipped).
     pub skipped: u64,
+    /// Dead letters in the spool now: updates whose handler failed on every attempt
+    /// ([`SpoolTransport::dead_letters`](crate::SpoolTransport::dead_letters)).
+    pub dead_letters: u64,
+    /// Their JSON bytes (they count against the spool's limits, with the entries).
+    pub dead_bytes: u64,
+    /// Entries moved to the dead letters since the spool was opened.
+    pub dead_lettered: u64,
+}
+
+/// An update whose handler failed on every attempt, kept in the spool's dead-letter table
+/// until it is replayed or purged.
+#[non_exhaustive]
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct DeadLetter {
+    /// The update's id.
+    pub update_id: i64,
+    /// How many times its handler ran.
+    pub attempts: u32,
+    /// When it failed for the last time.
+    pub failed_at: SystemTime,
+    /// The last attempt's error, panic message or timeout.
+    pub error: String,
+    /// The update's JSON text, as received.
+    pub json: String,
 }
 
 /// The redb database behind a spool. Cheap to clone.
@@ -100,6 +131,21 @@ pub(crate) struct Store {
 pub(crate) struct Contents {
     pub(crate) entries: BTreeMap<i64, u32>,
     pub(crate) high: Option<i64>,
+    /// Dead letters: how many, and their JSON bytes.
+    pub(crate) dead: (u64, u64),
+}
+
+/// Which dead letters [`SpoolTransport::replay_dead_letters`] and
+/// [`SpoolTransport::purge_dead_letters`] apply to.
+///
+/// [`SpoolTransport::replay_dead_letters`]: crate::SpoolTransport::replay_dead_letters
+/// [`SpoolTransport::purge_dead_letters`]: crate::SpoolTransport::purge_dead_letters
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Which<'a> {
+    /// Every dead letter.
+    All,
+    /// Those with these update ids (others are skipped).
+    Ids(&'a [i64]),
 }
 
 impl Store {
@@ -128,15 +174,42 @@ impl Store {
         Ok((store, contents))
     }
 
-    fn contents(&self, source: Option<&str>) -> Result<Contents, SpoolError> {
+    /// Opens an existing `dir/spool.redb` (never creates one), for working on its dead
+    /// letters while no spool runs on it.
+    pub(crate) fn open_existing(dir: &Path, cache_bytes: usize) -> Result<Store, SpoolError> {
+        let path: PathBuf = dir.join("spool.redb");
+        let db = Database::builder()
+            .set_cache_size(cache_bytes)
+            .open(&path)
+            .map_err(|source| SpoolError::Open {
+                path: path.clone(),
+                source: Box::new(source),
+            })?;
+        let store = Store { db: Arc::new(db) };
+        store.ensure_tables()?;
+        Ok(store)
+    }
+
+    /// Creates the tables on first use (a spool written by an older version may lack
+    /// some), so that reads never meet a missing table.
+    fn ensure_tables(&self) -> Result<(), SpoolError> {
         #[allow(clippy::result_large_err)] // redb's error, boxed on the way out
-        let read = || -> Result<Contents, redb::Error> {
-            // Create the tables on first use, so that reads never meet a missing table.
+        let write = || -> Result<(), redb::Error> {
             let txn = self.db.begin_write()?;
             txn.open_table(ENTRIES)?;
             txn.open_table(META)?;
             txn.open_table(SOURCE)?;
+            txn.open_table(DEAD)?;
             txn.commit()?;
+            Ok(())
+        };
+        write().map_err(SpoolError::store("created its tables"))
+    }
+
+    fn contents(&self, source: Option<&str>) -> Result<Contents, SpoolError> {
+        self.ensure_tables()?;
+        #[allow(clippy::result_large_err)] // redb's error, boxed on the way out
+        let read = || -> Result<Contents, redb::Error> {
             let txn = self.db.begin_read()?;
             let table = txn.open_table(ENTRIES)?;
             let mut entries = BTreeMap::new();
@@ -150,7 +223,14 @@ impl Store {
             let recorded = txn.open_table(SOURCE)?.get("source")?.map(|v| v.value().to_owned());
             let same_source = source.is_some() && recorded.as_deref() == source;
             let high = meta.get("high")?.map(|v| v.value()).filter(|_| fresh && same_source);
-            Ok(Contents { entries, high })
+            let mut dead = (0, 0);
+            for row in txn.open_table(DEAD)?.iter()? {
+                let (_, value) = row?;
+                let (_, _, _, json) = value.value();
+                dead.0 += 1;
+                dead.1 += json.len() as u64;
+            }
+            Ok(Contents { entries, high, dead })
         };
         read().map_err(SpoolError::store("read its contents at open"))
     }
@@ -200,18 +280,99 @@ impl Store {
 
     /// Deletes finished entries in one transaction.
     pub(crate) fn remove(&self, ids: &[i64]) -> Result<(), SpoolError> {
+        self.finish(ids, &[]).map(|_| ())
+    }
+
+    /// In one transaction: deletes the entries `done`, and moves the entries `failed`
+    /// (id, attempts, error) to the dead letters. Returns the JSON size of each entry
+    /// moved (those no longer in the spool are skipped).
+    pub(crate) fn finish(&self, done: &[i64], failed: &[(i64, u32, &str)]) -> Result<Vec<(i64, u64)>, SpoolError> {
         #[allow(clippy::result_large_err)] // redb's error, boxed on the way out
-        let write = || -> Result<(), redb::Error> {
+        let write = || -> Result<Vec<(i64, u64)>, redb::Error> {
             let txn = self.db.begin_write()?;
+            let mut moved = Vec::new();
             {
                 let mut table = txn.open_table(ENTRIES)?;
-                for &id in ids {
+                let mut dead = txn.open_table(DEAD)?;
+                let now = unix_now();
+                for &(id, attempts, error) in failed {
+                    let Some(json) = table.remove(id)? else { continue };
+                    let json = json.value().to_vec();
+                    dead.insert(id, (attempts, now, error, json.as_slice()))?;
+                    moved.push((id, json.len() as u64));
+                }
+                for &id in done {
                     table.remove(id)?;
                 }
             }
             txn.commit()?;
-            Ok(())
+            Ok(moved)
         };
-        write().map_err(SpoolError::store("deleted finished entries"))
+        let doing = if failed.is_empty() {
+            "deleted finished entries"
+        } else {
+            "moved failed entries to the dead letters"
+        };
+        write().map_err(SpoolError::store(doing))
+    }
+
+    /// The dead letters, in id order.
+    pub(crate) fn dead_letters(&self) -> Result<Vec<DeadLetter>, SpoolError> {
+        #[allow(clippy::result_large_err)] // redb's error, boxed on the way out
+        let read = || -> Result<Vec<DeadLetter>, redb::Error> {
+            let txn = self.db.begin_read()?;
+            let table = txn.open_table(DEAD)?;
+            let mut letters = Vec::new();
+            for row in table.iter()? {
+                let (id, value) = row?;
+                let (attempts, at, error, json) = value.value();
+                letters.push(DeadLetter {
+                    update_id: id.value(),
+                    attempts,
+                    failed_at: UNIX_EPOCH + Duration::from_secs(u64::try_from(at).unwrap_or(0)),
+                    error: error.to_owned(),
+                    json: String::from_utf8_lossy(json).into_owned(),
+                });
+            }
+            Ok(letters)
+        };
+        read().map_err(SpoolError::store("read the dead letters"))
+    }
+
+    /// Removes dead letters in one transaction; with `replay`, puts them back among the
+    /// entries. Returns each one's id and JSON size.
+    pub(crate) fn take_dead(&self, which: Which<'_>, replay: bool) -> Result<Vec<(i64, u64)>, SpoolError> {
+        #[allow(clippy::result_large_err)] // redb's error, boxed on the way out
+        let write = || -> Result<Vec<(i64, u64)>, redb::Error> {
+            let txn = self.db.begin_write()?;
+            let mut taken = Vec::new();
+            {
+                let mut dead = txn.open_table(DEAD)?;
+                let mut entries = txn.open_table(ENTRIES)?;
+                let ids: Vec<i64> = match which {
+                    Which::All => dead
+                        .iter()?
+                        .map(|row| row.map(|(id, _)| id.value()))
+                        .collect::<Result<_, _>>()?,
+                    Which::Ids(ids) => ids.to_vec(),
+                };
+                for id in ids {
+                    let Some(value) = dead.remove(id)? else { continue };
+                    let (_, _, _, json) = value.value();
+                    if replay {
+                        entries.insert(id, json)?;
+                    }
+                    taken.push((id, json.len() as u64));
+                }
+            }
+            txn.commit()?;
+            Ok(taken)
+        };
+        let doing = if replay {
+            "replayed dead letters"
+        } else {
+            "purged dead letters"
+        };
+        write().map_err(SpoolError::store(doing))
     }
 }

@@ -13,10 +13,11 @@ use pollgate_core::{Ack, AckModel, Batch, DecodeFailure, FetchRequest, Transport
 use tokio::sync::Notify;
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::AbortOnDropHandle;
-use tracing::{debug, error};
+use tracing::{debug, error, warn};
 
 use crate::error::SpoolError;
-use crate::store::{SpoolStats, Store};
+use crate::store::{DeadLetter, SpoolStats, Store, Which};
+use crate::writer::{Writer, WriterGone};
 
 /// Configures a spool. Made by [`SpoolTransport::builder`].
 #[must_use = "a builder does nothing until opened"]
@@ -85,6 +86,14 @@ impl SpoolBuilder {
         let (store, contents) = Store::open(&self.dir, self.cache_bytes, self.source.as_deref())?;
         let bytes = contents.entries.values().map(|&b| u64::from(b)).sum();
         let entries = contents.entries.len() as u64;
+        let (dead_letters, dead_bytes) = contents.dead;
+        if dead_letters > 0 {
+            tracing::warn!(
+                dead_letters,
+                dead_bytes,
+                "spool holds dead letters: list, replay or purge them (pollgate-spool dead list DIR)"
+            );
+        }
         if entries > 0 {
             tracing::info!(
                 entries,
@@ -92,8 +101,13 @@ impl SpoolBuilder {
                 "spool holds unfinished updates from before; they go first"
             );
         }
+        let writer = Writer::start().map_err(|e| SpoolError::Open {
+            path: self.dir.join("spool.redb"),
+            source: Box::new(redb::DatabaseError::Storage(redb::StorageError::Io(e))),
+        })?;
         let shared = Arc::new(Shared {
             store,
+            writer,
             limits: self.clone(),
             state: Mutex::new(State {
                 ready: contents.entries,
@@ -105,6 +119,8 @@ impl SpoolBuilder {
                 entries,
                 bytes,
                 peak_bytes: bytes,
+                dead_letters,
+                dead_bytes,
                 ..SpoolStats::default()
             })),
             arrived: Notify::new(),
@@ -133,6 +149,8 @@ pub struct SpoolTransport<T> {
 
 struct Shared {
     store: Store,
+    /// Runs the commits and deletions, one at a time, on one thread.
+    writer: Writer,
     limits: SpoolBuilder,
     state: Mutex<State>,
     /// The counters, apart so that a [`SpoolHandle`] does not keep the store open.
@@ -210,12 +228,15 @@ impl Shared {
     /// mark (a quarter of `max_entries`, at most one window), so that a full spool refills
     /// in whole batches rather than one `getUpdates` and one commit per freed entry; and
     /// no more than the free bytes hold at the entries' average size.
+    ///
+    /// Dead letters count against both limits: a spool that fills with them stops
+    /// fetching (and says so) rather than growing without bound.
     fn room(&self) -> usize {
         let s = *self.stats.lock();
         let l = &self.limits;
-        let free_entries = l.max_entries.saturating_sub(s.entries);
+        let free_entries = l.max_entries.saturating_sub(s.entries + s.dead_letters);
         let low_water = (l.max_entries / 4).clamp(1, l.window as u64);
-        let free_bytes = l.max_bytes.saturating_sub(s.bytes);
+        let free_bytes = l.max_bytes.saturating_sub(s.bytes + s.dead_bytes);
         // The entries' average size: of those held, else of the last batch; unknown before
         // the first batch, which then asks for one update only.
         let average = match (s.entries, self.average.load(Relaxed)) {
@@ -260,6 +281,7 @@ async fn fill<T: Transport>(shared: Arc<Shared>, source: Arc<T>) {
             .ack(Ack {
                 below: confirm,
                 receipts: &[],
+                failed: &[],
             })
             .await
         {
@@ -308,14 +330,15 @@ async fn fill<T: Transport>(shared: Arc<Shared>, source: Arc<T>) {
         let new_high = high.map_or(last, |h| h.max(last));
         let store = shared.store.clone();
         let source_name = shared.limits.source.clone();
-        let committed =
-            tokio::task::spawn_blocking(move || store.append(&rows, new_high, source_name.as_deref()).map(|()| rows))
-                .await;
+        let committed = shared
+            .writer
+            .run(move || store.append(&rows, new_high, source_name.as_deref()).map(|()| rows))
+            .await;
         let rows = match committed {
             Ok(Ok(rows)) => rows,
             Ok(Err(e)) => return shared.fail(e),
-            Err(join) => {
-                return shared.fail(SpoolError::Source(format!("spool commit task failed: {join}").into()));
+            Err(WriterGone) => {
+                return shared.fail(SpoolError::Source("the spool's transaction thread failed".into()));
             }
         };
         let mut added = 0u64;
@@ -399,7 +422,7 @@ impl<T: Transport> Transport for SpoolTransport<T> {
                     // Reported by the runtime with this batch; retrying cannot decode them.
                     let gone: Vec<i64> = failures.iter().map(|f| f.update_id).collect();
                     shared.store.remove(&gone)?;
-                    self.forget(&gone);
+                    self.forget(&gone, &[]);
                 }
                 return Ok(Batch {
                     updates,
@@ -414,24 +437,50 @@ impl<T: Transport> Transport for SpoolTransport<T> {
         }
     }
 
-    /// Deletes the acknowledged entries (one transaction) and makes room for the filler.
+    /// Deletes the acknowledged entries and moves those that failed every attempt
+    /// ([`Ack::failed`]) to the dead letters, in one transaction, and makes room for the
+    /// filler.
     ///
     /// # Cancel safety
     ///
-    /// Cancel safe in effect: a dropped call's deletion still completes (it runs on a
-    /// blocking thread); only its error is lost.
+    /// Cancel safe in effect: a dropped call's transaction still completes (it runs on the
+    /// spool's transaction thread); only its error is lost.
     async fn ack(&self, ack: Ack<'_>) -> Result<(), SpoolError> {
-        let ids: Vec<i64> = ack.receipts.iter().filter_map(|r| r.parse().ok()).collect();
-        if ids.is_empty() {
+        let failed: Vec<(i64, u32, String)> = ack
+            .failed
+            .iter()
+            .filter_map(|f| Some((f.receipt.parse().ok()?, f.attempts, f.error.clone())))
+            .collect();
+        let ids: Vec<i64> = ack
+            .receipts
+            .iter()
+            .filter_map(|r| r.parse().ok())
+            .filter(|id| !failed.iter().any(|f| f.0 == *id))
+            .collect();
+        if ids.is_empty() && failed.is_empty() {
             return Ok(());
         }
         let store = self.shared.store.clone();
         let delete = ids.clone();
-        match tokio::task::spawn_blocking(move || store.remove(&delete)).await {
+        let finished = self.shared.writer.run(move || {
+            let failed: Vec<(i64, u32, &str)> = failed.iter().map(|(id, n, e)| (*id, *n, e.as_str())).collect();
+            store.finish(&delete, &failed)
+        });
+        let moved = match finished.await {
             Ok(result) => result?,
-            Err(join) => return Err(SpoolError::Source(format!("spool delete task failed: {join}").into())),
+            Err(WriterGone) => return Err(SpoolError::Source("the spool's transaction thread failed".into())),
+        };
+        for f in ack.failed {
+            if moved.iter().any(|(id, _)| f.receipt.parse() == Ok(*id)) {
+                warn!(
+                    update_id = f.update_id,
+                    attempts = f.attempts,
+                    error = %f.error,
+                    "update failed on every attempt: kept as a dead letter"
+                );
+            }
         }
-        self.forget(&ids);
+        self.forget(&ids, &moved);
         Ok(())
     }
 
@@ -444,6 +493,7 @@ impl<T: Transport> Transport for SpoolTransport<T> {
             .ack(Ack {
                 below: confirm,
                 receipts: &[],
+                failed: &[],
             })
             .await
             .map_err(|e| SpoolError::Source(Box::new(e)))?;
@@ -466,9 +516,11 @@ impl SpoolHandle {
 }
 
 impl<T> SpoolTransport<T> {
-    /// Drops deleted entries from the bookkeeping (waiting or leased) and wakes the filler.
-    fn forget(&self, ids: &[i64]) {
+    /// Drops deleted entries (`ids`) and entries moved to the dead letters (`moved`) from
+    /// the bookkeeping (waiting or leased) and wakes the filler.
+    fn forget(&self, ids: &[i64], moved: &[(i64, u64)]) {
         let (mut count, mut bytes) = (0u64, 0u64);
+        let (mut dead, mut dead_bytes) = (0u64, 0u64);
         {
             let mut state = self.shared.state.lock();
             for id in ids {
@@ -477,14 +529,81 @@ impl<T> SpoolTransport<T> {
                     bytes += u64::from(size);
                 }
             }
+            for (id, json) in moved {
+                if let Some(size) = state.leased.remove(id).or_else(|| state.ready.remove(id)) {
+                    bytes += u64::from(size);
+                    count += 1;
+                    dead += 1;
+                    dead_bytes += json;
+                }
+            }
         }
         {
             let mut stats = self.shared.stats.lock();
             stats.entries -= count;
             stats.bytes -= bytes;
-            stats.deleted += count;
+            stats.deleted += count - dead;
+            stats.dead_letters += dead;
+            stats.dead_bytes += dead_bytes;
+            stats.dead_lettered += dead;
         }
         self.shared.room.notify_one();
+    }
+
+    /// The dead letters: updates whose handler failed on every attempt, in id order.
+    ///
+    /// # Errors
+    ///
+    /// [`SpoolError::Store`] when the table cannot be read.
+    pub fn dead_letters(&self) -> Result<Vec<DeadLetter>, SpoolError> {
+        self.shared.store.dead_letters()
+    }
+
+    /// Puts dead letters back among the entries, to be handled again (first, in id order,
+    /// like every entry). Returns how many were replayed; ids that are not dead letters
+    /// are skipped. Blocks for one committed transaction.
+    ///
+    /// # Errors
+    ///
+    /// [`SpoolError::Store`] when the transaction fails (nothing moved).
+    pub fn replay_dead_letters(&self, which: Which<'_>) -> Result<usize, SpoolError> {
+        let replayed = self.shared.store.take_dead(which, true)?;
+        let (mut count, mut bytes) = (0u64, 0u64);
+        {
+            let mut state = self.shared.state.lock();
+            for &(id, size) in &replayed {
+                state.ready.insert(id, u32::try_from(size).unwrap_or(u32::MAX));
+                count += 1;
+                bytes += size;
+            }
+        }
+        {
+            let mut stats = self.shared.stats.lock();
+            stats.dead_letters -= count;
+            stats.dead_bytes -= bytes;
+            stats.entries += count;
+            stats.bytes += bytes;
+            stats.peak_bytes = stats.peak_bytes.max(stats.bytes);
+        }
+        self.shared.arrived.notify_one();
+        Ok(replayed.len())
+    }
+
+    /// Deletes dead letters for good. Returns how many were purged; ids that are not dead
+    /// letters are skipped. Blocks for one committed transaction.
+    ///
+    /// # Errors
+    ///
+    /// [`SpoolError::Store`] when the transaction fails (nothing deleted).
+    pub fn purge_dead_letters(&self, which: Which<'_>) -> Result<usize, SpoolError> {
+        let purged = self.shared.store.take_dead(which, false)?;
+        {
+            let mut stats = self.shared.stats.lock();
+            stats.dead_letters -= purged.len() as u64;
+            stats.dead_bytes -= purged.iter().map(|(_, b)| b).sum::<u64>();
+        }
+        self.shared.room.notify_one();
+        Ok(purged.len())
     }
 }
 

@@ -295,6 +295,7 @@ async fn an_ack_for_a_waiting_entry_keeps_the_accounting() {
         .ack(Ack {
             below: None,
             receipts: &early,
+            failed: &[],
         })
         .await
         .unwrap();
@@ -310,6 +311,7 @@ async fn an_ack_for_a_waiting_entry_keeps_the_accounting() {
         .ack(Ack {
             below: None,
             receipts: &receipts,
+            failed: &[],
         })
         .await
         .unwrap();

@@ -1,0 +1,343 @@
+//! Retries (`RuntimeBuilder::retry`): a failed handler runs again after its backoff, holds
+//! only its own key meanwhile, holds a reservation rather than a slot, counts against
+//! `max_queued`, and after its last attempt reaches the transport as a failure. Paused
+//! time and a queue transport that records what it was asked.
+
+mod common;
+
+use std::collections::VecDeque;
+use std::convert::Infallible;
+use std::sync::Arc;
+use std::time::Duration;
+
+use common::update;
+use parking_lot::Mutex;
+use pollgate_admission::Fixed;
+use pollgate_core::{Ack, AckModel, Batch, FetchRequest, HandlerFailure, Transport, Update};
+use pollgate_runtime::{Delivery, Retry, Runtime, Summary};
+use tokio::sync::Notify;
+use tokio::time::Instant;
+
+/// A queue with individual acks (receipt = the id): serves its updates once, in order,
+/// and records every fetch limit, receipt and failure it was given.
+#[derive(Debug, Default)]
+struct Queue {
+    state: Mutex<QueueState>,
+    arrived: Notify,
+}
+
+#[derive(Debug, Default)]
+struct QueueState {
+    pending: VecDeque<Update>,
+    limits: Vec<usize>,
+    acked: Vec<String>,
+    failed: Vec<HandlerFailure>,
+}
+
+impl Queue {
+    fn with(updates: impl IntoIterator<Item = Update>) -> Arc<Queue> {
+        let queue = Queue::default();
+        queue.state.lock().pending = updates
+            .into_iter()
+            .map(|u| {
+                let id = u.id();
+                u.with_receipt(id.to_string())
+            })
+            .collect();
+        Arc::new(queue)
+    }
+}
+
+impl Transport for Queue {
+    type Error = Infallible;
+
+    fn ack_model(&self) -> AckModel {
+        AckModel::Individual { window: 100 }
+    }
+
+    async fn fetch(&self, request: FetchRequest) -> Result<Batch, Infallible> {
+        let deadline = Instant::now() + request.timeout;
+        loop {
+            let arrived = self.arrived.notified();
+            {
+                let mut s = self.state.lock();
+                if !s.pending.is_empty() {
+                    s.limits.push(request.limit);
+                    let n = request.limit.min(s.pending.len());
+                    let updates = s.pending.drain(..n).collect();
+                    return Ok(Batch {
+                        updates,
+                        ..Batch::default()
+                    });
+                }
+            }
+            tokio::select! {
+                () = arrived => {}
+                () = tokio::time::sleep_until(deadline) => return Ok(Batch::default()),
+            }
+        }
+    }
+
+    async fn ack(&self, ack: Ack<'_>) -> Result<(), Infallible> {
+        let mut s = self.state.lock();
+        s.acked.extend(ack.receipts.iter().map(|r| r.to_string()));
+        s.failed.extend(ack.failed.iter().cloned());
+        Ok(())
+    }
+
+    async fn flush(&self) -> Result<(), Infallible> {
+        Ok(())
+    }
+}
+
+/// Every attempt: (id, when it started).
+type Attempts = Arc<Mutex<Vec<(i64, Duration)>>>;
+type Handling = std::pin::Pin<Box<dyn Future<Output = Result<(), std::io::Error>> + Send>>;
+
+/// A handler that records each attempt and fails while `fails(id, attempt)` says so.
+fn failing(
+    start: Instant,
+    hold: Duration,
+    fails: impl Fn(i64, usize) -> bool + Send + Sync + 'static,
+) -> (Attempts, impl Fn(Update) -> Handling + Send + Sync) {
+    let attempts: Attempts = Arc::default();
+    let seen = Arc::clone(&attempts);
+    let fails = Arc::new(fails);
+    let handler = move |u: Update| {
+        let (seen, fails) = (Arc::clone(&seen), Arc::clone(&fails));
+        Box::pin(async move {
+            let attempt = {
+                let mut seen = seen.lock();
+                seen.push((u.id(), start.elapsed()));
+                seen.iter().filter(|(id, _)| *id == u.id()).count()
+            };
+            tokio::time::sleep(hold).await;
+            if fails(u.id(), attempt) {
+                Err(std::io::Error::other(format!("attempt {attempt} of {} failed", u.id())))
+            } else {
+                Ok(())
+            }
+        }) as Handling
+    };
+    (attempts, handler)
+}
+
+fn starts_of(attempts: &Attempts, id: i64) -> Vec<Duration> {
+    attempts
+        .lock()
+        .iter()
+        .filter(|(i, _)| *i == id)
+        .map(|(_, t)| *t)
+        .collect()
+}
+
+/// Runs until `done` holds (checked on paused time, every millisecond), then drains.
+async fn run_until<T: Transport, H: pollgate_runtime::Handler>(
+    runtime: Runtime<T, H>,
+    mut done: impl FnMut() -> bool,
+) -> Summary {
+    let stop = runtime.shutdown_token();
+    let run = tokio::spawn(runtime.run());
+    for _ in 0..600_000 {
+        if done() {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(1)).await;
+    }
+    assert!(done(), "not reached within 10 minutes of paused time");
+    stop.cancel();
+    run.await.unwrap().unwrap()
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_failed_handler_runs_again_after_its_backoff_and_its_last_failure_reaches_the_transport() {
+    let start = Instant::now();
+    // Id 2 always fails; id 3 fails its first attempt only.
+    let (attempts, handler) = failing(start, Duration::from_millis(10), |id, attempt| {
+        id == 2 || (id == 3 && attempt == 1)
+    });
+    let queue = Queue::with((1..=4).map(|id| update(id, id)));
+    let runtime = Runtime::builder(Arc::clone(&queue), handler)
+        .policy(Fixed::new(8))
+        .delivery(Delivery::AtLeastOnce)
+        .retry(Retry::attempts(3).initial_backoff(Duration::from_millis(100)))
+        .poll_timeout(Duration::from_millis(50))
+        .build();
+    let stats = runtime.stats();
+    let summary = run_until(runtime, || stats.snapshot().finished() == 4).await;
+
+    let two = starts_of(&attempts, 2);
+    assert_eq!(two.len(), 3, "three attempts: {two:?}");
+    // Each wait is the attempt's handler time (10 ms) plus a backoff in the upper half of
+    // 100 ms, then of 200 ms.
+    let first_wait = two[1] - two[0];
+    let second_wait = two[2] - two[1];
+    assert!(
+        first_wait >= Duration::from_millis(60) && first_wait <= Duration::from_millis(111),
+        "{first_wait:?}"
+    );
+    assert!(
+        second_wait >= Duration::from_millis(110) && second_wait <= Duration::from_millis(211),
+        "{second_wait:?}"
+    );
+    assert_eq!(starts_of(&attempts, 3).len(), 2);
+    assert_eq!(starts_of(&attempts, 1).len(), 1);
+
+    let s = queue.state.lock();
+    let mut acked = s.acked.clone();
+    acked.sort();
+    assert_eq!(acked, ["1", "2", "3", "4"], "every update acknowledged once");
+    assert_eq!(
+        s.failed.len(),
+        1,
+        "only the update that failed every attempt: {:?}",
+        s.failed
+    );
+    let failure = &s.failed[0];
+    assert_eq!((failure.update_id, &*failure.receipt, failure.attempts), (2, "2", 3));
+    assert_eq!(failure.error, "attempt 3 of 2 failed");
+
+    assert_eq!(summary.stats.retried, 3, "two retries of id 2, one of id 3");
+    assert_eq!(summary.stats.exhausted, 1);
+    assert_eq!(summary.stats.failed, 4, "every failed attempt counts");
+    assert_eq!(summary.stats.finished(), 4, "updates, not attempts");
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_retrying_update_holds_its_own_key_only() {
+    let start = Instant::now();
+    // Chat 1: ids 1 (fails once) and 2. Chat 2: ids 3 and 4.
+    let (attempts, handler) = failing(start, Duration::from_millis(10), |id, attempt| id == 1 && attempt == 1);
+    let queue = Queue::with([update(1, 1), update(2, 1), update(3, 2), update(4, 2)]);
+    let runtime = Runtime::builder(Arc::clone(&queue), handler)
+        .policy(Fixed::new(8))
+        .delivery(Delivery::AtLeastOnce)
+        .ordered(true)
+        .retry(Retry::attempts(2).initial_backoff(Duration::from_secs(1)))
+        .poll_timeout(Duration::from_millis(50))
+        .build();
+    let stats = runtime.stats();
+    run_until(runtime, || stats.snapshot().finished() == 4).await;
+
+    let one = starts_of(&attempts, 1);
+    assert_eq!(one.len(), 2);
+    let two = starts_of(&attempts, 2);
+    assert_eq!(two.len(), 1);
+    assert!(
+        two[0] >= one[1] + Duration::from_millis(10),
+        "chat 1's next update waits for the retry to succeed: {two:?} vs {one:?}"
+    );
+    for id in [3, 4] {
+        let t = starts_of(&attempts, id)[0];
+        assert!(
+            t < one[1],
+            "chat 2 (id {id}) runs during chat 1's backoff: {t:?} vs {one:?}"
+        );
+    }
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_waiting_retry_holds_a_reservation_not_a_slot() {
+    let start = Instant::now();
+    let (attempts, handler) = failing(start, Duration::from_millis(10), |id, attempt| id == 1 && attempt == 1);
+    let queue = Queue::with([update(1, 1), update(2, 2)]);
+    let runtime = Runtime::builder(Arc::clone(&queue), handler)
+        .policy(Fixed::new(1))
+        .delivery(Delivery::AtLeastOnce)
+        .retry(Retry::attempts(2).initial_backoff(Duration::from_secs(10)))
+        .poll_timeout(Duration::from_millis(50))
+        .build();
+    let stats = runtime.stats();
+    let stop = runtime.shutdown_token();
+    let run = tokio::spawn(runtime.run());
+    // Well inside id 1's backoff (5-10 s): id 2 took the only slot and finished.
+    tokio::time::sleep(Duration::from_secs(3)).await;
+    let s = stats.snapshot();
+    assert_eq!(s.in_flight, 0, "the waiting retry holds no slot");
+    assert_eq!(s.queued, 1, "but is counted as waiting in memory");
+    assert_eq!(starts_of(&attempts, 2).len(), 1, "id 2 ran with the only slot");
+    assert_eq!(starts_of(&attempts, 1).len(), 1, "id 1 is still waiting (pending)");
+    assert_eq!(s.finished(), 1);
+    // After the backoff it is ready and runs.
+    tokio::time::sleep(Duration::from_secs(8)).await;
+    let s = stats.snapshot();
+    assert_eq!(starts_of(&attempts, 1).len(), 2, "id 1 ran again after its backoff");
+    assert_eq!((s.queued, s.finished()), (0, 2));
+    stop.cancel();
+    run.await.unwrap().unwrap();
+}
+
+#[tokio::test(start_paused = true)]
+async fn the_drain_deadline_abandons_a_waiting_retry_which_is_not_a_failure() {
+    let start = Instant::now();
+    let (attempts, handler) = failing(start, Duration::from_millis(10), |id, _| id == 1);
+    let queue = Queue::with([update(1, 1)]);
+    let runtime = Runtime::builder(Arc::clone(&queue), handler)
+        .policy(Fixed::new(4))
+        .delivery(Delivery::AtLeastOnce)
+        .retry(
+            Retry::attempts(3)
+                .initial_backoff(Duration::from_secs(3600))
+                .max_backoff(Duration::from_secs(3600)),
+        )
+        .drain_deadline(Duration::from_secs(1))
+        .poll_timeout(Duration::from_millis(50))
+        .build();
+    let stats = runtime.stats();
+    let stop = runtime.shutdown_token();
+    let run = tokio::spawn(runtime.run());
+    tokio::time::sleep(Duration::from_secs(5)).await;
+    assert_eq!(stats.snapshot().retried, 1, "waiting for its second attempt");
+    stop.cancel();
+    let summary = tokio::time::timeout(Duration::from_secs(10), run)
+        .await
+        .expect("the drain ends at its deadline, not after the hour-long backoff")
+        .unwrap()
+        .unwrap();
+    assert_eq!(summary.unfinished, vec![1], "delivered again after a restart");
+    assert_eq!(summary.stats.aborted, 1);
+    assert_eq!(summary.stats.exhausted, 0);
+    assert_eq!(starts_of(&attempts, 1).len(), 1);
+    let s = queue.state.lock();
+    assert!(
+        s.acked.is_empty() && s.failed.is_empty(),
+        "neither acknowledged nor failed"
+    );
+}
+
+#[tokio::test(start_paused = true)]
+async fn updates_waiting_for_a_retry_pause_fetching_at_max_queued() {
+    let start = Instant::now();
+    let (attempts, handler) = failing(start, Duration::from_millis(10), |_, _| true);
+    let queue = Queue::with((1..=20).map(|id| update(id, id)));
+    let runtime = Runtime::builder(Arc::clone(&queue), handler)
+        .policy(Fixed::new(2))
+        .delivery(Delivery::AtLeastOnce)
+        .max_queued(3)
+        .retry(
+            Retry::attempts(2)
+                .initial_backoff(Duration::from_secs(3600))
+                .max_backoff(Duration::from_secs(3600)),
+        )
+        .poll_timeout(Duration::from_millis(50))
+        .build();
+    let stats = runtime.stats();
+    let stop = runtime.shutdown_token();
+    let run = tokio::spawn(runtime.run());
+    tokio::time::sleep(Duration::from_secs(60)).await;
+    let s = stats.snapshot();
+    // Fetching pauses once max_queued wait; the handlers running then may still fail and
+    // join them: at most max_queued + the policy's 2 slots.
+    assert!((3..=5).contains(&s.queued), "{} wait for their retry", s.queued);
+    assert_eq!(s.fetched, s.queued as u64, "nothing else was fetched");
+    assert_eq!(attempts.lock().len(), s.queued);
+    tokio::time::sleep(Duration::from_secs(600)).await;
+    assert_eq!(stats.snapshot().fetched, s.fetched, "fetching stays paused");
+    let limits = queue.state.lock().limits.clone();
+    assert!(
+        limits.iter().all(|&l| l <= 3),
+        "no fetch asked past max_queued: {limits:?}"
+    );
+    stop.cancel();
+    let _ = run.await;
+}
