@@ -26,6 +26,18 @@
 //! * A corrupt or unreadable spool is an error at open ([`SpoolError::Open`]), never
 //!   silently emptied; redb checksums its pages and commits atomically.
 //!
+//! # Failed handlers: retries and dead letters
+//!
+//! The runtime retries a failed handler (`RuntimeBuilder::retry`), holding only its own
+//! key. An update whose every attempt failed reaches the spool in
+//! [`Ack::failed`](pollgate_core::Ack::failed): it is moved, in the same transaction as the
+//! other acknowledgements, to the dead-letter table with its error and attempt count.
+//! [`SpoolTransport::dead_letters`], [`SpoolTransport::replay_dead_letters`] and
+//! [`SpoolTransport::purge_dead_letters`] work on them while the bot runs;
+//! [`DeadLetters`] (and the `pollgate-spool` command, feature `cli`) once it has stopped.
+//! Dead letters count against the spool's limits. `docs/spool.md` has the whole picture
+//! and the measured figures.
+//!
 //! # Examples
 //!
 //! ```no_run
