@@ -262,10 +262,15 @@ async fn crash_and_recover_spooled(server: &Server, policy: &str, in_flight: usi
     let mut after_each = vec![0];
     // Handled (distinct ids) when each kill landed: shows where in the backlog it hit.
     let mut handled_at_kill = Vec::new();
-    let latest = knob("CRASH_KILL_MAX_MS", 500).max(151);
     for _ in 0..kills {
         let mut child = killable(flood_with(server, policy, n, &ledger, Some(&spool)));
-        tokio::time::sleep(Duration::from_millis(rng.u64(150..latest))).await;
+        // A random moment while handlers run: once another 2-15% of the backlog was handled
+        // (a fixed delay would land after the drain for a fast policy).
+        let target = ledger_counts(&ledger).len() as u64 + rng.u64(n / 50..n / 7 + 1);
+        let deadline = Instant::now() + Duration::from_secs(60);
+        while (ledger_counts(&ledger).len() as u64) < target.min(n) && Instant::now() < deadline {
+            tokio::time::sleep(Duration::from_millis(5)).await;
+        }
         child.start_kill().unwrap(); // SIGKILL: no shutdown, no flush
         child.wait().await.unwrap();
         let counts = ledger_counts(&ledger);

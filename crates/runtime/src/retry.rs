@@ -11,19 +11,21 @@
 //!
 //! # What a waiting retry holds
 //!
-//! Between two attempts the handler's working set is gone (its permit was released, so the
-//! policy can admit others); the update itself is still in memory. It is counted like an
-//! update parked behind its key: a reservation of its JSON size, which shows in
-//! [`Stats::queued`](crate::Stats::queued) and keeps [`Barrier`]'s batch open, and which
+//! During the backoff the handler's working set is gone (its permit was released, so the
+//! policy can admit others); the update itself is still in memory. It is counted as
+//! waiting: a reservation of its JSON size, taken before the permit is released, which
+//! shows in [`Stats::queued`](crate::Stats::queued), keeps [`Barrier`]'s batch open, and
 //! counts against [`max_queued`](crate::RuntimeBuilder::max_queued): fetching pauses while
 //! that many updates wait, so at most `max_queued` plus the handlers running at once ever
-//! wait for a retry (each running one may fail). The next attempt takes a fresh permit, in
-//! FIFO order with everybody else.
+//! wait for a retry (each running one may fail). After the backoff the update waits for
+//! its permit exactly as an update parked behind its key does: its declared cost reserved,
+//! then turned into the permit, in FIFO order with everybody else.
 //!
 //! # What ends the retries
 //!
 //! A success; the last attempt failing (the update is then acknowledged past and handed
-//! to the transport as a [`HandlerFailure`], which a spool keeps as a dead letter); or the
+//! to the transport as a [`HandlerFailure`], which a spool under at-least-once delivery
+//! keeps as a dead letter); or the
 //! drain deadline, which abandons a waiting retry like any update not yet running (in
 //! at-least-once mode it is delivered again after a restart). The attempt count lives in
 //! this process only: after a crash, an update delivered again starts from its first

@@ -94,7 +94,18 @@ impl<H> Ctx<H> {
             return;
         }
         let failure = match (receipt, failed) {
-            (Some(r), Some((attempts, error))) => Some(HandlerFailure::new(id, Arc::clone(r), attempts, error)),
+            (Some(r), Some((attempts, mut error))) => {
+                // A dead-letter store keeps the text: bound it.
+                if error.len() > MAX_ERROR_BYTES {
+                    let mut end = MAX_ERROR_BYTES;
+                    while !error.is_char_boundary(end) {
+                        end -= 1;
+                    }
+                    error.truncate(end);
+                    error.push('…');
+                }
+                Some(HandlerFailure::new(id, Arc::clone(r), attempts, error))
+            }
             _ => None,
         };
         if self.acks.lock().finished(id, receipt, failure) {
@@ -404,6 +415,9 @@ impl<T: Transport, H: Handler> Runtime<T, H> {
         Ok(summary)
     }
 }
+
+/// The most bytes of a failed handler's error text handed to the transport.
+const MAX_ERROR_BYTES: usize = 4096;
 
 /// How long the final acknowledgement may take once the run was aborted.
 const ABORTED_FLUSH_LIMIT: Duration = Duration::from_secs(2);
@@ -798,7 +812,7 @@ async fn acquire_and_spawn<H: Handler>(ctx: &Arc<Ctx<H>>, update: Update, cost: 
     };
     match permit {
         Some(permit) => {
-            if (ctx.keys.is_some() && update.key().is_some()) || ctx.config.retry.retries() {
+            if ctx.keys.is_some() && update.key().is_some() {
                 ctx.tracker.spawn(task::run(Arc::clone(ctx), update, permit));
             } else {
                 ctx.tracker.spawn(task::RunOne::new(Arc::clone(ctx), update, permit));

@@ -19,7 +19,7 @@ use std::task::{Context, Poll, ready};
 
 use futures_util::FutureExt;
 use futures_util::future::CatchUnwind;
-use pollgate_admission::{Outcome, Permit};
+use pollgate_admission::{Outcome, Permit, Reservation};
 use pollgate_core::Update;
 use tokio::time::{Instant, Sleep};
 use tokio_util::sync::WaitForCancellationFutureOwned;
@@ -49,6 +49,9 @@ pin_project_lite::pin_project! {
         // When the handler started: set when the policy or tracing wants latencies, or
         // a handler timeout is configured (its timer counts from here).
         started: Option<Instant>,
+        // A copy of the update for its next attempt, when one is allowed (boxed: without
+        // retries it costs a pointer).
+        retry: Option<Box<Update>>,
         id: i64,
     }
 }
@@ -103,10 +106,20 @@ impl Future for Waits {
 pub(crate) enum Verdict {
     /// The handler returned `Ok`.
     Handled,
-    /// The handler failed (an error, a panic or the handler timeout): why, as text.
-    Failed(String),
+    /// The handler failed (an error, a panic or the handler timeout): why, as text, and
+    /// the update for its next attempt if one is allowed.
+    Failed { error: String, retry: Option<Retrying> },
     /// The handler was dropped at the drain deadline: the update is not finished.
     Aborted,
+}
+
+/// An update between two attempts: in memory, not running.
+pub(crate) struct Retrying {
+    update: Update,
+    /// Its JSON size, counted as waiting (like an update parked behind its key). Taken
+    /// before the failed attempt's permit was released, so that the gate never sees the
+    /// update gone in between (a `Barrier` would open its next batch).
+    waiting: Reservation,
 }
 
 /// How a handler ended.
@@ -122,9 +135,11 @@ enum Ended<E> {
 }
 
 impl<H: Handler> Execute<H> {
-    /// Starts the handler: the update moves into its future now.
-    pub(crate) fn new(ctx: Arc<Ctx<H>>, update: Update, permit: Permit) -> Execute<H> {
+    /// Starts attempt number `attempt` (1-based) at the update: it moves into its
+    /// handler's future now (a copy is kept when another attempt is allowed).
+    pub(crate) fn new(ctx: Arc<Ctx<H>>, update: Update, permit: Permit, attempt: u32) -> Execute<H> {
         let id = update.id();
+        let retry = (attempt < ctx.config.retry.max_attempts()).then(|| Box::new(update.clone()));
         let span = debug_span!("update", update_id = id, key = ?update.key(), cost = permit.cost());
         let span = (!span.is_disabled()).then(|| Box::new(span));
         let started =
@@ -147,6 +162,7 @@ impl<H: Handler> Execute<H> {
             permit: Some(permit),
             span,
             started,
+            retry,
             id,
         }
     }
@@ -190,7 +206,14 @@ impl<H: Handler> Future for Execute<H> {
             }
         };
         let permit = this.permit.take().expect("polled after completion");
-        Poll::Ready(report(this.ctx, *this.id, permit, *this.started, ended))
+        Poll::Ready(report(
+            this.ctx,
+            *this.id,
+            permit,
+            *this.started,
+            ended,
+            this.retry.take(),
+        ))
     }
 }
 
@@ -209,16 +232,29 @@ impl Waits {
     }
 }
 
-/// Reports how a handler ended, and turns it into a [`Verdict`].
+/// Reports how a handler ended, and turns it into a [`Verdict`]. A failure with `retry`
+/// (another attempt allowed) is counted as retried and reserved as waiting *before* the
+/// permit is released.
 fn report<H: Handler>(
     ctx: &Ctx<H>,
     id: i64,
     permit: Permit,
     started: Option<Instant>,
     ended: Ended<H::Error>,
+    retry: Option<Box<Update>>,
 ) -> Verdict {
     let latency = started.map(|t| t.elapsed()).unwrap_or_default();
     let latency_ms = latency.as_secs_f64() * 1e3;
+    let retrying = |retry: Option<Box<Update>>| {
+        retry.map(|update| {
+            Counters::bump(&ctx.counters.retried);
+            let waiting = ctx.gate.reserve(update.size() as u64);
+            Retrying {
+                update: *update,
+                waiting,
+            }
+        })
+    };
     match ended {
         Ended::Aborted => {
             Counters::bump(&ctx.counters.aborted_running);
@@ -231,15 +267,20 @@ fn report<H: Handler>(
             // Counted before the permit is released: `Stats::completed` is derived from
             // the releases.
             Counters::bump(&ctx.counters.timed_out);
+            let retry = retrying(retry);
             permit.finish(Outcome::Overload, latency);
             let timeout = ctx.config.handler_timeout.unwrap_or_default();
             warn!(
                 update_id = id,
                 ?timeout,
                 latency_ms,
+                retry = retry.is_some(),
                 "handler timed out: cancelled, reported as overload"
             );
-            Verdict::Failed(format!("timed out after {timeout:?}"))
+            Verdict::Failed {
+                error: format!("timed out after {timeout:?}"),
+                retry,
+            }
         }
         Ended::Returned(Ok(())) => {
             // No counter here: successes are the gate's releases minus the other outcomes,
@@ -256,13 +297,15 @@ fn report<H: Handler>(
                 Outcome::Error
             };
             Counters::bump(&ctx.counters.failed);
+            let retry = retrying(retry);
             permit.finish(outcome, latency);
             let error = error_chain(&*e);
-            warn!(update_id = id, outcome = ?outcome, error = %error, latency_ms, "handler failed");
-            Verdict::Failed(error)
+            warn!(update_id = id, outcome = ?outcome, error = %error, latency_ms, retry = retry.is_some(), "handler failed");
+            Verdict::Failed { error, retry }
         }
         Ended::Panicked(panic) => {
             Counters::bump(&ctx.counters.panicked);
+            let retry = retrying(retry);
             permit.finish(Outcome::Panic, latency);
             let message = panic_message(&*panic);
             error!(
@@ -270,9 +313,13 @@ fn report<H: Handler>(
                 outcome = "panic",
                 panic = message,
                 latency_ms,
+                retry = retry.is_some(),
                 "handler panicked"
             );
-            Verdict::Failed(format!("panicked: {message}"))
+            Verdict::Failed {
+                error: format!("panicked: {message}"),
+                retry,
+            }
         }
     }
 }
@@ -291,7 +338,7 @@ impl<H: Handler> RunOne<H> {
     pub(crate) fn new(ctx: Arc<Ctx<H>>, update: Update, permit: Permit) -> RunOne<H> {
         let receipt = update.receipt().cloned();
         RunOne {
-            execute: Execute::new(ctx, update, permit),
+            execute: Execute::new(ctx, update, permit, 1),
             receipt,
         }
     }
@@ -302,13 +349,26 @@ impl<H: Handler> Future for RunOne<H> {
 
     fn poll(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<()> {
         let mut this = self.project();
-        let failed = match ready!(this.execute.as_mut().poll(cx)) {
+        let verdict = ready!(this.execute.as_mut().poll(cx));
+        let execute = this.execute.project();
+        let (ctx, id) = (execute.ctx, *execute.id);
+        let failed = match verdict {
             Verdict::Aborted => return Poll::Ready(()),
             Verdict::Handled => None,
-            Verdict::Failed(error) => Some((1, error)),
+            Verdict::Failed { error, retry: None } => Some((1, error)),
+            Verdict::Failed { retry: Some(retry), .. } => {
+                // The rare path: the retries go on in a task of their own, so that the
+                // common one stays this small future.
+                let (ctx, receipt) = (Arc::clone(ctx), this.receipt.take());
+                ctx.tracker.clone().spawn(async move {
+                    if let Some(failed) = retry_after(&ctx, retry, 1).await {
+                        ctx.finished(id, receipt.as_ref(), failed);
+                    }
+                });
+                return Poll::Ready(());
+            }
         };
-        let execute = this.execute.project();
-        execute.ctx.finished(*execute.id, this.receipt.as_ref(), failed);
+        ctx.finished(id, this.receipt.as_ref(), failed);
         Poll::Ready(())
     }
 }
@@ -349,55 +409,64 @@ pub(crate) async fn run<H: Handler>(ctx: Arc<Ctx<H>>, mut update: Update, mut pe
 }
 
 /// Runs an update's handler until it succeeds or its [attempts](crate::Retry) are used
-/// up, waiting out the backoff between two attempts with the update's JSON size reserved
-/// (see the [`retry`](crate::retry) module). Returns `None` when the update was not
+/// up (see the [`retry`](crate::retry) module). Returns `None` when the update was not
 /// finished (aborted at the drain deadline, or its next attempt never admitted), else
 /// whether it failed for good: `Some(None)` handled, `Some(Some((attempts, error)))` not.
-async fn attempts<H: Handler>(ctx: &Arc<Ctx<H>>, update: Update, mut permit: Permit) -> Option<Option<(u32, String)>> {
-    let retry = &ctx.config.retry;
-    // The handler takes its update: keep a copy for the next attempt (cheap: the JSON is
-    // shared, not copied).
-    let copy = retry.retries().then(|| update.clone());
-    let mut next = update;
-    let mut attempt = 1;
+async fn attempts<H: Handler>(ctx: &Arc<Ctx<H>>, update: Update, permit: Permit) -> Option<Option<(u32, String)>> {
+    match Execute::new(Arc::clone(ctx), update, permit, 1).await {
+        Verdict::Handled => Some(None),
+        Verdict::Aborted => None,
+        Verdict::Failed { error, retry: None } => Some(Some((1, error))),
+        Verdict::Failed { retry: Some(retry), .. } => retry_after(ctx, retry, 1).await,
+    }
+}
+
+/// The attempts after attempt number `attempt` failed: waits out the backoff with the
+/// update's JSON size reserved, then takes a permit like a parked update (its cost
+/// reserved, then turned into the permit, in FIFO order), and runs the handler again.
+/// Returns as [`attempts`] does.
+async fn retry_after<H: Handler>(
+    ctx: &Arc<Ctx<H>>,
+    retry: Retrying,
+    mut attempt: u32,
+) -> Option<Option<(u32, String)>> {
+    let Retrying {
+        mut update,
+        mut waiting,
+    } = retry;
     loop {
-        let error = match Execute::new(Arc::clone(ctx), next, permit).await {
-            Verdict::Handled => return Some(None),
-            Verdict::Aborted => return None,
-            Verdict::Failed(error) => error,
-        };
-        let Some(update) = copy.as_ref().filter(|_| attempt < retry.max_attempts()) else {
-            return Some(Some((attempt, error)));
-        };
-        Counters::bump(&ctx.counters.retried);
-        let delay = retry.delay(attempt);
-        debug!(update_id = update.id(), attempt, ?delay, error = %error, "retrying after backoff");
-        // Counted like an update parked behind its key: in memory, not running.
-        let waiting = ctx.gate.reserve(update.size() as u64);
+        let delay = ctx.config.retry.delay(attempt);
+        debug!(update_id = update.id(), attempt, ?delay, "retrying after backoff");
         let slept = tokio::select! {
             biased;
             _ = ctx.abort.cancelled() => false,
             _ = tokio::time::sleep(delay) => true,
         };
-        // At the drain deadline the gate is closed: a waiting acquire then fails.
+        // At the drain deadline the gate is closed: a waiting acquire then fails. The
+        // cost is reserved before the JSON-size reservation goes, so the update never
+        // leaves the gate's count.
         let acquired = if slept {
-            ctx.gate.acquire(ctx.config.cost.of(update)).await.ok()
+            let cost = ctx.gate.reserve(ctx.config.cost.of(&update));
+            drop(waiting);
+            ctx.gate.acquire_reserved(cost).await.ok()
         } else {
+            drop(waiting);
             None
         };
-        // The reservation leaves the gate's queued count only now: a dispatcher that
+        // Only now has the reservation left the gate's queued count: a dispatcher that
         // paused at `max_queued` may go on (see `run` for why not earlier).
-        drop(waiting);
         ctx.progress.notify_one();
-        match acquired {
-            Some(p) => permit = p,
-            None => {
-                ctx.give_up(update);
-                return None;
-            }
-        }
+        let Some(permit) = acquired else {
+            ctx.give_up(&update);
+            return None;
+        };
         attempt += 1;
-        next = update.clone();
+        match Execute::new(Arc::clone(ctx), update, permit, attempt).await {
+            Verdict::Handled => return Some(None),
+            Verdict::Aborted => return None,
+            Verdict::Failed { error, retry: None } => return Some(Some((attempt, error))),
+            Verdict::Failed { retry: Some(next), .. } => (update, waiting) = (next.update, next.waiting),
+        }
     }
 }
 

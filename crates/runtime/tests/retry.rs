@@ -12,7 +12,7 @@ use std::time::Duration;
 
 use common::update;
 use parking_lot::Mutex;
-use pollgate_admission::Fixed;
+use pollgate_admission::{Barrier, ByteBudget, Fixed};
 use pollgate_core::{Ack, AckModel, Batch, FetchRequest, HandlerFailure, Transport, Update};
 use pollgate_runtime::{Delivery, Retry, Runtime, Summary};
 use tokio::sync::Notify;
@@ -100,18 +100,27 @@ fn failing(
     hold: Duration,
     fails: impl Fn(i64, usize) -> bool + Send + Sync + 'static,
 ) -> (Attempts, impl Fn(Update) -> Handling + Send + Sync) {
+    failing_after(start, move |_| hold, fails)
+}
+
+/// Like [`failing`], each update held for `hold(id)`.
+fn failing_after(
+    start: Instant,
+    hold: impl Fn(i64) -> Duration + Send + Sync + 'static,
+    fails: impl Fn(i64, usize) -> bool + Send + Sync + 'static,
+) -> (Attempts, impl Fn(Update) -> Handling + Send + Sync) {
     let attempts: Attempts = Arc::default();
     let seen = Arc::clone(&attempts);
-    let fails = Arc::new(fails);
+    let (fails, hold) = (Arc::new(fails), Arc::new(hold));
     let handler = move |u: Update| {
-        let (seen, fails) = (Arc::clone(&seen), Arc::clone(&fails));
+        let (seen, fails, hold) = (Arc::clone(&seen), Arc::clone(&fails), Arc::clone(&hold));
         Box::pin(async move {
             let attempt = {
                 let mut seen = seen.lock();
                 seen.push((u.id(), start.elapsed()));
                 seen.iter().filter(|(id, _)| *id == u.id()).count()
             };
-            tokio::time::sleep(hold).await;
+            tokio::time::sleep(hold(u.id())).await;
             if fails(u.id(), attempt) {
                 Err(std::io::Error::other(format!("attempt {attempt} of {} failed", u.id())))
             } else {
@@ -340,4 +349,79 @@ async fn updates_waiting_for_a_retry_pause_fetching_at_max_queued() {
     );
     stop.cancel();
     let _ = run.await;
+}
+
+/// Barrier(2), batch {1, 2}: id 2 finishes first, then id 1 fails and waits 5-10 s for its
+/// retry. Were the failed attempt's permit released before the retry's reservation is
+/// taken, the release would see an empty load, `Barrier` would open its next batch and the
+/// dispatcher would fetch id 3 while id 1 of this batch is unfinished (found in review).
+#[tokio::test(start_paused = true)]
+async fn a_barrier_batch_stays_closed_while_one_of_it_waits_for_its_retry() {
+    let start = Instant::now();
+    let (attempts, handler) = failing_after(
+        start,
+        |id| Duration::from_millis(if id == 1 { 20 } else { 10 }),
+        |id, attempt| id == 1 && attempt == 1,
+    );
+    let queue = Queue::with([update(1, 1), update(2, 2), update(3, 3)]);
+    let runtime = Runtime::builder(Arc::clone(&queue), handler)
+        .policy(Barrier::new(2))
+        .delivery(Delivery::AtLeastOnce)
+        .retry(Retry::attempts(2).initial_backoff(Duration::from_secs(10)))
+        .poll_timeout(Duration::from_millis(50))
+        .build();
+    let stats = runtime.stats();
+    let stop = runtime.shutdown_token();
+    let run = tokio::spawn(runtime.run());
+    tokio::time::sleep(Duration::from_secs(3)).await; // inside id 1's backoff (5-10 s)
+    let s = stats.snapshot();
+    assert_eq!(s.retried, 1, "id 1 waits for its retry");
+    assert_eq!(s.fetched, 2, "pending: the next batch is not fetched");
+    assert!(starts_of(&attempts, 3).is_empty());
+    // Ready once id 1's retry has finished the batch.
+    tokio::time::sleep(Duration::from_secs(10)).await;
+    assert_eq!(starts_of(&attempts, 1).len(), 2);
+    assert_eq!(starts_of(&attempts, 3).len(), 1, "the next batch after the retry");
+    stop.cancel();
+    run.await.unwrap().unwrap();
+}
+
+/// Budget 1000: id 2 (cost 300) runs for 10 s, id 1 (cost 650) fails once. 300 + 650 fits,
+/// so id 1's retry runs right after its backoff; counting its waiting reservation against
+/// itself too (a plain acquire while the reservation is held) would make it wait for the
+/// unrelated id 2 (found in review).
+#[tokio::test(start_paused = true)]
+async fn a_retry_is_counted_once_against_a_byte_budget() {
+    let start = Instant::now();
+    let (attempts, handler) = failing_after(
+        start,
+        |id| {
+            if id == 2 {
+                Duration::from_secs(10)
+            } else {
+                Duration::from_millis(10)
+            }
+        },
+        |id, attempt| id == 1 && attempt == 1,
+    );
+    let queue = Queue::with([update(1, 1), update(2, 2)]);
+    let runtime = Runtime::builder(Arc::clone(&queue), handler)
+        .policy(ByteBudget::new(1000))
+        .cost_fn(|u: &Update| if u.id() == 1 { 650 } else { 300 })
+        .delivery(Delivery::AtLeastOnce)
+        .retry(Retry::attempts(2).initial_backoff(Duration::from_millis(100)))
+        .poll_timeout(Duration::from_millis(50))
+        .build();
+    let stop = runtime.shutdown_token();
+    let run = tokio::spawn(runtime.run());
+    tokio::time::sleep(Duration::from_secs(12)).await;
+    stop.cancel();
+    run.await.unwrap().unwrap();
+    let one = starts_of(&attempts, 1);
+    assert_eq!(one.len(), 2, "{one:?}");
+    assert!(
+        one[1] <= Duration::from_millis(200),
+        "id 1's retry (backoff 50-100 ms) started at {:?}, not after its backoff",
+        one[1]
+    );
 }

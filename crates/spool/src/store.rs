@@ -237,13 +237,28 @@ impl Store {
 
     /// Commits a batch, the new highest id and the source's name in one transaction
     /// (fsync'd on return).
-    pub(crate) fn append(&self, rows: &[(i64, String)], high: i64, source: Option<&str>) -> Result<(), SpoolError> {
+    ///
+    /// Rows whose id is a dead letter are not spooled again (a source that delivers a
+    /// batch again after a crash, before its offset was confirmed): their indexes in
+    /// `rows` are returned.
+    pub(crate) fn append(
+        &self,
+        rows: &[(i64, String)],
+        high: i64,
+        source: Option<&str>,
+    ) -> Result<Vec<usize>, SpoolError> {
         #[allow(clippy::result_large_err)] // redb's error, boxed on the way out
-        let write = || -> Result<(), redb::Error> {
+        let write = || -> Result<Vec<usize>, redb::Error> {
             let txn = self.db.begin_write()?;
+            let mut dead_again = Vec::new();
             {
                 let mut table = txn.open_table(ENTRIES)?;
-                for (id, json) in rows {
+                let dead = txn.open_table(DEAD)?;
+                for (i, (id, json)) in rows.iter().enumerate() {
+                    if dead.get(*id)?.is_some() {
+                        dead_again.push(i);
+                        continue;
+                    }
                     table.insert(*id, json.as_bytes())?;
                 }
                 let mut meta = txn.open_table(META)?;
@@ -256,7 +271,7 @@ impl Store {
                 };
             }
             txn.commit()?;
-            Ok(())
+            Ok(dead_again)
         };
         write().map_err(SpoolError::store("committed a batch"))
     }
@@ -284,9 +299,9 @@ impl Store {
     }
 
     /// In one transaction: deletes the entries `done`, and moves the entries `failed`
-    /// (id, attempts, error) to the dead letters. Returns the JSON size of each entry
-    /// moved (those no longer in the spool are skipped).
-    pub(crate) fn finish(&self, done: &[i64], failed: &[(i64, u32, &str)]) -> Result<Vec<(i64, u64)>, SpoolError> {
+    /// (id, attempts, error) to the dead letters. Returns the id and JSON size of each
+    /// entry moved (those no longer in the spool are skipped).
+    pub(crate) fn finish(&self, done: &[i64], failed: &[(i64, u32, String)]) -> Result<Vec<(i64, u64)>, SpoolError> {
         #[allow(clippy::result_large_err)] // redb's error, boxed on the way out
         let write = || -> Result<Vec<(i64, u64)>, redb::Error> {
             let txn = self.db.begin_write()?;
@@ -295,11 +310,11 @@ impl Store {
                 let mut table = txn.open_table(ENTRIES)?;
                 let mut dead = txn.open_table(DEAD)?;
                 let now = unix_now();
-                for &(id, attempts, error) in failed {
-                    let Some(json) = table.remove(id)? else { continue };
+                for (id, attempts, error) in failed {
+                    let Some(json) = table.remove(*id)? else { continue };
                     let json = json.value().to_vec();
-                    dead.insert(id, (attempts, now, error, json.as_slice()))?;
-                    moved.push((id, json.len() as u64));
+                    dead.insert(*id, (*attempts, now, error.as_str(), json.as_slice()))?;
+                    moved.push((*id, json.len() as u64));
                 }
                 for &id in done {
                     table.remove(id)?;

@@ -205,12 +205,26 @@ impl<T> SpoolTransport<T> {
         }
     }
 
-    /// Stops the filler and closes the spool file, so that it can be opened again in this
-    /// process once this returns (dropping the transport closes it a moment later, when
-    /// the filler task has ended). Entries stay in the spool; nothing is confirmed that
-    /// was not already.
+    /// Stops the filler, waits for the transactions already queued (an acknowledgement
+    /// whose caller went away, say), and closes the spool file, so that it can be opened
+    /// again in this process once this returns (dropping the transport closes it a moment
+    /// later, when the filler task has ended). Entries stay in the spool; nothing is
+    /// confirmed that was not already.
     pub async fn close(self) {
         self.stop_filler().await;
+        // The queue is first in, first out: once this no-op ran, every job before it has
+        // run and dropped its handle on the store.
+        let _ = self.shared.writer.run(|| ()).await;
+    }
+
+    /// Puts leased entries back among the waiting ones (a fetch that failed after leasing).
+    fn unlease(&self, ids: &[i64]) {
+        let mut state = self.shared.state.lock();
+        for id in ids {
+            if let Some(size) = state.leased.remove(id) {
+                state.ready.insert(*id, size);
+            }
+        }
     }
 
     /// Stops the filler between two commits and waits for it to end.
@@ -265,12 +279,24 @@ async fn fill<T: Transport>(shared: Arc<Shared>, source: Arc<T>) {
     let window = shared.limits.window;
     // The offset to confirm: everything up to the last committed batch.
     let mut confirm = shared.state.lock().high.map(|h| h + 1);
+    let mut said_full = false;
     loop {
         let room = loop {
             let freed = shared.room.notified();
             let room = shared.room();
             if room > 0 {
+                said_full = false;
                 break room;
+            }
+            let s = *shared.stats.lock();
+            if !said_full && s.dead_letters > 0 {
+                said_full = true;
+                warn!(
+                    entries = s.entries,
+                    dead_letters = s.dead_letters,
+                    dead_bytes = s.dead_bytes,
+                    "spool full, dead letters included: fetching waits (replay or purge them: pollgate-spool dead list DIR)"
+                );
             }
             tokio::select! {
                 () = freed => {}
@@ -332,10 +358,19 @@ async fn fill<T: Transport>(shared: Arc<Shared>, source: Arc<T>) {
         let source_name = shared.limits.source.clone();
         let committed = shared
             .writer
-            .run(move || store.append(&rows, new_high, source_name.as_deref()).map(|()| rows))
+            .run(move || {
+                let dead_again = store.append(&rows, new_high, source_name.as_deref())?;
+                let rows: Vec<(i64, String)> = rows
+                    .into_iter()
+                    .enumerate()
+                    .filter(|(i, _)| !dead_again.contains(i))
+                    .map(|(_, row)| row)
+                    .collect();
+                Ok::<_, SpoolError>((rows, dead_again.len() as u64))
+            })
             .await;
-        let rows = match committed {
-            Ok(Ok(rows)) => rows,
+        let (rows, dead_again) = match committed {
+            Ok(Ok(committed)) => committed,
             Ok(Err(e)) => return shared.fail(e),
             Err(WriterGone) => {
                 return shared.fail(SpoolError::Source("the spool's transaction thread failed".into()));
@@ -361,7 +396,7 @@ async fn fill<T: Transport>(shared: Arc<Shared>, source: Arc<T>) {
             stats.peak_bytes = stats.peak_bytes.max(stats.bytes);
             stats.batches += 1;
             stats.spooled += rows.len() as u64;
-            stats.skipped += skipped;
+            stats.skipped += skipped + dead_again;
         }
         debug!(spooled = rows.len(), last, "spool committed a batch");
         confirm = Some(new_high + 1);
@@ -404,7 +439,13 @@ impl<T: Transport> Transport for SpoolTransport<T> {
                 ids
             };
             if !ids.is_empty() {
-                let rows = shared.store.read(&ids)?;
+                let rows = match shared.store.read(&ids) {
+                    Ok(rows) => rows,
+                    Err(e) => {
+                        self.unlease(&ids);
+                        return Err(e);
+                    }
+                };
                 let mut updates = Vec::with_capacity(rows.len());
                 let mut failures = Vec::new();
                 for (id, json) in rows {
@@ -420,9 +461,14 @@ impl<T: Transport> Transport for SpoolTransport<T> {
                 }
                 if !failures.is_empty() {
                     // Reported by the runtime with this batch; retrying cannot decode them.
+                    // (Deleted here, not on the transaction thread: an await after the lease
+                    // would make this fetch lose its entries when dropped.)
                     let gone: Vec<i64> = failures.iter().map(|f| f.update_id).collect();
-                    shared.store.remove(&gone)?;
-                    self.forget(&gone, &[]);
+                    if let Err(e) = shared.store.remove(&gone) {
+                        self.unlease(&ids);
+                        return Err(e);
+                    }
+                    shared.forget(&gone, &[]);
                 }
                 return Ok(Batch {
                     updates,
@@ -460,28 +506,31 @@ impl<T: Transport> Transport for SpoolTransport<T> {
         if ids.is_empty() && failed.is_empty() {
             return Ok(());
         }
-        let store = self.shared.store.clone();
-        let delete = ids.clone();
+        // The transaction and the bookkeeping after it are one job on the transaction
+        // thread: a dropped call loses neither, and replays and purges (jobs too) never
+        // see one without the other.
+        let shared = Arc::clone(&self.shared);
         let finished = self.shared.writer.run(move || {
-            let failed: Vec<(i64, u32, &str)> = failed.iter().map(|(id, n, e)| (*id, *n, e.as_str())).collect();
-            store.finish(&delete, &failed)
-        });
-        let moved = match finished.await {
-            Ok(result) => result?,
-            Err(WriterGone) => return Err(SpoolError::Source("the spool's transaction thread failed".into())),
-        };
-        for f in ack.failed {
-            if moved.iter().any(|(id, _)| f.receipt.parse() == Ok(*id)) {
-                warn!(
-                    update_id = f.update_id,
-                    attempts = f.attempts,
-                    error = %f.error,
-                    "update failed on every attempt: kept as a dead letter"
-                );
+            let moved = shared.store.finish(&ids, &failed)?;
+            for (id, attempts, error) in &failed {
+                if moved.iter().any(|(m, _)| m == id) {
+                    warn!(update_id = id, attempts, error = %error, "update failed on every attempt: kept as a dead letter");
+                } else {
+                    warn!(
+                        update_id = id,
+                        attempts,
+                        error = %error,
+                        "update failed on every attempt, but its entry was already deleted (eager delivery acknowledges at fetch): not kept"
+                    );
+                }
             }
+            shared.forget(&ids, &moved);
+            Ok::<(), SpoolError>(())
+        });
+        match finished.await {
+            Ok(result) => result,
+            Err(WriterGone) => Err(SpoolError::Source("the spool's transaction thread failed".into())),
         }
-        self.forget(&ids, &moved);
-        Ok(())
     }
 
     /// Stops the filler and flushes the source (Telegram: confirms the last committed
@@ -515,17 +564,20 @@ impl SpoolHandle {
     }
 }
 
-impl<T> SpoolTransport<T> {
+impl Shared {
     /// Drops deleted entries (`ids`) and entries moved to the dead letters (`moved`) from
-    /// the bookkeeping (waiting or leased) and wakes the filler.
+    /// the bookkeeping (waiting or leased) and wakes the filler. Runs on the transaction
+    /// thread right after the transaction it accounts for (or, for undecodable entries,
+    /// after their deletion).
     fn forget(&self, ids: &[i64], moved: &[(i64, u64)]) {
-        let (mut count, mut bytes) = (0u64, 0u64);
+        let (mut count, mut bytes, mut deleted) = (0u64, 0u64, 0u64);
         let (mut dead, mut dead_bytes) = (0u64, 0u64);
         {
-            let mut state = self.shared.state.lock();
+            let mut state = self.state.lock();
             for id in ids {
                 if let Some(size) = state.leased.remove(id).or_else(|| state.ready.remove(id)) {
                     count += 1;
+                    deleted += 1;
                     bytes += u64::from(size);
                 }
             }
@@ -533,23 +585,77 @@ impl<T> SpoolTransport<T> {
                 if let Some(size) = state.leased.remove(id).or_else(|| state.ready.remove(id)) {
                     bytes += u64::from(size);
                     count += 1;
-                    dead += 1;
-                    dead_bytes += json;
                 }
+                // Moved by the transaction: a dead letter now, whatever the bookkeeping held.
+                dead += 1;
+                dead_bytes += json;
             }
         }
         {
-            let mut stats = self.shared.stats.lock();
+            let mut stats = self.stats.lock();
             stats.entries -= count;
             stats.bytes -= bytes;
-            stats.deleted += count - dead;
+            stats.deleted += deleted;
             stats.dead_letters += dead;
             stats.dead_bytes += dead_bytes;
             stats.dead_lettered += dead;
         }
-        self.shared.room.notify_one();
+        self.room.notify_one();
     }
 
+    /// Takes dead letters out of their table (back among the entries with `replay`) and
+    /// accounts for it. Runs on the transaction thread, in order with the acks.
+    fn take_dead(&self, which: Selection, replay: bool) -> Result<usize, SpoolError> {
+        let taken = self.store.take_dead(which.borrow(), replay)?;
+        let (count, bytes) = (taken.len() as u64, taken.iter().map(|(_, b)| b).sum::<u64>());
+        if replay {
+            let mut state = self.state.lock();
+            for &(id, size) in &taken {
+                state.ready.insert(id, u32::try_from(size).unwrap_or(u32::MAX));
+            }
+        }
+        {
+            let mut stats = self.stats.lock();
+            stats.dead_letters -= count;
+            stats.dead_bytes -= bytes;
+            if replay {
+                stats.entries += count;
+                stats.bytes += bytes;
+                stats.peak_bytes = stats.peak_bytes.max(stats.bytes);
+            }
+        }
+        if replay {
+            self.arrived.notify_one();
+        } else {
+            self.room.notify_one();
+        }
+        Ok(taken.len())
+    }
+}
+
+/// [`Which`], owned, to travel to the transaction thread.
+enum Selection {
+    All,
+    Ids(Vec<i64>),
+}
+
+impl Selection {
+    fn of(which: Which<'_>) -> Selection {
+        match which {
+            Which::All => Selection::All,
+            Which::Ids(ids) => Selection::Ids(ids.to_vec()),
+        }
+    }
+
+    fn borrow(&self) -> Which<'_> {
+        match self {
+            Selection::All => Which::All,
+            Selection::Ids(ids) => Which::Ids(ids),
+        }
+    }
+}
+
+impl<T> SpoolTransport<T> {
     /// The dead letters: updates whose handler failed on every attempt, in id order.
     ///
     /// # Errors
@@ -561,49 +667,41 @@ impl<T> SpoolTransport<T> {
 
     /// Puts dead letters back among the entries, to be handled again (first, in id order,
     /// like every entry). Returns how many were replayed; ids that are not dead letters
-    /// are skipped. Blocks for one committed transaction.
+    /// are skipped. One committed transaction, on the spool's transaction thread, in
+    /// order with the acknowledgements.
     ///
     /// # Errors
     ///
     /// [`SpoolError::Store`] when the transaction fails (nothing moved).
-    pub fn replay_dead_letters(&self, which: Which<'_>) -> Result<usize, SpoolError> {
-        let replayed = self.shared.store.take_dead(which, true)?;
-        let (mut count, mut bytes) = (0u64, 0u64);
-        {
-            let mut state = self.shared.state.lock();
-            for &(id, size) in &replayed {
-                state.ready.insert(id, u32::try_from(size).unwrap_or(u32::MAX));
-                count += 1;
-                bytes += size;
-            }
-        }
-        {
-            let mut stats = self.shared.stats.lock();
-            stats.dead_letters -= count;
-            stats.dead_bytes -= bytes;
-            stats.entries += count;
-            stats.bytes += bytes;
-            stats.peak_bytes = stats.peak_bytes.max(stats.bytes);
-        }
-        self.shared.arrived.notify_one();
-        Ok(replayed.len())
+    ///
+    /// # Cancel safety
+    ///
+    /// Once started, the replay completes even if this future is dropped.
+    pub async fn replay_dead_letters(&self, which: Which<'_>) -> Result<usize, SpoolError> {
+        self.take_dead(which, true).await
     }
 
     /// Deletes dead letters for good. Returns how many were purged; ids that are not dead
-    /// letters are skipped. Blocks for one committed transaction.
+    /// letters are skipped. One committed transaction, as for
+    /// [`replay_dead_letters`](Self::replay_dead_letters).
     ///
     /// # Errors
     ///
     /// [`SpoolError::Store`] when the transaction fails (nothing deleted).
-    pub fn purge_dead_letters(&self, which: Which<'_>) -> Result<usize, SpoolError> {
-        let purged = self.shared.store.take_dead(which, false)?;
-        {
-            let mut stats = self.shared.stats.lock();
-            stats.dead_letters -= purged.len() as u64;
-            stats.dead_bytes -= purged.iter().map(|(_, b)| b).sum::<u64>();
+    ///
+    /// # Cancel safety
+    ///
+    /// Once started, the purge completes even if this future is dropped.
+    pub async fn purge_dead_letters(&self, which: Which<'_>) -> Result<usize, SpoolError> {
+        self.take_dead(which, false).await
+    }
+
+    async fn take_dead(&self, which: Which<'_>, replay: bool) -> Result<usize, SpoolError> {
+        let (shared, which) = (Arc::clone(&self.shared), Selection::of(which));
+        match self.shared.writer.run(move || shared.take_dead(which, replay)).await {
+            Ok(result) => result,
+            Err(WriterGone) => Err(SpoolError::Source("the spool's transaction thread failed".into())),
         }
-        self.shared.room.notify_one();
-        Ok(purged.len())
     }
 }
 

@@ -3,12 +3,11 @@
 
 mod common;
 
-use common::{server_with, telegram, temp_dir, until};
+use common::{finish_with_failures, server_with, telegram, temp_dir, until};
 use std::process::Command;
-use std::sync::Arc;
 use std::time::Duration;
 
-use pollgate_core::{Ack, FetchRequest, HandlerFailure, Transport};
+use pollgate_core::{FetchRequest, Transport};
 use pollgate_spool::{DeadLetters, SpoolTransport};
 
 fn cli(args: &[&str]) -> (bool, String, String) {
@@ -29,26 +28,7 @@ async fn lists_replays_and_purges_dead_letters() {
     let dir = temp_dir("cli");
     let spool = SpoolTransport::builder(&dir).open(telegram(&server)).unwrap();
     until("6 spooled", || spool.stats().entries == 6).await;
-    let batch = spool
-        .fetch(FetchRequest {
-            limit: 100,
-            timeout: Duration::from_millis(100),
-        })
-        .await
-        .unwrap();
-    let receipts: Vec<Arc<str>> = batch.updates.iter().filter_map(|u| u.receipt().cloned()).collect();
-    let failed = [
-        HandlerFailure::new(2, "2".into(), 3, "db down"),
-        HandlerFailure::new(4, "4".into(), 3, "panicked: oops"),
-    ];
-    spool
-        .ack(Ack {
-            below: None,
-            receipts: &receipts,
-            failed: &failed,
-        })
-        .await
-        .unwrap();
+    finish_with_failures(&spool, &[2, 4]).await;
     spool.close().await;
     let d = dir.to_str().unwrap();
 
@@ -56,8 +36,8 @@ async fn lists_replays_and_purges_dead_letters() {
     assert!(ok, "{err}");
     let rows: Vec<Vec<&str>> = out.lines().map(|l| l.split('\t').collect()).collect();
     assert_eq!(rows.len(), 2, "{out}");
-    assert_eq!((rows[0][0], rows[0][1], rows[0][3]), ("2", "3", "db down"));
-    assert_eq!((rows[1][0], rows[1][3]), ("4", "panicked: oops"));
+    assert_eq!((rows[0][0], rows[0][1], rows[0][3]), ("2", "3", "broken 2"));
+    assert_eq!((rows[1][0], rows[1][3]), ("4", "broken 4"));
     assert!(err.contains("2 dead letter(s)"), "{err}");
 
     let (ok, out, _) = cli(&["dead", "list", d, "--json"]);

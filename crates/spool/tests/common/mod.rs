@@ -7,7 +7,8 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::Duration;
 
 use mock_bot_api::{BacklogSpec, MockConfig, MockServer};
-use pollgate_core::{Backoff, TelegramTransport};
+use pollgate_core::{Ack, Backoff, FetchRequest, HandlerFailure, TelegramTransport, Transport};
+use pollgate_spool::SpoolTransport;
 
 /// A fresh directory under the system's temp dir.
 pub fn temp_dir(name: &str) -> PathBuf {
@@ -56,4 +57,31 @@ pub async fn until(what: &str, mut cond: impl FnMut() -> bool) {
         tokio::time::sleep(Duration::from_millis(2)).await;
     }
     panic!("timed out waiting for: {what}");
+}
+
+/// Leases every spooled entry (one fetch) and acknowledges them all, the ids in `failed` as
+/// failures after 3 attempts with the error `broken {id}` (so the spool keeps them as dead
+/// letters). Returns the ids leased.
+pub async fn finish_with_failures<T: Transport>(spool: &SpoolTransport<T>, failed: &[i64]) -> Vec<i64> {
+    let batch = spool
+        .fetch(FetchRequest {
+            limit: 100,
+            timeout: Duration::from_millis(100),
+        })
+        .await
+        .unwrap();
+    let receipts: Vec<std::sync::Arc<str>> = batch.updates.iter().filter_map(|u| u.receipt().cloned()).collect();
+    let failures: Vec<HandlerFailure> = failed
+        .iter()
+        .map(|&id| HandlerFailure::new(id, id.to_string().into(), 3, format!("broken {id}")))
+        .collect();
+    spool
+        .ack(Ack {
+            below: None,
+            receipts: &receipts,
+            failed: &failures,
+        })
+        .await
+        .unwrap();
+    batch.updates.iter().map(|u| u.id()).collect()
 }
