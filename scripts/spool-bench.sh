@@ -16,7 +16,10 @@ cargo build --release --example flood -p pollgate >&2
 flood=target/release/examples/flood
 work=$(mktemp -d /var/tmp/spool-bench.XXXXXX)
 trap 'rm -rf "$work"' EXIT
-out="$work/runs.jsonl"
+# The raw runs are kept: REPORT_ONLY=1 prints the report again from them.
+mkdir -p target/spool-bench
+out=target/spool-bench/runs.jsonl
+[ -n "${REPORT_ONLY:-}" ] || : > "$out"
 
 run() { # label env... -- flood args...
   local label=$1; shift
@@ -33,6 +36,7 @@ for line in sys.stdin:
 std=(--updates 20000 --policy bytes:128MiB)
 noop=(--updates 100000 --work-kib 0 --work-ms 0 --policy fixed:1000)
 for r in $(seq "$rounds"); do
+  [ -n "${REPORT_ONLY:-}" ] && break
   for alloc in default one; do
     envs=(POLLGATE_BENCH=1)
     [ "$alloc" = one ] && envs=(MALLOC_ARENA_MAX=1)
@@ -90,7 +94,8 @@ for v in ["eager", "alo", "alo+spool"]:
     lost = sum(r["updates"] - r["handled"] for r in rs)
     dup = sum(r["duplicates"] for r in rs)
     dv = {"eager": "eager", "alo": "at-least-once", "alo+spool": "at-least-once + spool"}[v]
-    print(f"| {dv} | {', '.join(f'{r['drain_s']:.2f}' for r in rs)} | {n / d:,.0f} | {d / n * 1e6:.1f} | {lost} | {dup} |")
+    drains = ", ".join(f"{r['drain_s']:.2f}" for r in rs)
+    print(f"| {dv} | {drains} | {n / d:,.0f} | {d / n * 1e6:.1f} | {lost} | {dup} |")
 if "eager" in med and "alo+spool" in med:
     n = 100000
     print(f"\nThe spool's cost: {(med['alo+spool'] - med['eager']) / n * 1e6:.1f} µs per update over eager, "

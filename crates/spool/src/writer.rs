@@ -8,7 +8,7 @@
 //! several, and each thread that allocates gets its own glibc arena: the transactions'
 //! buffers, freed, stayed behind in up to 16 arenas. Measured on the standard workload
 //! with glibc's default arenas, `bytes:128MiB` through the spool peaked 29 MiB above the
-//! same run without it; with one thread for every transaction, that excess mostly goes
+//! same run without it; with one thread for every transaction, that excess falls to 12 MiB
 //! (`docs/spool.md`). The queue in front of the thread is bounded.
 
 use std::fmt;
