@@ -34,7 +34,8 @@ pub use pollgate_webhook as webhook;
 pub use pollgate_spool as spool;
 
 pub use pollgate_admission::{
-    AdmissionPolicy, Barrier, ByteBudget, Fixed, Gate, Limit, Load, MemoryProbe, Outcome, RssAdaptive, all_of,
+    Adaptive, AdmissionPolicy, Aimd, Barrier, ByteBudget, Fixed, Gate, Gradient2, Limit, Load, MemoryProbe, Outcome,
+    RssAdaptive, all_of,
 };
 pub use pollgate_core::{MemoryTransport, TelegramError, TelegramTransport, Transport, Update, UpdateKind};
 pub use pollgate_runtime::{CancellationToken, Delivery, Handler, Retry, RunError, Runtime, Stats, Summary};

@@ -59,6 +59,7 @@
 //! # }
 //! ```
 
+pub mod adaptive;
 pub mod all_of;
 pub mod barrier;
 pub mod byte_budget;
@@ -70,6 +71,7 @@ mod policy;
 pub mod rss;
 mod wait;
 
+pub use adaptive::{Adaptive, Aimd, Gradient2, LimitAlgorithm, Sample};
 pub use all_of::{AllOf, all_of};
 pub use barrier::Barrier;
 pub use byte_budget::ByteBudget;
@@ -95,6 +97,8 @@ mod tests {
         send_sync::<LimitSignal>();
         send_sync::<Listeners>();
         send_sync::<Fixed>();
+        send_sync::<Adaptive<Aimd>>();
+        send_sync::<Adaptive<Gradient2>>();
         send_sync::<Barrier>();
         send_sync::<ByteBudget>();
         send_sync::<RssAdaptive>();

@@ -56,6 +56,10 @@ pub enum Outcome {
 }
 
 /// Feedback about one finished update, passed to [`AdmissionPolicy::on_complete`].
+///
+/// `#[non_exhaustive]`: feedback will grow (an adaptive policy may want the ordering key
+/// or a downstream's `retry_after`); build one with [`Completion::new`].
+#[non_exhaustive]
 #[derive(Clone, Copy, Debug)]
 pub struct Completion {
     /// The cost the permit was acquired with.
@@ -64,6 +68,25 @@ pub struct Completion {
     pub outcome: Outcome,
     /// How long the handler held its permit.
     pub latency: Duration,
+}
+
+impl Completion {
+    /// A completion, for driving a policy by hand (tests, simulations).
+    ///
+    /// # Examples
+    ///
+    /// ```
+    /// use std::time::Duration;
+    ///
+    /// use pollgate_admission::{Adaptive, AdmissionPolicy, Aimd, Completion, Outcome};
+    ///
+    /// let policy = Adaptive::new(Aimd::new(10));
+    /// policy.on_complete(&Completion::new(0, Outcome::Overload, Duration::from_millis(3)));
+    /// assert_eq!(policy.current(), 9);
+    /// ```
+    pub fn new(cost: u64, outcome: Outcome, latency: Duration) -> Completion {
+        Completion { cost, outcome, latency }
+    }
 }
 
 /// One reading of the process's resident memory.
