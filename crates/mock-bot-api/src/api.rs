@@ -1,5 +1,6 @@
 //! The Bot API methods: `getMe`, `getUpdates` (with long polling and faults),
-//! `setWebhook`, `deleteWebhook`, `getWebhookInfo`, `close`, `logOut` and `sendMessage`.
+//! `setWebhook`, `deleteWebhook`, `getWebhookInfo`, `close`, `logOut` and `sendMessage`
+//! (with Telegram's send limits when configured: [`crate::send_limits`]).
 //!
 //! `getUpdates` follows the official semantics: `offset` confirms (drops) every update
 //! below it, `-N` keeps only the last `N` pending; at most `limit` (default 100, clamped to
@@ -302,6 +303,23 @@ fn send_message(shared: &Shared, params: Params) -> Response {
         Ok(_) => return reply::bad_request("message text is empty"),
         Err(why) => return reply::bad_request(&why),
     };
+    if let Some(limiter) = &shared.send_limiter {
+        let chat_id = chat["id"].as_i64().unwrap_or_default();
+        let refused = limiter.lock().try_send(chat_id, Instant::now());
+        if let Err(retry_after) = refused {
+            shared.inner.lock().stats.send_429 += 1;
+            return reply::json_text(
+                StatusCode::TOO_MANY_REQUESTS,
+                json!({
+                    "ok": false,
+                    "error_code": 429,
+                    "description": format!("Too Many Requests: retry after {retry_after}"),
+                    "parameters": {"retry_after": retry_after},
+                })
+                .to_string(),
+            );
+        }
+    }
     let message_id = shared.record_sent(params.into_value());
     let date = SystemTime::now().duration_since(UNIX_EPOCH).map_or(0, |d| d.as_secs());
     reply::ok(json!({

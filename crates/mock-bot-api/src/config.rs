@@ -35,6 +35,9 @@ pub struct MockConfig {
     pub webhook: Option<WebhookSpec>,
     /// Retry delays and the request timeout of the webhook sender.
     pub webhook_timing: WebhookTiming,
+    /// Telegram's limits on `sendMessage` (about 30/s overall, 1/s per chat, 20/min per
+    /// group), answered 429 + `retry_after` past them; `None` (the default) sends freely.
+    pub send_limits: Option<crate::SendLimits>,
 }
 
 impl Default for MockConfig {
@@ -49,6 +52,7 @@ impl Default for MockConfig {
             max_poll_timeout: Duration::from_secs(50),
             webhook: None,
             webhook_timing: WebhookTiming::default(),
+            send_limits: None,
         }
     }
 }

@@ -84,6 +84,7 @@ mod faults;
 mod generator;
 mod params;
 mod reply;
+mod send_limits;
 mod server;
 mod state;
 mod stats;
@@ -93,5 +94,6 @@ pub use config::{
     BacklogSpec, DEFAULT_MAX_CONNECTIONS, DEFAULT_TOKEN, LiveSpec, MockConfig, WebhookSpec, WebhookTiming,
 };
 pub use faults::{Fault, FaultRates};
+pub use send_limits::SendLimits;
 pub use server::MockServer;
 pub use stats::Stats;

@@ -11,8 +11,8 @@ use std::time::Duration;
 
 use clap::Parser;
 use mock_bot_api::{
-    BacklogSpec, DEFAULT_MAX_CONNECTIONS, DEFAULT_TOKEN, FaultRates, LiveSpec, MockConfig, MockServer, WebhookSpec,
-    WebhookTiming,
+    BacklogSpec, DEFAULT_MAX_CONNECTIONS, DEFAULT_TOKEN, FaultRates, LiveSpec, MockConfig, MockServer, SendLimits,
+    WebhookSpec, WebhookTiming,
 };
 
 /// Serve a Telegram Bot API-compatible mock on 127.0.0.1 until Ctrl-C.
@@ -97,6 +97,10 @@ struct Args {
     /// While the webhook is down, the least time between two requests, in milliseconds.
     #[arg(long, default_value_t = 2_000)]
     webhook_probe_ms: u64,
+    /// Enforce Telegram's send limits on sendMessage (30/s overall, 1/s per private chat,
+    /// 20/min per group): past them it answers 429 with retry_after.
+    #[arg(long)]
+    send_limits: bool,
 }
 
 #[tokio::main]
@@ -146,6 +150,7 @@ async fn main() -> std::io::Result<()> {
             down_after: Duration::from_millis(args.webhook_down_after_ms),
             probe_interval: Duration::from_millis(args.webhook_probe_ms),
         },
+        send_limits: args.send_limits.then(SendLimits::default),
     };
     let server = MockServer::start(config).await?;
     println!("url: {}", server.url());

@@ -64,12 +64,11 @@ impl MockServer {
     pub async fn start(config: MockConfig) -> io::Result<MockServer> {
         let listener = TcpListener::bind((Ipv4Addr::LOCALHOST, config.port)).await?;
         let addr = listener.local_addr()?;
-        let shared = Arc::new(Shared::new(
-            config.token,
-            config.max_poll_timeout,
-            config.faults,
-            config.seed,
-        ));
+        let mut shared = Shared::new(config.token, config.max_poll_timeout, config.faults, config.seed);
+        shared.send_limiter = config
+            .send_limits
+            .map(|limits| parking_lot::Mutex::new(crate::send_limits::SendLimiter::new(limits)));
+        let shared = Arc::new(shared);
         if let Some(spec) = config.backlog {
             let shared = Arc::clone(&shared);
             tokio::task::spawn_blocking(move || generator::generate_into(&shared, &spec))

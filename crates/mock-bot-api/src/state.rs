@@ -48,6 +48,8 @@ pub(crate) struct Shared {
     pub(crate) webhook_wake: Notify,
     /// Webhook requests in flight, kept by the sender.
     pub(crate) webhook_in_flight: AtomicU64,
+    /// Telegram's send limits, when enforced.
+    pub(crate) send_limiter: Option<Mutex<crate::send_limits::SendLimiter>>,
 }
 
 /// The mutable part of [`Shared`].
@@ -103,6 +105,7 @@ impl Shared {
             in_flight_polls: AtomicU64::new(0),
             webhook_wake: Notify::new(),
             webhook_in_flight: AtomicU64::new(0),
+            send_limiter: None,
         }
     }
 

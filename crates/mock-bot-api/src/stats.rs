@@ -46,6 +46,9 @@ pub struct Stats {
     pub last_allowed_updates: Option<Vec<String>>,
     /// `sendMessage` calls accepted.
     pub sent_messages: u64,
+    /// `sendMessage` calls refused with 429 by the send limits (not counted in
+    /// `sent_messages`).
+    pub send_429: u64,
     /// Requests the webhook sender started (first attempts and retries).
     pub webhook_posts: u64,
     /// Webhook requests answered with a 2xx status: their updates are delivered and gone.
