@@ -114,6 +114,10 @@ impl<A: AdmissionPolicy, B: AdmissionPolicy> AdmissionPolicy for AllOf<A, B> {
         self.first.measures_latency() || self.second.measures_latency()
     }
 
+    fn measures_in_flight(&self) -> bool {
+        self.first.measures_in_flight() || self.second.measures_in_flight()
+    }
+
     fn attach(&self, signal: LimitSignal) {
         self.first.attach(signal.clone());
         self.second.attach(signal);

@@ -268,6 +268,7 @@ mod tests {
                 cost: 160,
                 outcome: crate::Outcome::Success,
                 latency: std::time::Duration::ZERO,
+                in_flight: 0,
             });
         }
         let estimate = budget.estimated_cost().unwrap();

@@ -121,6 +121,7 @@ impl Gate {
     pub fn with_shared(policy: Arc<dyn AdmissionPolicy>) -> Gate {
         let shared = Arc::new(Shared {
             measures_latency: policy.measures_latency(),
+            measures_in_flight: policy.measures_in_flight(),
             policy,
             state: Padded(Mutex::new(State::default())),
         });
@@ -367,6 +368,8 @@ pub(crate) struct Shared {
     pub(crate) policy: Arc<dyn AdmissionPolicy>,
     /// `policy.measures_latency()`, asked once.
     pub(crate) measures_latency: bool,
+    /// `policy.measures_in_flight()`, asked once.
+    pub(crate) measures_in_flight: bool,
     pub(crate) state: Padded<Mutex<State>>,
 }
 

@@ -51,7 +51,18 @@ impl Permit {
 }
 
 fn complete(shared: &Shared, cost: u64, outcome: Outcome, latency: Duration) {
-    shared.policy.on_complete(&Completion { cost, outcome, latency });
+    // One more look under the gate's lock, only for policies that asked for it.
+    let in_flight = if shared.measures_in_flight {
+        shared.state.lock().in_flight
+    } else {
+        0
+    };
+    shared.policy.on_complete(&Completion {
+        cost,
+        outcome,
+        latency,
+        in_flight,
+    });
     shared.release(cost);
 }
 

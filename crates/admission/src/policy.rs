@@ -68,6 +68,9 @@ pub struct Completion {
     pub outcome: Outcome,
     /// How long the handler held its permit.
     pub latency: Duration,
+    /// Permits running in this gate when it was released, itself included; 0 unless the
+    /// policy [measures in-flight](AdmissionPolicy::measures_in_flight).
+    pub in_flight: usize,
 }
 
 impl Completion {
@@ -85,7 +88,18 @@ impl Completion {
     /// assert_eq!(policy.current(), 9);
     /// ```
     pub fn new(cost: u64, outcome: Outcome, latency: Duration) -> Completion {
-        Completion { cost, outcome, latency }
+        Completion {
+            cost,
+            outcome,
+            latency,
+            in_flight: 0,
+        }
+    }
+
+    /// The same completion with [`in_flight`](Self::in_flight) set.
+    pub fn with_in_flight(mut self, in_flight: usize) -> Completion {
+        self.in_flight = in_flight;
+        self
     }
 }
 
@@ -184,6 +198,14 @@ pub trait AdmissionPolicy: Send + Sync + fmt::Debug + 'static {
         true
     }
 
+    /// Whether [`on_complete`](Self::on_complete) uses [`Completion::in_flight`] (default
+    /// `false`). Filling it costs one more look under the gate's lock per completion, so
+    /// only policies that need it (an adaptive limit's "is it used?") ask. Asked once,
+    /// when a gate is built.
+    fn measures_in_flight(&self) -> bool {
+        false
+    }
+
     /// Called once by each [`Gate`](crate::Gate) the policy is attached to.
     ///
     /// A policy whose limit can grow at run time keeps the signal and calls
@@ -217,6 +239,9 @@ macro_rules! forward_policy {
             }
             fn measures_latency(&self) -> bool {
                 (**self).measures_latency()
+            }
+            fn measures_in_flight(&self) -> bool {
+                (**self).measures_in_flight()
             }
             fn attach(&self, signal: LimitSignal) {
                 (**self).attach(signal)

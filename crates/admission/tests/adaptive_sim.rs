@@ -81,13 +81,14 @@ impl Ord for Running {
     }
 }
 
-/// The limit at every whole second, and the updates handled per phase.
-fn simulate<A: LimitAlgorithm>(algorithm: A) -> (Vec<usize>, Vec<u64>) {
+/// The limit at every whole second, and the updates handled and refused per phase.
+fn simulate<A: LimitAlgorithm>(algorithm: A) -> (Vec<usize>, Vec<u64>, Vec<u64>) {
     let gate = Gate::new(Adaptive::new(algorithm));
     let mut running: BinaryHeap<Reverse<Running>> = BinaryHeap::new();
     let (mut t, mut next_arrival, mut waiting) = (0.0f64, 0.0f64, 0usize);
     let mut series = Vec::new();
     let mut handled = vec![0u64; PHASES.len()];
+    let mut refused = vec![0u64; PHASES.len()];
     let mut next_second = 0.0;
     while t < PHASES[PHASES.len() - 1].until_s {
         let p = PHASES.iter().position(|p| t < p.until_s).expect("within the phases");
@@ -104,7 +105,9 @@ fn simulate<A: LimitAlgorithm>(algorithm: A) -> (Vec<usize>, Vec<u64>) {
             } else {
                 Outcome::Success
             };
-            if !r.overloaded {
+            if r.overloaded {
+                refused[p] += 1;
+            } else {
                 handled[p] += 1;
             }
             r.permit.finish(outcome, Duration::from_secs_f64(r.latency));
@@ -143,7 +146,7 @@ fn simulate<A: LimitAlgorithm>(algorithm: A) -> (Vec<usize>, Vec<u64>) {
         }
         t = next.min(phase.until_s).max(t + 1e-6);
     }
-    (series, handled)
+    (series, handled, refused)
 }
 
 /// The mean limit over the last `secs` seconds of phase `p`.
@@ -153,10 +156,11 @@ fn settled(series: &[usize], p: usize, secs: usize) -> f64 {
     window.iter().sum::<usize>() as f64 / window.len() as f64
 }
 
-fn report(name: &str, series: &[usize], handled: &[u64]) {
+fn report(name: &str, (series, handled, refused): &(Vec<usize>, Vec<u64>, Vec<u64>)) {
     if std::env::var_os("ADAPTIVE_SIM_PRINT").is_some() {
         println!("{name}: limit each second: {series:?}");
         println!("{name}: handled per phase: {handled:?}");
+        println!("{name}: refused per phase: {refused:?}");
         for p in 0..PHASES.len() {
             println!("{name}: phase {p}: settled limit {:.1}", settled(series, p, 10));
         }
@@ -165,8 +169,9 @@ fn report(name: &str, series: &[usize], handled: &[u64]) {
 
 #[test]
 fn aimd_settles_below_the_overload_point_through_a_slowdown_and_back() {
-    let (series, handled) = simulate(Aimd::new(20).bounds(2, 1000));
-    report("aimd", &series, &handled);
+    let run = simulate(Aimd::new(20).bounds(2, 1000));
+    report("aimd", &run);
+    let (series, handled, _) = run;
     // Light load: less than half the limit in use, so it never grows.
     assert!(series[..20].iter().all(|&l| l == 20), "{:?}", &series[..20]);
     // A backlog: it climbs until the downstream refuses (past 2 × 32), then saws below it.
@@ -183,8 +188,12 @@ fn aimd_settles_below_the_overload_point_through_a_slowdown_and_back() {
 
 #[test]
 fn gradient2_finds_the_latency_knee_through_a_slowdown_and_back() {
-    let (series, handled) = simulate(Gradient2::new(20).bounds(2, 1000));
-    report("gradient2", &series, &handled);
+    let run = simulate(Gradient2::new(20).bounds(2, 1000));
+    report("gradient2", &run);
+    let (series, handled, refused) = run;
+    // It finds the knee from latency alone: no refusal in the backlog, almost none after.
+    assert_eq!(refused[1], 0, "{refused:?}");
+    assert!(refused[3] * 100 < handled[3], "{refused:?}");
     assert!(series[..20].iter().all(|&l| l == 20), "{:?}", &series[..20]);
     // A backlog: past the knee (32 slots), short of the overload point (64); it creeps up
     // as the long-term latency follows the queueing it allows.

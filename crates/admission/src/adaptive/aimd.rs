@@ -24,6 +24,7 @@ use super::{LimitAlgorithm, Sample};
 /// ```
 #[derive(Clone, Debug, PartialEq)]
 pub struct Aimd {
+    initial: usize,
     limit: usize,
     min: usize,
     max: usize,
@@ -32,10 +33,12 @@ pub struct Aimd {
 }
 
 impl Aimd {
-    /// Starts at `initial` (at least 1).
+    /// Starts at `initial`, clamped into the bounds (1..=1000 unless
+    /// [`bounds`](Self::bounds) says otherwise).
     pub fn new(initial: usize) -> Aimd {
         Aimd {
-            limit: initial.max(1),
+            initial,
+            limit: initial.clamp(1, 1000),
             min: 1,
             max: 1000,
             backoff: 0.9,
@@ -51,7 +54,7 @@ impl Aimd {
     pub fn bounds(mut self, min: usize, max: usize) -> Aimd {
         assert!(min >= 1 && min <= max, "Aimd::bounds: need 1 <= min <= max");
         (self.min, self.max) = (min, max);
-        self.limit = self.limit.clamp(min, max);
+        self.limit = self.initial.clamp(min, max);
         self
     }
 
@@ -82,7 +85,7 @@ impl LimitAlgorithm for Aimd {
         if sample.overloaded || sample.latency > self.timeout {
             let cut = (self.limit as f64 * self.backoff) as usize;
             self.limit = cut.min(self.limit.saturating_sub(1)).max(self.min);
-        } else if sample.in_flight * 2 >= self.limit {
+        } else if sample.in_flight.saturating_mul(2) >= self.limit {
             self.limit = (self.limit + 1).min(self.max);
         }
         self.limit

@@ -5,6 +5,9 @@ use super::{LimitAlgorithm, Sample};
 
 /// Grows while the latest latency matches the long-term average, shrinks as it rises.
 ///
+/// The check for under-use comes before everything else, overloads included: a window in
+/// which less than half of the limit ran says nothing about capacity, and moves nothing.
+///
 /// Samples are taken in windows of one round: as many samples as the limit (at least 10),
 /// the latency averaged, the most in flight and any overload kept. Per window, with
 /// `short` the window's mean latency and `long` an exponential average of the windows
@@ -38,6 +41,7 @@ use super::{LimitAlgorithm, Sample};
 /// ```
 #[derive(Clone, Debug, PartialEq)]
 pub struct Gradient2 {
+    initial: usize,
     estimate: f64,
     min: usize,
     max: usize,
@@ -63,9 +67,11 @@ impl Default for Gradient2 {
 }
 
 impl Gradient2 {
-    /// Starts at `initial` (clamped into the bounds).
+    /// Starts at `initial`, clamped into the bounds (4..=1000 unless
+    /// [`bounds`](Self::bounds) says otherwise).
     pub fn new(initial: usize) -> Gradient2 {
         Gradient2 {
+            initial,
             estimate: initial.clamp(4, 1000) as f64,
             min: 4,
             max: 1000,
@@ -84,11 +90,12 @@ impl Gradient2 {
     pub fn bounds(mut self, min: usize, max: usize) -> Gradient2 {
         assert!(min >= 1 && min <= max, "Gradient2::bounds: need 1 <= min <= max");
         (self.min, self.max) = (min, max);
-        self.estimate = self.estimate.clamp(min as f64, max as f64);
+        self.estimate = self.initial.clamp(min, max) as f64;
         self
     }
 
-    /// How much the limit may grow per sample while latency stays flat (default 4).
+    /// The queue allowance (default 4): while latency stays flat each window's estimate is
+    /// the limit plus this, so the limit grows by `queue × smoothing` (0.8) per window.
     pub fn queue_size(mut self, queue: usize) -> Gradient2 {
         self.queue_size = queue as f64;
         self

@@ -29,7 +29,9 @@
 //!
 //! Only load-related feedback counts: a handler [`Error`](Outcome::Error) (a bug, a bad
 //! update), a panic or a cancellation says nothing about the downstream's capacity and is
-//! ignored, and the limit never grows while less than half of it is in use.
+//! ignored, and the limit never grows while less than half of it is in use (the gate
+//! counts the permits running when each is released: [`Completion::in_flight`], which
+//! this policy asks for through [`AdmissionPolicy::measures_in_flight`]).
 //!
 //! # Composition
 //!
@@ -76,7 +78,8 @@ use crate::policy::{AdmissionPolicy, Completion, Limit, LimitSignal, Listeners, 
 pub struct Sample {
     /// How long its handler held its permit.
     pub latency: Duration,
-    /// Handlers running when it finished (the gate's last reading, itself included).
+    /// Handlers running in its gate when it finished, itself included
+    /// ([`Completion::in_flight`]).
     pub in_flight: usize,
     /// Whether the handler reported overload (or timed out): the downstream pushed back.
     pub overloaded: bool,
@@ -125,9 +128,6 @@ pub trait LimitAlgorithm: Send + fmt::Debug + 'static {
 pub struct Adaptive<A> {
     algorithm: Mutex<A>,
     limit: AtomicUsize,
-    /// The in-flight count of the gate's latest `admits`/`fetch_limit` call: a snapshot,
-    /// not a counter, so it cannot drift.
-    observed: AtomicUsize,
     listeners: Listeners,
 }
 
@@ -138,7 +138,6 @@ impl<A: LimitAlgorithm> Adaptive<A> {
         Adaptive {
             algorithm: Mutex::new(algorithm),
             limit: AtomicUsize::new(initial),
-            observed: AtomicUsize::new(0),
             listeners: Listeners::default(),
         }
     }
@@ -147,21 +146,20 @@ impl<A: LimitAlgorithm> Adaptive<A> {
     pub fn current(&self) -> usize {
         self.limit.load(Ordering::Acquire)
     }
-
-    fn observe(&self, load: &Load) {
-        self.observed.store(load.in_flight, Ordering::Relaxed);
-    }
 }
 
 impl<A: LimitAlgorithm> AdmissionPolicy for Adaptive<A> {
     fn fetch_limit(&self, load: &Load) -> usize {
-        self.observe(load);
-        self.current().saturating_sub(load.in_flight + load.waiting)
+        self.current()
+            .saturating_sub(load.in_flight.saturating_add(load.waiting))
     }
 
     fn admits(&self, load: &Load, _cost: u64) -> bool {
-        self.observe(load);
         load.in_flight < self.current()
+    }
+
+    fn measures_in_flight(&self) -> bool {
+        true
     }
 
     fn limit(&self) -> Limit {
@@ -178,10 +176,8 @@ impl<A: LimitAlgorithm> AdmissionPolicy for Adaptive<A> {
             // Not about the downstream's capacity: a bug, a bad update, an abort.
             _ => return,
         };
-        // The gate's last reading still counts this update (it is released after this
-        // call); at least 1 for that reason.
-        let in_flight = self.observed.load(Ordering::Relaxed).max(1);
-        let sample = Sample::new(completion.latency, in_flight, overloaded);
+        // The gate counts this update until after this call: at least 1.
+        let sample = Sample::new(completion.latency, completion.in_flight.max(1), overloaded);
         let (before, after) = {
             let mut algorithm = self.algorithm.lock();
             let before = self.current();
