@@ -32,6 +32,9 @@ pub use pollgate_webhook as webhook;
 /// speed under at-least-once delivery (the `spool` feature).
 #[cfg(feature = "spool")]
 pub use pollgate_spool as spool;
+/// teloxide handler trees under pollgate's admission control (feature `teloxide`).
+#[cfg(feature = "teloxide")]
+pub use pollgate_teloxide as teloxide;
 
 pub use pollgate_admission::{
     Adaptive, AdmissionPolicy, Aimd, Barrier, ByteBudget, Fixed, Gate, Gradient2, Limit, Load, MemoryProbe, Outcome,
