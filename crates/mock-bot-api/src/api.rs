@@ -308,16 +308,7 @@ fn send_message(shared: &Shared, params: Params) -> Response {
         let refused = limiter.lock().try_send(chat_id, Instant::now());
         if let Err(retry_after) = refused {
             shared.inner.lock().stats.send_429 += 1;
-            return reply::json_text(
-                StatusCode::TOO_MANY_REQUESTS,
-                json!({
-                    "ok": false,
-                    "error_code": 429,
-                    "description": format!("Too Many Requests: retry after {retry_after}"),
-                    "parameters": {"retry_after": retry_after},
-                })
-                .to_string(),
-            );
+            return reply::too_many_requests(u32::try_from(retry_after).unwrap_or(u32::MAX));
         }
     }
     let message_id = shared.record_sent(params.into_value());
