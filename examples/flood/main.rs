@@ -20,6 +20,9 @@ mod custom_policy;
 mod logging;
 mod parent;
 mod plot;
+#[path = "../shared/policy_spec.rs"]
+mod policy_spec;
+#[path = "../shared/proc_mem.rs"]
 mod proc_mem;
 #[path = "../shared/process.rs"]
 mod process;

@@ -17,7 +17,7 @@
 mod bridge;
 mod cli;
 mod parent;
-#[path = "../flood/proc_mem.rs"]
+#[path = "../shared/proc_mem.rs"]
 mod proc_mem;
 #[path = "../shared/process.rs"]
 mod process;

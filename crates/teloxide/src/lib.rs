@@ -62,6 +62,8 @@
 
 mod error;
 mod handler;
+mod send_limits;
 
 pub use error::TeloxideError;
 pub use handler::TeloxideHandler;
+pub use send_limits::SendLimiter;
