@@ -37,9 +37,7 @@ use std::time::{Duration, Instant};
 
 use clap::Parser;
 use parking_lot::Mutex;
-use pollgate::{
-    AdmissionPolicy, Barrier, ByteBudget, Fixed, Load, Retry, RssAdaptive, Runtime, TelegramTransport, all_of,
-};
+use pollgate::{AdmissionPolicy, Barrier, ByteBudget, Fixed, Retry, RssAdaptive, Runtime, TelegramTransport, all_of};
 use pollgate_teloxide::{SendLimiter, TeloxideHandler};
 use teloxide::RequestError;
 use teloxide::adaptors::Throttle;
@@ -50,7 +48,7 @@ use teloxide::prelude::*;
 use teloxide::types::ReplyParameters;
 use teloxide::utils::command::BotCommands;
 
-use crate::policy_spec::PolicySpec;
+use crate::policy_spec::{PolicySpec, Unbounded};
 
 /// A teloxide echo bot whose updates pollgate admits.
 #[derive(Debug, Parser)]
@@ -208,20 +206,6 @@ where
             c.touch();
         })
         .chain(tree::<B>())
-}
-
-/// The baseline that reproduces the problem (as the flood demo's).
-#[derive(Debug)]
-struct Unbounded;
-
-impl AdmissionPolicy for Unbounded {
-    fn fetch_limit(&self, _load: &Load) -> usize {
-        usize::MAX
-    }
-
-    fn admits(&self, _load: &Load, _cost: u64) -> bool {
-        true
-    }
 }
 
 fn policy(spec: PolicySpec) -> Arc<dyn AdmissionPolicy> {

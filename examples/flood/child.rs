@@ -10,31 +10,17 @@ use std::time::{Duration, Instant};
 
 use pollgate::core::{TelegramTransport, Transport};
 use pollgate::{
-    AdmissionPolicy, Barrier, ByteBudget, Delivery, Fixed, Load, Retry, RssAdaptive, RunError, Runtime, Summary, all_of,
+    AdmissionPolicy, Barrier, ByteBudget, Delivery, Fixed, Retry, RssAdaptive, RunError, Runtime, Summary, all_of,
 };
 use pollgate_spool::SpoolTransport;
 
 use crate::cli::{Args, DeliveryArg, PolicySpec, TransportArg};
 use crate::custom_policy::TokenBucket;
+use crate::policy_spec::Unbounded;
 use crate::proc_mem::rss_and_peak;
 use crate::process::{emit, on_stdin_close, run_main};
 use crate::report::RunResult;
 use crate::workload::{Recorder, Workload, handle};
-
-/// The baseline that reproduces the problem: fetch 100 per call as fast as the server
-/// answers and start every update at once.
-#[derive(Debug)]
-struct Unbounded;
-
-impl AdmissionPolicy for Unbounded {
-    fn fetch_limit(&self, _load: &Load) -> usize {
-        usize::MAX
-    }
-
-    fn admits(&self, _load: &Load, _cost: u64) -> bool {
-        true
-    }
-}
 
 /// Runs the child; returns the process exit code.
 pub(crate) fn main(args: Args) -> u8 {

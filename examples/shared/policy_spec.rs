@@ -5,7 +5,24 @@
 use std::fmt;
 use std::str::FromStr;
 
+use pollgate::{AdmissionPolicy, Load};
+
 use crate::size::Size;
+
+/// The baseline that reproduces the problem: fetch 100 per call as fast as the server
+/// answers and start every update at once.
+#[derive(Debug)]
+pub(crate) struct Unbounded;
+
+impl AdmissionPolicy for Unbounded {
+    fn fetch_limit(&self, _load: &Load) -> usize {
+        usize::MAX
+    }
+
+    fn admits(&self, _load: &Load, _cost: u64) -> bool {
+        true
+    }
+}
 
 /// One `--policy` value.
 #[derive(Debug, Clone, Copy, PartialEq)]
