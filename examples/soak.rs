@@ -105,6 +105,7 @@ async fn main() {
                 text_bytes: 256,
                 chats: 50,
                 seed: args.seed,
+                ..mock_bot_api::BacklogSpec::default()
             },
         }),
         faults: FaultRates {

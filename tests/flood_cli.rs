@@ -122,6 +122,7 @@ async fn api_url_drains_an_external_server_and_a_rejected_token_fails_clearly() 
         text_bytes: 32,
         chats: 3,
         seed: 3,
+        ..mock_bot_api::BacklogSpec::default()
     });
     let (url, token) = (server.url(), server.token().to_owned());
     let ledger = std::env::temp_dir().join(format!("flood-ledger-{}.txt", std::process::id()));
@@ -199,6 +200,7 @@ async fn the_token_never_appears_in_stdout_stderr_or_the_logs() {
         text_bytes: 32,
         chats: 5,
         seed: 4,
+        ..mock_bot_api::BacklogSpec::default()
     });
     server.set_fault_rates(mock_bot_api::FaultRates {
         too_many_requests: 0.05,

@@ -84,6 +84,7 @@ async fn run(args: Args) -> Result<(), String> {
                 text_bytes: args.text_bytes,
                 chats: args.chats,
                 seed: args.seed,
+                ..mock_bot_api::BacklogSpec::default()
             });
         }
         let Some(result) = run_child(&args, spec, &url, &token, &bars, &mut stops).await? else {

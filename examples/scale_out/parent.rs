@@ -152,6 +152,7 @@ async fn run(args: Args) -> Result<bool, String> {
         text_bytes: args.text_bytes,
         chats: args.chats as usize,
         seed: 1,
+        ..mock_bot_api::BacklogSpec::default()
     });
     if !args.json {
         println!(

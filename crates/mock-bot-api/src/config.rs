@@ -73,6 +73,8 @@ pub struct BacklogSpec {
     pub chats: usize,
     /// Seed of the generator.
     pub seed: u64,
+    /// Which kinds of chats and updates.
+    pub mix: Mix,
 }
 
 impl Default for BacklogSpec {
@@ -82,6 +84,41 @@ impl Default for BacklogSpec {
             text_bytes: 64,
             chats: 10,
             seed: 1,
+            mix: Mix::Varied,
+        }
+    }
+}
+
+/// The kinds of chats and updates a [`BacklogSpec`] generates.
+///
+/// A bot's traffic is [`Varied`](Mix::Varied); the text-only mixes are the workloads of an
+/// echo bot, where every update is answered once, for measuring replies against
+/// Telegram's send limits.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum Mix {
+    /// Private chats, groups, supergroups and channels, each with its own mix of update
+    /// kinds (text, photos, edits, callback queries, inline queries, member updates).
+    #[default]
+    Varied,
+    /// Private chats only, every update a text message (some of them commands).
+    PrivateText,
+    /// Groups and supergroups only, every update a text message (some of them commands).
+    GroupText,
+}
+
+impl std::str::FromStr for Mix {
+    type Err = String;
+
+    /// `varied`, `private-text` or `group-text`.
+    fn from_str(s: &str) -> Result<Mix, String> {
+        match s {
+            "varied" => Ok(Mix::Varied),
+            "private-text" => Ok(Mix::PrivateText),
+            "group-text" => Ok(Mix::GroupText),
+            _ => Err(format!(
+                "unknown mix {s:?}: expected varied, private-text or group-text"
+            )),
         }
     }
 }

@@ -14,7 +14,7 @@ use std::ops::RangeInclusive;
 use fastrand::Rng;
 use serde_json::{Value, json};
 
-use crate::config::BacklogSpec;
+use crate::config::{BacklogSpec, Mix};
 use crate::state::Shared;
 
 /// Date of the first generated update (2025-01-01T00:00:00Z).
@@ -146,6 +146,8 @@ pub(crate) struct Generator {
     /// these, which is several times faster than word by word.
     phrases: Vec<(String, usize)>,
     produced: u64,
+    /// Every update a text message ([`Mix::PrivateText`], [`Mix::GroupText`]).
+    text_only: bool,
 }
 
 impl Generator {
@@ -157,10 +159,11 @@ impl Generator {
         let mut chats = Vec::with_capacity(n_chats);
         for i in 0..n_chats {
             let slot = i as i64 * 7919;
-            let kind = match i % 6 {
-                0 | 2 | 4 => ChatKind::Private,
-                1 | 5 if i % 12 == 5 => ChatKind::Group,
-                1 | 5 => ChatKind::Supergroup,
+            let kind = match (spec.mix, i % 6) {
+                (Mix::PrivateText, _) | (Mix::Varied, 0 | 2 | 4) => ChatKind::Private,
+                (Mix::GroupText, _) if i % 2 == 1 => ChatKind::Group,
+                (Mix::Varied, 1 | 5) if i % 12 == 5 => ChatKind::Group,
+                (Mix::Varied, 1 | 5) | (Mix::GroupText, _) => ChatKind::Supergroup,
                 _ => ChatKind::Channel,
             };
             let chat = match kind {
@@ -237,6 +240,7 @@ impl Generator {
             chats,
             bot: json!({"id": 123_456, "is_bot": true, "first_name": "Mock", "username": "mock_bot"}),
             produced: 0,
+            text_only: spec.mix != Mix::Varied,
         }
     }
 
@@ -251,6 +255,9 @@ impl Generator {
         let date = BASE_DATE + (self.produced / 3) as i64;
         let c = self.rng.usize(..self.chats.len());
         let roll = self.rng.u8(..100);
+        if self.text_only {
+            return json!({"message": self.text_message(c, date)});
+        }
         match self.chats[c].kind {
             ChatKind::Private => match roll {
                 0..60 => json!({"message": self.text_message(c, date)}),
@@ -602,6 +609,29 @@ mod tests {
                     other => panic!("unexpected entity {other}"),
                 }
             }
+        }
+    }
+
+    #[test]
+    fn text_mixes_hold_text_messages_in_their_kind_of_chat_only() {
+        for (mix, private) in [(Mix::PrivateText, true), (Mix::GroupText, false)] {
+            let bodies = bodies(&BacklogSpec {
+                updates: 300,
+                chats: 20,
+                mix,
+                ..BacklogSpec::default()
+            });
+            let mut chats = std::collections::HashSet::new();
+            for b in &bodies {
+                let v: Value = serde_json::from_str(b).unwrap();
+                let m = &v["message"];
+                assert!(m["text"].is_string(), "{mix:?}: {b}");
+                let id = m["chat"]["id"].as_i64().unwrap();
+                assert_eq!(id > 0, private, "{mix:?}: {b}");
+                assert_ne!(m["chat"]["type"], "channel", "{b}");
+                chats.insert(id);
+            }
+            assert_eq!(chats.len(), 20, "{mix:?}: every chat is used");
         }
     }
 

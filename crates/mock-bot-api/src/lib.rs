@@ -91,7 +91,7 @@ mod stats;
 mod webhook;
 
 pub use config::{
-    BacklogSpec, DEFAULT_MAX_CONNECTIONS, DEFAULT_TOKEN, LiveSpec, MockConfig, WebhookSpec, WebhookTiming,
+    BacklogSpec, DEFAULT_MAX_CONNECTIONS, DEFAULT_TOKEN, LiveSpec, Mix, MockConfig, WebhookSpec, WebhookTiming,
 };
 pub use faults::{Fault, FaultRates};
 pub use send_limits::SendLimits;

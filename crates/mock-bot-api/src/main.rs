@@ -11,7 +11,7 @@ use std::time::Duration;
 
 use clap::Parser;
 use mock_bot_api::{
-    BacklogSpec, DEFAULT_MAX_CONNECTIONS, DEFAULT_TOKEN, FaultRates, LiveSpec, MockConfig, MockServer, SendLimits,
+    BacklogSpec, DEFAULT_MAX_CONNECTIONS, DEFAULT_TOKEN, FaultRates, LiveSpec, Mix, MockConfig, MockServer, SendLimits,
     WebhookSpec, WebhookTiming,
 };
 
@@ -34,6 +34,10 @@ struct Args {
     /// Distinct chats generated updates are spread over.
     #[arg(long, default_value_t = 10)]
     chats: usize,
+    /// Which chats and updates: varied (every kind), private-text or group-text (every
+    /// update a text message, in private chats or in groups only).
+    #[arg(long, default_value = "varied")]
+    mix: Mix,
     /// Seed of the generator and of random faults.
     #[arg(long, default_value_t = 1)]
     seed: u64,
@@ -117,6 +121,7 @@ async fn main() -> std::io::Result<()> {
         text_bytes: args.text_bytes,
         chats: args.chats,
         seed: args.seed,
+        mix: args.mix,
     };
     let config = MockConfig {
         port: args.port,

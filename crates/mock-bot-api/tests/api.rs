@@ -411,6 +411,7 @@ async fn generator_is_deterministic_per_seed() {
         text_bytes: 100,
         chats: 5,
         seed: 42,
+        ..mock_bot_api::BacklogSpec::default()
     };
     let config = |spec: &BacklogSpec| MockConfig {
         backlog: Some(spec.clone()),
@@ -437,6 +438,7 @@ async fn generator_is_varied_and_respects_the_chat_count() {
         text_bytes: 200,
         chats: 12,
         seed: 5,
+        ..mock_bot_api::BacklogSpec::default()
     });
     assert_eq!(range, 1..=3000);
     let mut kinds = BTreeSet::new();

@@ -46,6 +46,7 @@ async fn server(updates: usize) -> MockServer {
         text_bytes: 32,
         chats: 3,
         seed: 1,
+        ..mock_bot_api::BacklogSpec::default()
     });
     s
 }

@@ -35,6 +35,7 @@ async fn server(config: MockConfig, updates: usize) -> MockServer {
         text_bytes: 32,
         chats: 10,
         seed: 5,
+        ..mock_bot_api::BacklogSpec::default()
     });
     server
 }

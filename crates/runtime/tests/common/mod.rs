@@ -50,6 +50,7 @@ pub async fn server_with(updates: usize, chats: usize) -> (MockServer, Vec<i64>)
         text_bytes: 64,
         chats,
         seed: 7,
+        ..mock_bot_api::BacklogSpec::default()
     });
     (server, ids.collect())
 }

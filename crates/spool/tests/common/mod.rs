@@ -30,6 +30,7 @@ pub async fn server_with(updates: usize, text_bytes: usize) -> MockServer {
         text_bytes,
         chats: 20,
         seed: 3,
+        ..mock_bot_api::BacklogSpec::default()
     });
     server
 }
