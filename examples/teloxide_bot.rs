@@ -8,14 +8,16 @@
 //!     --api-url http://127.0.0.1:8081 --policy fixed:64 --exit-when-idle 3 --json
 //! ```
 //!
-//! Replies wait for a slot within Telegram's send limits (`pollgate_teloxide::SendLimiter`;
-//! `--pacing throttle` uses teloxide's `Throttle` adaptor instead). `--dispatcher` runs the
-//! same handler tree on teloxide's own `Dispatcher`, for comparison (`docs/teloxide.md`).
+//! Replies keep within Telegram's send limits: each text message's send slot is booked
+//! before its update is admitted (`pollgate_teloxide::SendLimiter::pacer`), so a handler
+//! starts when it can reply and never holds its permit waiting for a slot.
+//! `--pacing limiter-in-handler` waits in the handler instead; `--pacing throttle` uses
+//! teloxide's `Throttle` adaptor. `--dispatcher` runs the same handler tree on teloxide's own `Dispatcher`, for comparison (`docs/teloxide.md`).
 //!
 //! With `--json` it prints one line at exit: `handled` (updates that reached the tree),
 //! `replies` (messages sent), `retry_after_hits` (sends Telegram refused with 429),
 //! `peak_rss_bytes` and `drain_s` (from the start to the last update handled or reply
-//! sent).
+//! sent); also `max_in_tree`, the most updates in the handler tree at once.
 
 #[path = "custom_policy.rs"]
 #[allow(dead_code)] // only `TokenBucket` is used here
@@ -35,7 +37,7 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::{Duration, Instant};
 
-use clap::Parser;
+use clap::{Parser, ValueEnum};
 use parking_lot::Mutex;
 use pollgate::{AdmissionPolicy, Barrier, ByteBudget, Fixed, Retry, RssAdaptive, Runtime, TelegramTransport, all_of};
 use pollgate_teloxide::{SendLimiter, TeloxideHandler};
@@ -78,8 +80,13 @@ struct Args {
 /// `--pacing`.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
 enum Pacing {
-    /// `pollgate_teloxide::SendLimiter` before each send.
+    /// `pollgate_teloxide::SendLimiter`: a reply's slot is booked before its update is
+    /// admitted (the runtime's pacer; with --dispatcher, which admits everything, the
+    /// handler waits for its slot instead).
     Limiter,
+    /// `pollgate_teloxide::SendLimiter` waited for in the handler, before each send (for
+    /// comparison: the handler holds its permit while it waits).
+    LimiterInHandler,
     /// teloxide's `Throttle` adaptor around the bot.
     Throttle,
 }
@@ -103,6 +110,8 @@ struct Counters {
     retry_after_hits: AtomicU64,
     /// When the last update was handled, in ms since the start.
     last_ms: AtomicU64,
+    /// The most updates in the tree at once.
+    max_in_tree: AtomicU64,
     per_chat: Mutex<HashMap<ChatId, u64>>,
     started: Option<Instant>,
 }
@@ -156,7 +165,7 @@ where
     B::SendMessage: Send,
 {
     let commands = teloxide::filter_command::<Command, _>().endpoint(
-        |bot: B, msg: Message, cmd: Command, c: Arc<Counters>, pace: Arc<Option<SendLimiter>>| async move {
+        |bot: B, msg: Message, cmd: Command, c: Arc<Counters>, pace: Arc<Option<Arc<SendLimiter>>>| async move {
             let text = match cmd {
                 Command::Start => "Hello! Write anything and I will echo it.".to_owned(),
                 Command::Help => Command::descriptions().to_string(),
@@ -169,7 +178,7 @@ where
         },
     );
     let echo = dptree::filter_map(|msg: Message| msg.text().map(str::to_owned)).endpoint(
-        |bot: B, msg: Message, text: String, c: Arc<Counters>, pace: Arc<Option<SendLimiter>>| async move {
+        |bot: B, msg: Message, text: String, c: Arc<Counters>, pace: Arc<Option<Arc<SendLimiter>>>| async move {
             let n = {
                 let mut chats = c.per_chat.lock();
                 let n = chats.entry(msg.chat.id).or_default();
@@ -203,6 +212,7 @@ where
     dptree::entry()
         .inspect(move |_: Update| {
             c.handled.fetch_add(1, Ordering::Relaxed);
+            c.max_in_tree.fetch_max(c.in_flight(), Ordering::Relaxed);
             c.touch();
         })
         .chain(tree::<B>())
@@ -238,23 +248,18 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
     let idle = args.exit_when_idle.map(Duration::from_secs_f64);
     let watch = tokio::spawn(exit_when_idle(Arc::clone(&counters), started, idle, stop.clone()));
     match args.pacing {
-        Pacing::Limiter => {
-            let deps = dptree::deps![Arc::clone(&counters), Arc::new(Some(SendLimiter::telegram()))];
-            serve(
-                &args,
-                token,
-                bot,
-                counting_tree::<Bot>(Arc::clone(&counters)),
-                deps,
-                stop,
-            )
-            .await?;
+        Pacing::Limiter | Pacing::LimiterInHandler => {
+            let limiter = Arc::new(SendLimiter::telegram());
+            let deps = dptree::deps![Arc::clone(&counters), Arc::new(Some(Arc::clone(&limiter)))];
+            let book = (args.pacing == Pacing::Limiter).then_some(limiter);
+            let tree = counting_tree::<Bot>(Arc::clone(&counters));
+            serve(&args, token, bot, tree, deps, book, stop).await?;
         }
         Pacing::Throttle => {
-            let deps = dptree::deps![Arc::clone(&counters), Arc::new(None::<SendLimiter>)];
+            let deps = dptree::deps![Arc::clone(&counters), Arc::new(None::<Arc<SendLimiter>>)];
             let bot = bot.throttle(Limits::default());
             let tree = counting_tree::<Throttle<Bot>>(Arc::clone(&counters));
-            serve(&args, token, bot, tree, deps, stop).await?;
+            serve(&args, token, bot, tree, deps, None, stop).await?;
         }
     }
     watch.abort();
@@ -269,7 +274,8 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
                 "peak_rss_bytes": peak,
                 "drain_s": counters.last_ms.load(Ordering::Relaxed) as f64 / 1e3,
                 "mode": if args.dispatcher { "dispatcher" } else { "pollgate" },
-                "pacing": format!("{:?}", args.pacing).to_lowercase(),
+                "max_in_tree": counters.max_in_tree.load(Ordering::Relaxed),
+                "pacing": args.pacing.to_possible_value().map(|v| v.get_name().to_owned()),
                 "policy": args.policy.to_string(),
             })
         );
@@ -278,13 +284,14 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
 }
 
 /// Runs the tree on pollgate (or, with `--dispatcher`, on teloxide's Dispatcher) until
-/// `stop`.
+/// `stop`; with `book`, each text message's send slot is booked before it is admitted.
 async fn serve<B>(
     args: &Args,
     token: String,
     bot: B,
     tree: UpdateHandler<RequestError>,
     deps: DependencyMap,
+    book: Option<Arc<SendLimiter>>,
     stop: pollgate::CancellationToken,
 ) -> Result<(), Box<dyn std::error::Error>>
 where
@@ -308,17 +315,38 @@ where
     let transport = TelegramTransport::builder(token)
         .api_url(args.api_url.clone())
         .build()?;
-    Runtime::builder(transport, handler)
+    let mut runtime = Runtime::builder(transport, handler)
         .shared_policy(policy(args.policy))
         .ordered(true)
         // A 429 that slips through fails its handler: run it again, holding its chat.
         .retry(Retry::attempts(5).initial_backoff(Duration::from_secs(1)))
         .shutdown(stop)
-        .shutdown_on_signals()
-        .build()
-        .run()
-        .await?;
+        .shutdown_on_signals();
+    if let Some(limiter) = book {
+        runtime = runtime.pacer(limiter.pacer(replies_to));
+    }
+    runtime.build().run().await?;
     Ok(())
+}
+
+/// The chat a reply to `update` goes to: text messages (echoes and commands) are
+/// answered, nothing else is.
+fn replies_to(update: &pollgate::Update) -> Option<i64> {
+    #[derive(serde::Deserialize)]
+    struct Probe {
+        message: Option<Message>,
+    }
+    #[derive(serde::Deserialize)]
+    struct Message {
+        chat: Chat,
+        text: Option<serde::de::IgnoredAny>,
+    }
+    #[derive(serde::Deserialize)]
+    struct Chat {
+        id: i64,
+    }
+    let message = update.parse::<Probe>().ok()?.message?;
+    message.text.map(|_| message.chat.id)
 }
 
 /// Cancels `stop` once nothing is in the tree and nothing happened for `idle` (never

@@ -1,13 +1,15 @@
 #!/usr/bin/env bash
 # teloxide_bot against the mock with Telegram's send limits (docs/teloxide.md): one run; the
 # arguments go to teloxide_bot (e.g. --policy fixed:64 --dispatcher --pacing throttle).
+# MIX=varied|private-text|group-text (default private-text: every update answered once),
+# N (1500) and CHATS (50) shape the backlog.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 cargo build --release -q --example teloxide_bot -p pollgate
 cargo build --release -q -p mock-bot-api
 sent=$(mktemp)
 port=$((20000 + RANDOM % 20000))
-target/release/mock-bot-api --port $port --updates 1500 --chats 50 --text-bytes 64 --send-limits > /dev/null 2>&1 &
+target/release/mock-bot-api --port $port --updates ${N:-1500} --chats ${CHATS:-50} --mix ${MIX:-private-text} --text-bytes 64 --send-limits > /dev/null 2>&1 &
 mp=$!
 for i in $(seq 50); do curl -s http://127.0.0.1:$port/stats >/dev/null && break; sleep 0.1; done
 TELEGRAM_BOT_TOKEN=123456:TEST-token target/release/examples/teloxide_bot --api-url http://127.0.0.1:$port --exit-when-idle 3 --json "$@" 2>/dev/null | tail -1

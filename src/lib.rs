@@ -41,4 +41,4 @@ pub use pollgate_admission::{
     RssAdaptive, all_of,
 };
 pub use pollgate_core::{MemoryTransport, TelegramError, TelegramTransport, Transport, Update, UpdateKind};
-pub use pollgate_runtime::{CancellationToken, Delivery, Handler, Retry, RunError, Runtime, Stats, Summary};
+pub use pollgate_runtime::{CancellationToken, Delivery, Handler, Pacer, Retry, RunError, Runtime, Stats, Summary};

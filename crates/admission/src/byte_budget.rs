@@ -264,12 +264,11 @@ mod tests {
         budget.admits(&load(0, 0), 8_000); // seeding happens once
         assert_eq!(budget.estimated_cost(), Some(80));
         for _ in 0..100 {
-            budget.on_complete(&Completion {
-                cost: 160,
-                outcome: crate::Outcome::Success,
-                latency: std::time::Duration::ZERO,
-                in_flight: 0,
-            });
+            budget.on_complete(&Completion::new(
+                160,
+                crate::Outcome::Success,
+                std::time::Duration::ZERO,
+            ));
         }
         let estimate = budget.estimated_cost().unwrap();
         assert!((150..=160).contains(&estimate), "{estimate}");

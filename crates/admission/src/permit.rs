@@ -43,14 +43,38 @@ impl Permit {
     /// Reports the outcome to the policy ([`on_complete`]), then releases the capacity.
     ///
     /// [`on_complete`]: crate::AdmissionPolicy::on_complete
-    pub fn finish(mut self, outcome: Outcome, latency: Duration) {
+    pub fn finish(self, outcome: Outcome, latency: Duration) {
+        let cost = self.cost;
+        self.report(Completion::new(cost, outcome, latency));
+    }
+
+    /// Like [`finish`](Self::finish), with everything `completion` says (the ordering
+    /// key, a downstream's `retry_after`). Its `cost` and `in_flight` are the gate's,
+    /// whatever `completion` holds.
+    ///
+    /// # Examples
+    ///
+    /// ```
+    /// use std::time::Duration;
+    ///
+    /// use pollgate_admission::{Completion, Fixed, Gate, Outcome};
+    ///
+    /// let gate = Gate::new(Fixed::new(2));
+    /// let permit = gate.try_acquire(1).unwrap();
+    /// let done = Completion::new(0, Outcome::Overload, Duration::from_millis(40))
+    ///     .with_key(Some(42))
+    ///     .with_retry_after(Some(Duration::from_secs(3)));
+    /// permit.report(done);
+    /// assert_eq!(gate.load().in_flight, 0);
+    /// ```
+    pub fn report(mut self, completion: Completion) {
         if let Some(shared) = self.shared.take() {
-            complete(&shared, self.cost, outcome, latency);
+            complete(&shared, self.cost, completion);
         }
     }
 }
 
-fn complete(shared: &Shared, cost: u64, outcome: Outcome, latency: Duration) {
+fn complete(shared: &Shared, cost: u64, completion: Completion) {
     // One more look under the gate's lock, only for policies that asked for it.
     let in_flight = if shared.measures_in_flight {
         shared.state.lock().in_flight
@@ -59,9 +83,8 @@ fn complete(shared: &Shared, cost: u64, outcome: Outcome, latency: Duration) {
     };
     shared.policy.on_complete(&Completion {
         cost,
-        outcome,
-        latency,
         in_flight,
+        ..completion
     });
     shared.release(cost);
 }
@@ -69,11 +92,11 @@ fn complete(shared: &Shared, cost: u64, outcome: Outcome, latency: Duration) {
 impl Drop for Permit {
     fn drop(&mut self) {
         if let Some(shared) = self.shared.take() {
+            let latency = self.granted_at.map_or(Duration::ZERO, |at| at.elapsed());
             complete(
                 &shared,
                 self.cost,
-                Outcome::Cancelled,
-                self.granted_at.map_or(Duration::ZERO, |at| at.elapsed()),
+                Completion::new(self.cost, Outcome::Cancelled, latency),
             );
         }
     }

@@ -57,8 +57,8 @@ pub enum Outcome {
 
 /// Feedback about one finished update, passed to [`AdmissionPolicy::on_complete`].
 ///
-/// `#[non_exhaustive]`: feedback will grow (an adaptive policy may want the ordering key
-/// or a downstream's `retry_after`); build one with [`Completion::new`].
+/// `#[non_exhaustive]`: feedback will grow; build one with [`Completion::new`] and the
+/// `with_` methods.
 #[non_exhaustive]
 #[derive(Clone, Copy, Debug)]
 pub struct Completion {
@@ -71,6 +71,13 @@ pub struct Completion {
     /// Permits running in this gate when it was released, itself included; 0 unless the
     /// policy [measures in-flight](AdmissionPolicy::measures_in_flight).
     pub in_flight: usize,
+    /// The update's ordering key (its chat), when the runtime knows it: a policy may keep
+    /// per-chat state, or tell one hot chat from a slow downstream.
+    pub key: Option<i64>,
+    /// How long an overloaded downstream asked to be left alone (Telegram's 429
+    /// `retry_after`), when the handler said so: a policy may pause admission that long
+    /// rather than guess.
+    pub retry_after: Option<Duration>,
 }
 
 impl Completion {
@@ -93,12 +100,26 @@ impl Completion {
             outcome,
             latency,
             in_flight: 0,
+            key: None,
+            retry_after: None,
         }
     }
 
     /// The same completion with [`in_flight`](Self::in_flight) set.
     pub fn with_in_flight(mut self, in_flight: usize) -> Completion {
         self.in_flight = in_flight;
+        self
+    }
+
+    /// The same completion with [`key`](Self::key) set.
+    pub fn with_key(mut self, key: Option<i64>) -> Completion {
+        self.key = key;
+        self
+    }
+
+    /// The same completion with [`retry_after`](Self::retry_after) set.
+    pub fn with_retry_after(mut self, retry_after: Option<Duration>) -> Completion {
+        self.retry_after = retry_after;
         self
     }
 }

@@ -9,6 +9,7 @@ use pollgate_core::{Transport, Update};
 use tokio_util::sync::CancellationToken;
 
 use crate::handler::Handler;
+use crate::pace::{Pacer, SharedPacer};
 use crate::retry::Retry;
 use crate::runtime::Runtime;
 
@@ -73,6 +74,7 @@ pub(crate) struct Config {
     pub(crate) drain_deadline: Duration,
     pub(crate) handler_timeout: Option<Duration>,
     pub(crate) retry: Retry,
+    pub(crate) pacer: Option<SharedPacer>,
     #[cfg(feature = "signal")]
     pub(crate) on_signals: bool,
     pub(crate) summary_every: Option<Duration>,
@@ -117,6 +119,7 @@ impl<T: Transport, H: Handler> RuntimeBuilder<T, H> {
                 drain_deadline: Duration::from_secs(30),
                 handler_timeout: None,
                 retry: Retry::none(),
+                pacer: None,
                 #[cfg(feature = "signal")]
                 on_signals: false,
                 summary_every: None,
@@ -154,7 +157,8 @@ impl<T: Transport, H: Handler> RuntimeBuilder<T, H> {
     }
 
     /// The most updates that may wait in memory without running: behind busy keys (with
-    /// [ordering](Self::ordered)) or for their next [attempt](Self::retry). Fetching
+    /// [ordering](Self::ordered)), for their next [attempt](Self::retry) or for the time
+    /// their [pacer](Self::pacer) gave them. Fetching
     /// pauses while that many wait (default 1024). They also count against a byte budget.
     ///
     /// # Panics
@@ -352,6 +356,16 @@ impl<T: Transport, H: Handler> RuntimeBuilder<T, H> {
     /// dead-letter store (the spool) keeps it.
     pub fn retry(mut self, retry: Retry) -> Self {
         self.config.retry = retry;
+        self
+    }
+
+    /// Holds each update back, with only its cost reserved, until `pacer` says it may
+    /// start (default: none). For work whose wait is known before it starts, such as a
+    /// reply that must wait for its chat's next send slot: the update waits without a
+    /// slot or a running handler, as an update parked behind its key does, counting
+    /// against the byte budget and `max_queued`. See the [`pace`](crate::pace) module.
+    pub fn pacer(mut self, pacer: impl Pacer) -> Self {
+        self.config.pacer = Some(SharedPacer(Arc::new(pacer)));
         self
     }
 

@@ -9,6 +9,7 @@
 
 use std::fmt;
 use std::future::Future;
+use std::time::Duration;
 
 use pollgate_core::Update;
 
@@ -44,10 +45,41 @@ where
 /// admission policy that the work failed because of load, such as a downstream service
 /// shedding requests. Other errors are treated as unrelated to load and never shrink a
 /// limit.
+///
+/// # Examples
+///
+/// ```
+/// use std::time::Duration;
+///
+/// use pollgate_runtime::Overloaded;
+///
+/// let e = Overloaded::new("the payments API answered 503").retry_after(Duration::from_secs(5));
+/// assert_eq!(e.to_string(), "overloaded: the payments API answered 503");
+/// ```
 #[derive(Debug, Clone, Default)]
+#[non_exhaustive]
 pub struct Overloaded {
     /// What was overloaded.
     pub reason: String,
+    /// How long the downstream asked to be left alone, if it said (reported to the
+    /// policy as [`Completion::retry_after`](pollgate_admission::Completion::retry_after)).
+    pub retry_after: Option<Duration>,
+}
+
+impl Overloaded {
+    /// Overload for `reason`.
+    pub fn new(reason: impl Into<String>) -> Overloaded {
+        Overloaded {
+            reason: reason.into(),
+            retry_after: None,
+        }
+    }
+
+    /// The same, with the wait the downstream asked for.
+    pub fn retry_after(mut self, wait: Duration) -> Overloaded {
+        self.retry_after = Some(wait);
+        self
+    }
 }
 
 impl fmt::Display for Overloaded {
@@ -58,14 +90,14 @@ impl fmt::Display for Overloaded {
 
 impl std::error::Error for Overloaded {}
 
-/// Whether `error` is, or was caused by, [`Overloaded`].
-pub(crate) fn is_overload(error: &(dyn std::error::Error + 'static)) -> bool {
+/// The [`Overloaded`] that `error` is, or was caused by.
+pub(crate) fn overload<'a>(error: &'a (dyn std::error::Error + 'static)) -> Option<&'a Overloaded> {
     let mut cur = Some(error);
     while let Some(e) = cur {
-        if e.is::<Overloaded>() {
-            return true;
+        if let Some(o) = e.downcast_ref::<Overloaded>() {
+            return Some(o);
         }
         cur = e.source();
     }
-    false
+    None
 }

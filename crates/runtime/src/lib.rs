@@ -15,6 +15,8 @@
 //!   never passes an unfinished update; redelivered updates are dropped);
 //! - optional per-key ordering runs one update per chat at a time without letting a slow
 //!   chat stall the others;
+//! - an optional [`Pacer`] keeps an update that cannot do its work yet (a reply waiting
+//!   for its chat's send slot) out of the policy's slots until it can;
 //! - an optional handler timeout cancels a stuck handler and reports it as overload;
 //! - a graceful shutdown, on the shutdown token or on SIGTERM/SIGINT, drains running
 //!   handlers up to a deadline and confirms the offset.
@@ -53,6 +55,7 @@ mod acks;
 mod config;
 mod handler;
 mod ordering;
+pub mod pace;
 mod retry;
 mod runtime;
 #[cfg(feature = "signal")]
@@ -64,6 +67,7 @@ mod task;
 
 pub use config::{DEFAULT_COST_FACTOR, DEFAULT_REPOLL_INTERVAL, Delivery, RuntimeBuilder};
 pub use handler::{BoxError, Handler, Overloaded};
+pub use pace::Pacer;
 pub use retry::Retry;
 pub use runtime::{RunError, Runtime, Summary};
 pub use stats::{Stats, StatsHandle};

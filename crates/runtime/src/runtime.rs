@@ -25,9 +25,10 @@ use parking_lot::Mutex;
 use pollgate_admission::{AdmissionPolicy, Gate, TryAcquireError};
 use pollgate_core::{Ack, FetchRequest, HandlerFailure, Transport, Update};
 use tokio::sync::Notify;
+use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::{AbortOnDropHandle, TaskTracker};
-use tracing::{Instrument, error, info, info_span, warn};
+use tracing::{Instrument, debug, error, info, info_span, warn};
 
 use crate::acks::{AckTracker, Seen};
 use crate::config::{Config, RuntimeBuilder};
@@ -124,6 +125,27 @@ impl<H> Ctx<H> {
             update_id = update.id(),
             "update not handled: the runtime is shutting down"
         );
+    }
+
+    /// When `update` may start, if a [pacer](crate::Pacer) holds it back past now
+    /// (counted as paced).
+    pub(crate) fn paced_until(&self, update: &Update) -> Option<Instant> {
+        let at = self.config.pacer.as_ref()?.0.start_at(update)?;
+        let later = at > Instant::now();
+        if later {
+            Counters::bump(&self.counters.paced);
+            debug!(update_id = update.id(), wait = ?at - Instant::now(), "paced");
+        }
+        later.then_some(at)
+    }
+
+    /// Sleeps until `at`; `false` when the drain deadline came first.
+    pub(crate) async fn sleep_until(&self, at: Instant) -> bool {
+        tokio::select! {
+            biased;
+            _ = self.abort.cancelled() => false,
+            _ = tokio::time::sleep_until(at) => true,
+        }
     }
 
     /// Gives up on everything parked behind `key`.
@@ -702,8 +724,9 @@ async fn fetch_room<H>(ctx: &Ctx<H>, window: usize) -> Option<usize> {
         progressed.as_mut().enable();
         let again = ctx.acks.lock().redelivered_next();
         let room_window = window.saturating_sub(again);
-        // Updates parked behind their keys and those waiting for a retry hold reservations.
-        let room_queue = if ctx.keys.is_some() || ctx.config.retry.retries() {
+        // Updates parked behind their keys, waiting for a retry or held back by the pacer
+        // hold reservations.
+        let room_queue = if ctx.keys.is_some() || ctx.config.retry.retries() || ctx.config.pacer.is_some() {
             ctx.config.max_queued.saturating_sub(ctx.gate.load().queued)
         } else {
             usize::MAX
@@ -797,9 +820,38 @@ async fn admit<H: Handler>(ctx: &Arc<Ctx<H>>, update: Update) {
         let Some(update) = parked.filter(|_| claimed) else {
             return;
         };
-        return acquire_and_spawn(ctx, update, cost).await;
+        return pace_or_acquire(ctx, update, cost).await;
     }
-    acquire_and_spawn(ctx, update, cost).await
+    pace_or_acquire(ctx, update, cost).await
+}
+
+/// Runs `update` now (waiting for a permit), or, when the pacer holds it back, leaves it
+/// to a task that waits with its cost reserved and then takes a permit.
+async fn pace_or_acquire<H: Handler>(ctx: &Arc<Ctx<H>>, update: Update, cost: u64) {
+    let Some(at) = ctx.paced_until(&update) else {
+        return acquire_and_spawn(ctx, update, cost).await;
+    };
+    let reservation = ctx.gate.reserve(cost);
+    let ctx = Arc::clone(ctx);
+    ctx.tracker.clone().spawn(async move {
+        let acquired = if ctx.sleep_until(at).await {
+            ctx.gate.acquire_reserved(reservation).await.ok()
+        } else {
+            drop(reservation);
+            None
+        };
+        // The reservation has left the gate's queued count: a dispatcher paused at
+        // `max_queued` may go on.
+        ctx.progress.notify_one();
+        match acquired {
+            Some(permit) if ctx.keys.is_some() && update.key().is_some() => task::run(ctx, update, permit).await,
+            Some(permit) => task::RunOne::new(ctx, update, permit).await,
+            None => {
+                ctx.give_up(&update);
+                ctx.abandon_key(update.key());
+            }
+        }
+    });
 }
 
 async fn acquire_and_spawn<H: Handler>(ctx: &Arc<Ctx<H>>, update: Update, cost: u64) {

@@ -41,6 +41,8 @@ pub struct Stats {
     pub exhausted: u64,
     /// Handlers aborted at the drain deadline, or updates given up before they ran.
     pub aborted: u64,
+    /// Attempts the [pacer](crate::Pacer) held back before they started.
+    pub paced: u64,
     /// Updates that could not be decoded (reported and acknowledged past).
     pub undecodable: u64,
     /// Updates delivered again and dropped because this process had already seen them.
@@ -79,6 +81,8 @@ pub(crate) struct Counters {
     pub(crate) aborted: AtomicU64,
     /// Handlers dropped at the drain deadline (their permits were released).
     pub(crate) aborted_running: AtomicU64,
+    /// Attempts held back by the pacer.
+    pub(crate) paced: AtomicU64,
     pub(crate) undecodable: AtomicU64,
     pub(crate) redelivered: AtomicU64,
     pub(crate) fetches: AtomicU64,
@@ -96,6 +100,7 @@ impl Default for Counters {
             exhausted: AtomicU64::new(0),
             aborted: AtomicU64::new(0),
             aborted_running: AtomicU64::new(0),
+            paced: AtomicU64::new(0),
             undecodable: AtomicU64::new(0),
             redelivered: AtomicU64::new(0),
             fetches: AtomicU64::new(0),
@@ -146,6 +151,7 @@ impl StatsHandle {
             retried: r(&c.retried),
             exhausted: r(&c.exhausted),
             aborted: r(&c.aborted) + r(&c.aborted_running),
+            paced: r(&c.paced),
             undecodable: r(&c.undecodable),
             redelivered: r(&c.redelivered),
             fetches: r(&c.fetches),

@@ -19,13 +19,13 @@ use std::task::{Context, Poll, ready};
 
 use futures_util::FutureExt;
 use futures_util::future::CatchUnwind;
-use pollgate_admission::{Outcome, Permit, Reservation};
+use pollgate_admission::{Completion, Outcome, Permit, Reservation};
 use pollgate_core::Update;
 use tokio::time::{Instant, Sleep};
 use tokio_util::sync::WaitForCancellationFutureOwned;
 use tracing::{Span, debug, debug_span, error, warn};
 
-use crate::handler::{BoxError, Handler, is_overload};
+use crate::handler::{BoxError, Handler, overload};
 use crate::runtime::Ctx;
 use crate::stats::Counters;
 
@@ -53,6 +53,8 @@ pin_project_lite::pin_project! {
         // retries it costs a pointer).
         retry: Option<Box<Update>>,
         id: i64,
+        // The update's ordering key, for the policy's feedback.
+        key: Option<i64>,
     }
 }
 
@@ -138,7 +140,7 @@ impl<H: Handler> Execute<H> {
     /// Starts attempt number `attempt` (1-based) at the update: it moves into its
     /// handler's future now (a copy is kept when another attempt is allowed).
     pub(crate) fn new(ctx: Arc<Ctx<H>>, update: Update, permit: Permit, attempt: u32) -> Execute<H> {
-        let id = update.id();
+        let (id, key) = (update.id(), update.key());
         let retry = (attempt < ctx.config.retry.max_attempts()).then(|| Box::new(update.clone()));
         let span = debug_span!("update", update_id = id, key = ?update.key(), cost = permit.cost());
         let span = (!span.is_disabled()).then(|| Box::new(span));
@@ -164,6 +166,7 @@ impl<H: Handler> Execute<H> {
             started,
             retry,
             id,
+            key,
         }
     }
 }
@@ -208,7 +211,7 @@ impl<H: Handler> Future for Execute<H> {
         let permit = this.permit.take().expect("polled after completion");
         Poll::Ready(report(
             this.ctx,
-            *this.id,
+            (*this.id, *this.key),
             permit,
             *this.started,
             ended,
@@ -237,7 +240,7 @@ impl Waits {
 /// permit is released.
 fn report<H: Handler>(
     ctx: &Ctx<H>,
-    id: i64,
+    (id, key): (i64, Option<i64>),
     permit: Permit,
     started: Option<Instant>,
     ended: Ended<H::Error>,
@@ -245,6 +248,13 @@ fn report<H: Handler>(
 ) -> Verdict {
     let latency = started.map(|t| t.elapsed()).unwrap_or_default();
     let latency_ms = latency.as_secs_f64() * 1e3;
+    let release = |permit: Permit, outcome, retry_after| {
+        permit.report(
+            Completion::new(0, outcome, latency)
+                .with_key(key)
+                .with_retry_after(retry_after),
+        );
+    };
     let retrying = |retry: Option<Box<Update>>| {
         retry.map(|update| {
             Counters::bump(&ctx.counters.retried);
@@ -258,7 +268,7 @@ fn report<H: Handler>(
     match ended {
         Ended::Aborted => {
             Counters::bump(&ctx.counters.aborted_running);
-            permit.finish(Outcome::Cancelled, latency);
+            release(permit, Outcome::Cancelled, None);
             ctx.given_up.lock().push(id);
             warn!(update_id = id, latency_ms, "handler aborted at the drain deadline");
             Verdict::Aborted
@@ -268,7 +278,7 @@ fn report<H: Handler>(
             // the releases.
             Counters::bump(&ctx.counters.timed_out);
             let retry = retrying(retry);
-            permit.finish(Outcome::Overload, latency);
+            release(permit, Outcome::Overload, None);
             let timeout = ctx.config.handler_timeout.unwrap_or_default();
             warn!(
                 update_id = id,
@@ -285,20 +295,22 @@ fn report<H: Handler>(
         Ended::Returned(Ok(())) => {
             // No counter here: successes are the gate's releases minus the other outcomes,
             // so the common path writes no shared counter.
-            permit.finish(Outcome::Success, latency);
+            release(permit, Outcome::Success, None);
             debug!(update_id = id, outcome = "success", latency_ms, "update handled");
             Verdict::Handled
         }
         Ended::Returned(Err(e)) => {
             let e: BoxError = e.into();
-            let outcome = if is_overload(&*e) {
+            let overloaded = overload(&*e);
+            let retry_after = overloaded.and_then(|o| o.retry_after);
+            let outcome = if overloaded.is_some() {
                 Outcome::Overload
             } else {
                 Outcome::Error
             };
             Counters::bump(&ctx.counters.failed);
             let retry = retrying(retry);
-            permit.finish(outcome, latency);
+            release(permit, outcome, retry_after);
             let error = error_chain(&*e);
             warn!(update_id = id, outcome = ?outcome, error = %error, latency_ms, retry = retry.is_some(), "handler failed");
             Verdict::Failed { error, retry }
@@ -306,7 +318,7 @@ fn report<H: Handler>(
         Ended::Panicked(panic) => {
             Counters::bump(&ctx.counters.panicked);
             let retry = retrying(retry);
-            permit.finish(Outcome::Panic, latency);
+            release(permit, Outcome::Panic, None);
             let message = panic_message(&*panic);
             error!(
                 update_id = id,
@@ -390,8 +402,18 @@ pub(crate) async fn run<H: Handler>(ctx: Arc<Ctx<H>>, mut update: Update, mut pe
             return;
         };
         update = next.update;
-        // At the drain deadline the gate is closed: a waiting acquire then fails.
-        let acquired = ctx.gate.acquire_reserved(next.reservation).await.ok();
+        // Held back by the pacer (its cost still only reserved), then a permit. At the
+        // drain deadline the gate is closed: a waiting acquire then fails.
+        let paced = match ctx.paced_until(&update) {
+            Some(at) => ctx.sleep_until(at).await,
+            None => true,
+        };
+        let acquired = if paced {
+            ctx.gate.acquire_reserved(next.reservation).await.ok()
+        } else {
+            drop(next.reservation);
+            None
+        };
         // Only now has the reservation left the gate's queued count (turned into a permit
         // or dropped): a dispatcher that stopped fetching because `max_queued` updates
         // were parked may go on. Notifying before the acquire, which may wait in the
@@ -437,18 +459,22 @@ async fn retry_after<H: Handler>(
     loop {
         let delay = ctx.config.retry.delay(attempt);
         debug!(update_id = update.id(), attempt, ?delay, "retrying after backoff");
-        let slept = tokio::select! {
-            biased;
-            _ = ctx.abort.cancelled() => false,
-            _ = tokio::time::sleep(delay) => true,
-        };
+        let slept = ctx.sleep_until(Instant::now() + delay).await;
         // At the drain deadline the gate is closed: a waiting acquire then fails. The
         // cost is reserved before the JSON-size reservation goes, so the update never
         // leaves the gate's count.
         let acquired = if slept {
             let cost = ctx.gate.reserve(ctx.config.cost.of(&update));
             drop(waiting);
-            ctx.gate.acquire_reserved(cost).await.ok()
+            let paced = match ctx.paced_until(&update) {
+                Some(at) => ctx.sleep_until(at).await,
+                None => true,
+            };
+            if paced {
+                ctx.gate.acquire_reserved(cost).await.ok()
+            } else {
+                None
+            }
         } else {
             drop(waiting);
             None

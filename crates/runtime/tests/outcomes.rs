@@ -49,9 +49,7 @@ async fn errors_and_panics_are_counted_reported_and_do_not_stop_the_loop() {
         match u.id() % 10 {
             3 => panic!("handler bug on {}", u.id()),
             5 => Err(Box::new(std::io::Error::other("downstream said no")) as pollgate_runtime::BoxError),
-            7 => Err(Box::new(Overloaded {
-                reason: "db pool".into(),
-            }) as pollgate_runtime::BoxError),
+            7 => Err(Box::new(Overloaded::new("db pool")) as pollgate_runtime::BoxError),
             _ => Ok(()),
         }
     };
@@ -72,4 +70,70 @@ async fn errors_and_panics_are_counted_reported_and_do_not_stop_the_loop() {
     assert_eq!(policy.overload.load(Ordering::Relaxed), count(7));
     assert_eq!(policy.success.load(Ordering::Relaxed), s.completed);
     assert_eq!(s.in_flight, 0, "every permit came back");
+}
+
+/// A handler's own error whose cause is overload.
+#[derive(Debug)]
+struct Wrapped(Overloaded);
+
+impl std::fmt::Display for Wrapped {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("the send failed")
+    }
+}
+
+impl std::error::Error for Wrapped {
+    fn source(&self) -> Option<&(dyn std::error::Error + 'static)> {
+        Some(&self.0)
+    }
+}
+
+/// Records every completion the runtime reports.
+#[derive(Debug, Default)]
+struct Recording(parking_lot::Mutex<Vec<Completion>>);
+
+impl AdmissionPolicy for Recording {
+    fn fetch_limit(&self, load: &Load) -> usize {
+        8usize.saturating_sub(load.in_flight + load.waiting)
+    }
+    fn admits(&self, load: &Load, _cost: u64) -> bool {
+        load.in_flight < 8
+    }
+    fn on_complete(&self, c: &Completion) {
+        self.0.lock().push(*c);
+    }
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_completion_carries_the_updates_key_and_the_retry_after_its_handler_reported() {
+    let queue = common::Queue::with([common::update(1, 41), common::update(2, 42)]);
+    let handler = |u: Update| async move {
+        if u.id() == 2 {
+            let cause = Overloaded::new("429").retry_after(Duration::from_secs(7));
+            return Err(Wrapped(cause));
+        }
+        Ok(())
+    };
+    let policy = Arc::new(Recording::default());
+    let runtime = Runtime::builder(Arc::clone(&queue), handler)
+        .shared_policy(Arc::clone(&policy) as Arc<dyn AdmissionPolicy>)
+        .poll_timeout(Duration::from_millis(50))
+        .build();
+    let stats = runtime.stats();
+    common::run_until_paused(runtime, || stats.snapshot().finished() == 2).await;
+    let mut seen: Vec<(Option<i64>, Outcome, Option<Duration>)> = policy
+        .0
+        .lock()
+        .iter()
+        .map(|c| (c.key, c.outcome, c.retry_after))
+        .collect();
+    seen.sort_by_key(|s| s.0);
+    assert_eq!(
+        seen,
+        [
+            (Some(41), Outcome::Success, None),
+            (Some(42), Outcome::Overload, Some(Duration::from_secs(7))),
+        ],
+        "the key always; retry_after from an Overloaded anywhere in the error's chain"
+    );
 }

@@ -5,90 +5,15 @@
 
 mod common;
 
-use std::collections::VecDeque;
-use std::convert::Infallible;
 use std::sync::Arc;
 use std::time::Duration;
 
-use common::update;
+use common::{Queue, run_until_paused, update};
 use parking_lot::Mutex;
 use pollgate_admission::{Barrier, ByteBudget, Fixed};
-use pollgate_core::{Ack, AckModel, Batch, FetchRequest, HandlerFailure, Transport, Update};
-use pollgate_runtime::{Delivery, Retry, Runtime, Summary};
-use tokio::sync::Notify;
+use pollgate_core::Update;
+use pollgate_runtime::{Delivery, Retry, Runtime};
 use tokio::time::Instant;
-
-/// A queue with individual acks (receipt = the id): serves its updates once, in order,
-/// and records every fetch limit, receipt and failure it was given.
-#[derive(Debug, Default)]
-struct Queue {
-    state: Mutex<QueueState>,
-    arrived: Notify,
-}
-
-#[derive(Debug, Default)]
-struct QueueState {
-    pending: VecDeque<Update>,
-    limits: Vec<usize>,
-    acked: Vec<String>,
-    failed: Vec<HandlerFailure>,
-}
-
-impl Queue {
-    fn with(updates: impl IntoIterator<Item = Update>) -> Arc<Queue> {
-        let queue = Queue::default();
-        queue.state.lock().pending = updates
-            .into_iter()
-            .map(|u| {
-                let id = u.id();
-                u.with_receipt(id.to_string())
-            })
-            .collect();
-        Arc::new(queue)
-    }
-}
-
-impl Transport for Queue {
-    type Error = Infallible;
-
-    fn ack_model(&self) -> AckModel {
-        AckModel::Individual { window: 100 }
-    }
-
-    async fn fetch(&self, request: FetchRequest) -> Result<Batch, Infallible> {
-        let deadline = Instant::now() + request.timeout;
-        loop {
-            let arrived = self.arrived.notified();
-            {
-                let mut s = self.state.lock();
-                if !s.pending.is_empty() {
-                    s.limits.push(request.limit);
-                    let n = request.limit.min(s.pending.len());
-                    let updates = s.pending.drain(..n).collect();
-                    return Ok(Batch {
-                        updates,
-                        ..Batch::default()
-                    });
-                }
-            }
-            tokio::select! {
-                () = arrived => {}
-                () = tokio::time::sleep_until(deadline) => return Ok(Batch::default()),
-            }
-        }
-    }
-
-    async fn ack(&self, ack: Ack<'_>) -> Result<(), Infallible> {
-        let mut s = self.state.lock();
-        s.acked.extend(ack.receipts.iter().map(|r| r.to_string()));
-        s.failed.extend(ack.failed.iter().cloned());
-        Ok(())
-    }
-
-    async fn flush(&self) -> Result<(), Infallible> {
-        Ok(())
-    }
-}
 
 /// Every attempt: (id, when it started).
 type Attempts = Arc<Mutex<Vec<(i64, Duration)>>>;
@@ -140,24 +65,6 @@ fn starts_of(attempts: &Attempts, id: i64) -> Vec<Duration> {
         .collect()
 }
 
-/// Runs until `done` holds (checked on paused time, every millisecond), then drains.
-async fn run_until<T: Transport, H: pollgate_runtime::Handler>(
-    runtime: Runtime<T, H>,
-    mut done: impl FnMut() -> bool,
-) -> Summary {
-    let stop = runtime.shutdown_token();
-    let run = tokio::spawn(runtime.run());
-    for _ in 0..600_000 {
-        if done() {
-            break;
-        }
-        tokio::time::sleep(Duration::from_millis(1)).await;
-    }
-    assert!(done(), "not reached within 10 minutes of paused time");
-    stop.cancel();
-    run.await.unwrap().unwrap()
-}
-
 #[tokio::test(start_paused = true)]
 async fn a_failed_handler_runs_again_after_its_backoff_and_its_last_failure_reaches_the_transport() {
     let start = Instant::now();
@@ -173,7 +80,7 @@ async fn a_failed_handler_runs_again_after_its_backoff_and_its_last_failure_reac
         .poll_timeout(Duration::from_millis(50))
         .build();
     let stats = runtime.stats();
-    let summary = run_until(runtime, || stats.snapshot().finished() == 4).await;
+    let summary = run_until_paused(runtime, || stats.snapshot().finished() == 4).await;
 
     let two = starts_of(&attempts, 2);
     assert_eq!(two.len(), 3, "three attempts: {two:?}");
@@ -226,7 +133,7 @@ async fn a_retrying_update_holds_its_own_key_only() {
         .poll_timeout(Duration::from_millis(50))
         .build();
     let stats = runtime.stats();
-    run_until(runtime, || stats.snapshot().finished() == 4).await;
+    run_until_paused(runtime, || stats.snapshot().finished() == 4).await;
 
     let one = starts_of(&attempts, 1);
     assert_eq!(one.len(), 2);

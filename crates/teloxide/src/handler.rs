@@ -106,24 +106,27 @@ pub(crate) fn classify(error: BoxError) -> TeloxideError {
     while let Some(e) = cause {
         match e.downcast_ref::<RequestError>() {
             Some(RequestError::RetryAfter(after)) => {
-                pushed_back = Some(format!("Telegram asked to retry after {after}"));
+                let reason = format!("Telegram asked to retry after {after}");
+                pushed_back = Some(Overloaded::new(reason).retry_after(after.duration()));
                 break;
             }
             Some(RequestError::Network(e)) => {
-                pushed_back = Some(format!("Telegram unreachable: {e}"));
+                pushed_back = Some(Overloaded::new(format!("Telegram unreachable: {e}")));
                 break;
             }
             _ => cause = e.source(),
         }
     }
     match pushed_back {
-        Some(reason) => TeloxideError::Overloaded(Overloaded { reason }),
+        Some(overloaded) => TeloxideError::Overloaded(overloaded),
         None => TeloxideError::Handler(error),
     }
 }
 
 #[cfg(test)]
 mod tests {
+    use std::time::Duration;
+
     use teloxide::types::Seconds;
 
     use super::*;
@@ -132,7 +135,7 @@ mod tests {
     fn retry_after_is_overload_and_other_errors_are_the_handlers() {
         let e = classify(Box::new(RequestError::RetryAfter(Seconds::from_seconds(3))));
         assert!(
-            matches!(&e, TeloxideError::Overloaded(o) if o.reason.contains("3s")),
+            matches!(&e, TeloxideError::Overloaded(o) if o.reason.contains("3s") && o.retry_after == Some(Duration::from_secs(3))),
             "{e:?}"
         );
         let e = classify(Box::new(RequestError::MigrateToChatId(teloxide::types::ChatId(-1))));

@@ -1,4 +1,6 @@
-//! [`SendLimiter`]: waits for a send slot within Telegram's limits before a reply goes out.
+//! [`SendLimiter`]: send slots within Telegram's limits, booked before a reply's update
+//! is admitted ([`SendLimiter::pacer`]) or waited for before the reply goes out
+//! ([`SendLimiter::acquire`]).
 //!
 //! # Why not `Throttle`
 //!
@@ -11,11 +13,27 @@
 //! chat ids), as sliding windows, and a sender waits only for its own chat's slot and the
 //! global one. Each window is kept 5% longer than Telegram's: a slot is taken when the
 //! request leaves, and two requests a second apart here can arrive closer together there.
+//!
+//! # Why book before admission
+//!
+//! A handler that waits for its send slot holds its permit all the while: in a backlog
+//! that Telegram lets a bot answer at 30 a second, every slot of the policy fills with
+//! handlers that sleep. [`SendLimiter::pacer`] books the slot when the update is about to
+//! be admitted, and the runtime holds the update back, with only its cost reserved, until
+//! the slot comes (`pollgate_runtime::Pacer`). The handler's [`acquire`](SendLimiter::acquire)
+//! then takes the booked slot at once.
+//!
+//! Slots are kept as sorted send times, past and booked: a send at `t` fits when no window
+//! of a limit's length that contains `t` already holds the limit's count. Booked slots may
+//! be out of order across chats (a group's next slot is a minute away while a private
+//! chat's is now), so a booking fills the earliest gap, not the end of the queue.
 
 use std::collections::{HashMap, VecDeque};
+use std::sync::Arc;
 use std::time::Duration;
 
 use parking_lot::Mutex;
+use pollgate_core::Update;
 use tokio::time::Instant;
 
 /// Telegram's send limits, and the waits that keep a bot within them.
@@ -36,16 +54,28 @@ use tokio::time::Instant;
 /// ```
 #[derive(Debug)]
 pub struct SendLimiter {
-    global_per_second: usize,
-    per_chat_per_second: usize,
-    per_group_per_minute: usize,
+    global: Limit,
+    private: Limit,
+    group: Limit,
     state: Mutex<State>,
+}
+
+/// At most `max` sends in any window of `window`.
+#[derive(Debug, Clone, Copy)]
+struct Limit {
+    max: usize,
+    window: Duration,
 }
 
 #[derive(Debug, Default)]
 struct State {
+    /// Every send, past and booked, in time order.
     global: VecDeque<Instant>,
+    /// Each chat's sends, past and booked, in time order.
     chats: HashMap<i64, VecDeque<Instant>>,
+    /// Slots booked by the pacer and not yet taken by `acquire`, per chat.
+    booked: HashMap<i64, VecDeque<Instant>>,
+    /// The number of chats at the last sweep (the next sweep is at twice as many).
     swept_at_len: usize,
 }
 
@@ -66,10 +96,20 @@ impl SendLimiter {
             global_per_second > 0 && per_chat_per_second > 0 && per_group_per_minute > 0,
             "SendLimiter::new: every limit must be at least 1"
         );
+        let second = Duration::from_secs(1) + MARGIN;
         SendLimiter {
-            global_per_second,
-            per_chat_per_second,
-            per_group_per_minute,
+            global: Limit {
+                max: global_per_second,
+                window: second,
+            },
+            private: Limit {
+                max: per_chat_per_second,
+                window: second,
+            },
+            group: Limit {
+                max: per_group_per_minute,
+                window: second * 60,
+            },
             state: Mutex::new(State {
                 swept_at_len: 64,
                 ..State::default()
@@ -77,74 +117,243 @@ impl SendLimiter {
         }
     }
 
-    /// Waits until a message may be sent into `chat`, and counts it as sent.
+    /// Waits until a message may be sent into `chat`, and counts it as sent. A slot the
+    /// [pacer](Self::pacer) booked for `chat` that is due now is taken instead of a new
+    /// one, so a paced update's reply goes out at once.
     ///
     /// # Cancel safety
-    /// Cancel safe: the slot is taken only when this returns.
+    /// Cancel safe: a slot taken for a wait that is dropped is given back.
     pub async fn acquire(&self, chat: i64) {
-        loop {
-            match self.try_acquire(chat, Instant::now()) {
-                Ok(()) => return,
-                Err(wait) => tokio::time::sleep(wait).await,
+        let at = {
+            let mut state = self.state.lock();
+            let now = Instant::now();
+            match self.take_booking(&mut state, chat, now) {
+                Some(booked) => booked,
+                None => self.book_at(&mut state, chat, now),
             }
+        };
+        if at > Instant::now() {
+            let mut slot = Slot {
+                limiter: self,
+                chat,
+                at: Some(at),
+            };
+            tokio::time::sleep_until(at).await;
+            slot.at = None;
         }
+    }
+
+    /// Books the next slot for a message into `chat` and returns when it is: the slot
+    /// counts as taken from then. For [`pacer`](Self::pacer)s; a handler calls
+    /// [`acquire`](Self::acquire), which takes the booking when it is due.
+    pub fn book(&self, chat: i64) -> Instant {
+        let mut state = self.state.lock();
+        let at = self.book_at(&mut state, chat, Instant::now());
+        state.booked.entry(chat).or_default().push_back(at);
+        at
+    }
+
+    /// A pollgate [`Pacer`](pollgate_runtime::Pacer) that books a send slot for every
+    /// update `sends_to` says will send a message (into the chat it returns), so the
+    /// runtime admits the update only when its slot comes; the handler's
+    /// [`acquire`](Self::acquire) then returns at once.
+    ///
+    /// `sends_to` should name the updates that reply, and only those: a slot booked for
+    /// an update that sends nothing is lost (never exceeded) until it passes.
+    ///
+    /// # Examples
+    ///
+    /// An echo bot answers every message in its chat (the update's ordering key):
+    ///
+    /// ```no_run
+    /// use std::sync::Arc;
+    ///
+    /// use pollgate_core::{TelegramTransport, Update};
+    /// use pollgate_runtime::Runtime;
+    /// use pollgate_teloxide::SendLimiter;
+    ///
+    /// # fn demo(transport: TelegramTransport, handler: impl pollgate_runtime::Handler) {
+    /// let limits = Arc::new(SendLimiter::telegram());
+    /// let runtime = Runtime::builder(transport, handler)
+    ///     .ordered(true)
+    ///     .pacer(limits.pacer(Update::key))
+    ///     .build();
+    /// # }
+    /// ```
+    pub fn pacer<F>(self: &Arc<Self>, sends_to: F) -> impl pollgate_runtime::Pacer + use<F>
+    where
+        F: Fn(&Update) -> Option<i64> + Send + Sync + 'static,
+    {
+        let limiter = Arc::clone(self);
+        move |update: &Update| sends_to(update).map(|chat| limiter.book(chat))
     }
 
     /// How long until `chat` has a slot (zero: now). Takes nothing.
     pub fn next_slot(&self, chat: i64) -> Duration {
         let now = Instant::now();
         let mut state = self.state.lock();
-        self.wait(&mut state, chat, now).unwrap_or_default()
+        self.expire(&mut state, chat, now);
+        self.earliest(&state, chat, now).saturating_duration_since(now)
     }
 
-    fn try_acquire(&self, chat: i64, now: Instant) -> Result<(), Duration> {
-        let mut state = self.state.lock();
-        if let Some(wait) = self.wait(&mut state, chat, now) {
-            return Err(wait);
+    /// Takes the slot booked for `chat` that is due now, if there is one: booked at most
+    /// [`ON_TIME`] ago (a send that leaves that late still keeps Telegram's limits, within
+    /// the margin). Bookings of `chat` that are older (their update ran late, or sent
+    /// nothing) are given back: the send about to be booked replaces them.
+    fn take_booking(&self, state: &mut State, chat: i64, now: Instant) -> Option<Instant> {
+        let booked = state.booked.get_mut(&chat)?;
+        let mut stale = Vec::new();
+        let mut taken = None;
+        while let Some(&t) = booked.front().filter(|&&t| t <= now) {
+            booked.pop_front();
+            if now - t <= ON_TIME {
+                taken = Some(t);
+                break;
+            }
+            stale.push(t);
         }
-        state.global.push_back(now);
-        state.chats.entry(chat).or_default().push_back(now);
+        if booked.is_empty() {
+            state.booked.remove(&chat);
+        }
+        for t in stale {
+            self.give_back(state, chat, t);
+        }
+        taken
+    }
+
+    /// Takes the earliest slot at or after `from` for `chat`.
+    fn book_at(&self, state: &mut State, chat: i64, from: Instant) -> Instant {
+        self.expire(state, chat, from);
+        let at = self.earliest(state, chat, from);
+        insert(&mut state.global, at);
+        insert(state.chats.entry(chat).or_default(), at);
         if state.chats.len() >= 2 * state.swept_at_len {
-            let (group, private) = (Duration::from_secs(60) + MARGIN * 60, Duration::from_secs(1) + MARGIN);
-            state.chats.retain(|&c, q| {
-                expire(q, now, if c < 0 { group } else { private });
-                !q.is_empty()
-            });
-            state.swept_at_len = state.chats.len().max(64);
+            self.sweep(state, from);
         }
-        Ok(())
+        at
     }
 
-    /// The wait before `chat` may send at `now`, if any.
-    fn wait(&self, state: &mut State, chat: i64, now: Instant) -> Option<Duration> {
-        let second = MARGIN + Duration::from_secs(1);
-        let (max, window) = if chat < 0 {
-            (self.per_group_per_minute, Duration::from_secs(60) + MARGIN * 60)
-        } else {
-            (self.per_chat_per_second, second)
-        };
-        expire(&mut state.global, now, second);
-        let global = full(&state.global, self.global_per_second, now, second);
-        let chat = state.chats.get_mut(&chat).and_then(|q| {
-            expire(q, now, window);
-            full(q, max, now, window)
+    /// The earliest instant at or after `from` that fits both `chat`'s limit and the
+    /// global one.
+    fn earliest(&self, state: &State, chat: i64, from: Instant) -> Instant {
+        let own = self.limit_of(chat);
+        let sends = state.chats.get(&chat);
+        let mut at = from;
+        loop {
+            let fits_chat = sends.map_or(at, |q| own.earliest(q, at));
+            let fits_both = self.global.earliest(&state.global, fits_chat);
+            if fits_both == at {
+                return at;
+            }
+            at = fits_both;
+        }
+    }
+
+    /// Removes one send at `t` of `chat` (a booking given back or replaced).
+    fn give_back(&self, state: &mut State, chat: i64, t: Instant) {
+        remove(&mut state.global, t);
+        if let Some(q) = state.chats.get_mut(&chat) {
+            remove(q, t);
+        }
+    }
+
+    fn limit_of(&self, chat: i64) -> Limit {
+        if chat < 0 { self.group } else { self.private }
+    }
+
+    /// Drops the sends that no longer count at `now`.
+    fn expire(&self, state: &mut State, chat: i64, now: Instant) {
+        let (global, own) = (self.global.window, self.limit_of(chat).window);
+        expire(&mut state.global, now, global);
+        if let Some(q) = state.chats.get_mut(&chat) {
+            expire(q, now, own);
+        }
+    }
+
+    /// Forgets chats with nothing that counts any more, and bookings long past.
+    fn sweep(&self, state: &mut State, now: Instant) {
+        state.chats.retain(|&c, q| {
+            expire(q, now, self.limit_of(c).window);
+            !q.is_empty()
         });
-        global.into_iter().chain(chat).max()
+        let longest = self.group.window.max(self.private.window);
+        state.booked.retain(|_, q| {
+            expire(q, now, longest);
+            !q.is_empty()
+        });
+        state.swept_at_len = state.chats.len().max(64);
+    }
+}
+
+/// A slot taken by an `acquire` that is still waiting for it: given back when the wait is
+/// dropped.
+struct Slot<'a> {
+    limiter: &'a SendLimiter,
+    chat: i64,
+    at: Option<Instant>,
+}
+
+impl Drop for Slot<'_> {
+    fn drop(&mut self) {
+        if let Some(t) = self.at {
+            let mut state = self.limiter.state.lock();
+            self.limiter.give_back(&mut state, self.chat, t);
+        }
+    }
+}
+
+impl Limit {
+    /// The earliest instant at or after `from` at which one more send fits in `sends`
+    /// (sorted, within the limit): every window of `self.window` containing it holds
+    /// fewer than `self.max`.
+    ///
+    /// Each run of `max` consecutive sends `s[i] ..= s[i + max - 1]` forbids the open
+    /// interval `(s[i + max - 1] - window, s[i] + window)`; both ends grow with `i`, so one
+    /// pass from the first run that ends after `from` finds the first gap.
+    fn earliest(&self, sends: &VecDeque<Instant>, from: Instant) -> Instant {
+        let (max, window) = (self.max, self.window);
+        if sends.len() < max {
+            return from;
+        }
+        let mut at = from;
+        let first = sends.partition_point(|&s| s + window <= at);
+        for i in first..=sends.len() - max {
+            let forbidden_from = sends[i + max - 1].checked_sub(window);
+            if forbidden_from.is_some_and(|lo| at <= lo) {
+                break;
+            }
+            let until = sends[i] + window;
+            if at < until {
+                at = until;
+            }
+        }
+        at
     }
 }
 
 /// How much longer than Telegram's each window is kept, per second of window.
 const MARGIN: Duration = Duration::from_millis(50);
 
+/// How late after its booked slot a send may still take it: half the margin, so that a
+/// send a little late still arrives a second after the one before it.
+const ON_TIME: Duration = Duration::from_millis(25);
+
 fn expire(q: &mut VecDeque<Instant>, now: Instant, window: Duration) {
-    while q.front().is_some_and(|&t| now.duration_since(t) >= window) {
+    while q.front().is_some_and(|&t| t + window <= now) {
         q.pop_front();
     }
 }
 
-/// The wait until `q` holds fewer than `max` sends in `window`, if it is full.
-fn full(q: &VecDeque<Instant>, max: usize, now: Instant, window: Duration) -> Option<Duration> {
-    (q.len() >= max).then(|| (q[q.len() - max] + window).saturating_duration_since(now))
+fn insert(q: &mut VecDeque<Instant>, t: Instant) {
+    let at = q.partition_point(|&s| s <= t);
+    q.insert(at, t);
+}
+
+fn remove(q: &mut VecDeque<Instant>, t: Instant) {
+    let at = q.partition_point(|&s| s < t);
+    if q.get(at) == Some(&t) {
+        q.remove(at);
+    }
 }
 
 #[cfg(test)]
@@ -174,5 +383,113 @@ mod tests {
         assert_eq!(l.next_slot(201), Duration::from_millis(1050), "30 a second overall");
         l.acquire(201).await;
         assert_eq!(t0.elapsed(), Duration::from_millis(1050));
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_booking_fills_the_earliest_gap_and_acquire_takes_it_when_due() {
+        let l = SendLimiter::new(2, 1, 20);
+        let t0 = Instant::now();
+        let ms = |t: Instant| (t - t0).as_millis();
+        // Chat 1 books three slots a second apart (1.05 s with the margin).
+        let one: Vec<u128> = (0..3).map(|_| ms(l.book(1))).collect();
+        assert_eq!(one, [0, 1050, 2100]);
+        // Global: two a second. Chat 2 fits beside each of chat 1's first two slots...
+        assert_eq!(ms(l.book(2)), 0);
+        // ...but chat 3 at 0 would make three in one window: the earliest gap that fits
+        // both its own chat (free) and the global window is 1050 ms after the first two.
+        assert_eq!(ms(l.book(3)), 1050);
+        // At 1050 there are now two (chat 1 and chat 3): chat 2's next slot is its own
+        // 1050, but global pushes it to 2100 (beside chat 1's third).
+        assert_eq!(ms(l.book(2)), 2100);
+        // Taking a due booking costs no new slot and no wait.
+        let before = l.state.lock().global.len();
+        l.acquire(1).await;
+        assert_eq!(t0.elapsed(), Duration::ZERO);
+        assert_eq!(
+            l.state.lock().global.len(),
+            before,
+            "the booking was taken, not added to"
+        );
+        // Chat 1's second booking comes due: taken without a wait, 20 ms late.
+        tokio::time::advance(Duration::from_millis(1070)).await;
+        l.acquire(1).await;
+        assert_eq!(
+            t0.elapsed(),
+            Duration::from_millis(1070),
+            "chat 1's second booking, taken when due"
+        );
+        assert_eq!(l.state.lock().global.len(), before);
+        // Its third, 100 ms late, is given back: the send gets a slot of its own (here at
+        // once: the global window has room at 2200).
+        tokio::time::advance(Duration::from_millis(1130)).await;
+        l.acquire(1).await;
+        assert_eq!(t0.elapsed(), Duration::from_millis(2200));
+        let chat = l.state.lock().chats[&1].clone();
+        assert_eq!(
+            chat.iter().map(|&t| ms(t)).collect::<Vec<_>>(),
+            [2200],
+            "2100 given back, 1050 expired"
+        );
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_dropped_wait_gives_its_slot_back() {
+        let l = SendLimiter::telegram();
+        l.acquire(5).await;
+        assert_eq!(l.next_slot(5), Duration::from_millis(1050));
+        {
+            let wait = l.acquire(5);
+            tokio::pin!(wait);
+            assert!(futures_poll_once(wait.as_mut()).await.is_pending());
+            assert_eq!(l.next_slot(5), Duration::from_millis(2100), "taken while it waits");
+        }
+        assert_eq!(l.next_slot(5), Duration::from_millis(1050), "given back when dropped");
+    }
+
+    /// Polls `f` once.
+    async fn futures_poll_once<F: std::future::Future + Unpin>(mut f: F) -> std::task::Poll<F::Output> {
+        std::future::poll_fn(|cx| std::task::Poll::Ready(std::pin::Pin::new(&mut f).poll(cx))).await
+    }
+
+    /// Random bookings and sends never put more than a limit's count in any window.
+    #[tokio::test(start_paused = true)]
+    async fn no_window_ever_holds_more_than_its_limit() {
+        let l = SendLimiter::new(5, 1, 3);
+        let mut rng = 0x2545_f491_4f6c_dd1d_u64;
+        let mut next = || {
+            rng ^= rng << 13;
+            rng ^= rng >> 7;
+            rng ^= rng << 17;
+            rng
+        };
+        let mut sends: Vec<(i64, Instant)> = Vec::new();
+        for _ in 0..400 {
+            let chat = [1, 2, 3, -1, -2][(next() % 5) as usize];
+            let at = if next() % 2 == 0 {
+                l.book(chat)
+            } else {
+                l.book_at(&mut l.state.lock(), chat, Instant::now())
+            };
+            sends.push((chat, at));
+            tokio::time::advance(Duration::from_millis(next() % 300)).await;
+        }
+        let check = |limit: Limit, times: &mut Vec<Instant>| {
+            times.sort();
+            for w in times.windows(limit.max + 1) {
+                assert!(
+                    w[limit.max] - w[0] >= limit.window,
+                    "{} sends within {:?}",
+                    limit.max + 1,
+                    limit.window
+                );
+            }
+        };
+        check(l.global, &mut sends.iter().map(|s| s.1).collect());
+        for chat in [1, 2, 3, -1, -2] {
+            check(
+                l.limit_of(chat),
+                &mut sends.iter().filter(|s| s.0 == chat).map(|s| s.1).collect(),
+            );
+        }
     }
 }

@@ -1,8 +1,9 @@
 //! Shared pieces of the runtime's integration tests: a handler that checks invariants
-//! itself, and a Telegram transport pointed at the mock server with fast retries.
+//! itself, a Telegram transport pointed at the mock server with fast retries, and a
+//! queue transport that records what it was asked (for paused time).
 #![allow(dead_code, unreachable_pub)] // each test binary uses a different subset
 
-use std::collections::HashMap;
+use std::collections::{HashMap, VecDeque};
 use std::convert::Infallible;
 use std::future::Future;
 use std::sync::Arc;
@@ -11,8 +12,13 @@ use std::time::Duration;
 
 use mock_bot_api::{BacklogSpec, MockConfig, MockServer};
 use parking_lot::Mutex;
-use pollgate_core::{Backoff, Sleep, SleepFuture, TelegramTransport, Transport, Update};
+use pollgate_core::{
+    Ack, AckModel, Backoff, Batch, FetchRequest, HandlerFailure, Sleep, SleepFuture, TelegramTransport, Transport,
+    Update,
+};
 use pollgate_runtime::{Handler, Runtime, Summary};
+use tokio::sync::Notify;
+use tokio::time::Instant;
 
 /// Waits at most 2 ms whatever the server asked (keeps fault tests fast; the exact waits
 /// are tested in poll-core with a recording sleeper).
@@ -214,4 +220,94 @@ pub fn timed_handler(
         }) as BoxedHandling
     };
     (done, handler)
+}
+
+/// A queue with individual acks (receipt = the id): serves its updates once, in order,
+/// and records every fetch limit, receipt and failure it was given.
+#[derive(Debug, Default)]
+pub struct Queue {
+    pub state: Mutex<QueueState>,
+    pub arrived: Notify,
+}
+
+#[derive(Debug, Default)]
+pub struct QueueState {
+    pub pending: VecDeque<Update>,
+    pub limits: Vec<usize>,
+    pub acked: Vec<String>,
+    pub failed: Vec<HandlerFailure>,
+}
+
+impl Queue {
+    pub fn with(updates: impl IntoIterator<Item = Update>) -> Arc<Queue> {
+        let queue = Queue::default();
+        queue.state.lock().pending = updates
+            .into_iter()
+            .map(|u| {
+                let id = u.id();
+                u.with_receipt(id.to_string())
+            })
+            .collect();
+        Arc::new(queue)
+    }
+}
+
+impl Transport for Queue {
+    type Error = Infallible;
+
+    fn ack_model(&self) -> AckModel {
+        AckModel::Individual { window: 100 }
+    }
+
+    async fn fetch(&self, request: FetchRequest) -> Result<Batch, Infallible> {
+        let deadline = Instant::now() + request.timeout;
+        loop {
+            let arrived = self.arrived.notified();
+            {
+                let mut s = self.state.lock();
+                if !s.pending.is_empty() {
+                    s.limits.push(request.limit);
+                    let n = request.limit.min(s.pending.len());
+                    let updates = s.pending.drain(..n).collect();
+                    return Ok(Batch {
+                        updates,
+                        ..Batch::default()
+                    });
+                }
+            }
+            tokio::select! {
+                () = arrived => {}
+                () = tokio::time::sleep_until(deadline) => return Ok(Batch::default()),
+            }
+        }
+    }
+
+    async fn ack(&self, ack: Ack<'_>) -> Result<(), Infallible> {
+        let mut s = self.state.lock();
+        s.acked.extend(ack.receipts.iter().map(|r| r.to_string()));
+        s.failed.extend(ack.failed.iter().cloned());
+        Ok(())
+    }
+
+    async fn flush(&self) -> Result<(), Infallible> {
+        Ok(())
+    }
+}
+
+/// Runs until `done` holds (checked on paused time, every millisecond), then drains.
+pub async fn run_until_paused<T: Transport, H: Handler>(
+    runtime: Runtime<T, H>,
+    mut done: impl FnMut() -> bool,
+) -> Summary {
+    let stop = runtime.shutdown_token();
+    let run = tokio::spawn(runtime.run());
+    for _ in 0..600_000 {
+        if done() {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(1)).await;
+    }
+    assert!(done(), "not reached within 10 minutes of paused time");
+    stop.cancel();
+    run.await.unwrap().unwrap()
 }

@@ -1,0 +1,94 @@
+//! [`Pacer`]: keeps an update out of its handler, and out of the admission policy's
+//! slots, until the moment it can do its work.
+//!
+//! # Why
+//!
+//! A handler that must wait for something outside the process before it can finish (a
+//! send slot within Telegram's limits, a rate-limited API) holds its permit through the
+//! wait: a concurrency slot, and the memory its cost stands for. A bot draining a backlog
+//! into chats Telegram lets it answer once a second fills every slot with handlers that
+//! sleep, while updates that could be answered now wait behind them. And the policy sees
+//! slow handlers, not a rate limit.
+//!
+//! When the wait is known before the handler starts, it need not be spent inside it. A
+//! pacer says when an update may start; until then the update waits the way an update
+//! parked behind its key does: its cost reserved in the gate (so it counts against the
+//! byte budget and `max_queued`, and fetching stops while too many wait), no slot held,
+//! no handler running. At its time it takes a permit like everybody else.
+//!
+//! The pacer is asked once per attempt, when the update is next to start: at dispatch, or
+//! for an update parked behind its key when the update before it has finished, and again
+//! before each [retry](crate::Retry). A pacer that books a resource (such as a send slot)
+//! can therefore book for exactly the updates that are about to run, in the order they
+//! will run.
+
+use std::sync::Arc;
+
+use pollgate_core::Update;
+use tokio::time::Instant;
+
+/// Says when an update may start; see the [module docs](self) for what a paced update
+/// holds while it waits.
+///
+/// Any `Fn(&Update) -> Option<Instant>` is a pacer.
+///
+/// # Examples
+///
+/// At most one update a second per chat:
+///
+/// ```
+/// use std::collections::HashMap;
+/// use std::time::Duration;
+///
+/// use parking_lot::Mutex;
+/// use pollgate_core::Update;
+/// use pollgate_runtime::Pacer;
+/// use tokio::time::Instant;
+///
+/// let next: Mutex<HashMap<i64, Instant>> = Mutex::default();
+/// let pacer = move |update: &Update| {
+///     let chat = update.key()?;
+///     let now = Instant::now();
+///     let mut next = next.lock();
+///     let at = next.get(&chat).copied().filter(|&t| t > now).unwrap_or(now);
+///     next.insert(chat, at + Duration::from_secs(1));
+///     Some(at)
+/// };
+/// # #[tokio::main(flavor = "current_thread", start_paused = true)]
+/// # async fn main() {
+/// # let pacer: Box<dyn Pacer> = Box::new(pacer);
+/// let update = Update::from_json(r#"{"update_id":1,"message":{"chat":{"id":7}}}"#).unwrap();
+/// let first = pacer.start_at(&update).unwrap();
+/// let second = pacer.start_at(&update).unwrap();
+/// assert_eq!(second - first, Duration::from_secs(1));
+/// # }
+/// ```
+pub trait Pacer: Send + Sync + 'static {
+    /// When `update` may start: `None`, or an instant that has passed, for now.
+    fn start_at(&self, update: &Update) -> Option<Instant>;
+}
+
+impl<F> Pacer for F
+where
+    F: Fn(&Update) -> Option<Instant> + Send + Sync + 'static,
+{
+    fn start_at(&self, update: &Update) -> Option<Instant> {
+        self(update)
+    }
+}
+
+impl<P: Pacer + ?Sized> Pacer for Arc<P> {
+    fn start_at(&self, update: &Update) -> Option<Instant> {
+        (**self).start_at(update)
+    }
+}
+
+/// The configured pacer, shared by the runtime's tasks.
+#[derive(Clone)]
+pub(crate) struct SharedPacer(pub(crate) Arc<dyn Pacer>);
+
+impl std::fmt::Debug for SharedPacer {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("Pacer")
+    }
+}
