@@ -21,6 +21,8 @@ use pollgate_core::Update;
 pub(crate) struct Queued {
     pub(crate) update: Update,
     pub(crate) reservation: Reservation,
+    /// When the [pacer](crate::Pacer), asked as the update arrived, lets it start.
+    pub(crate) start_at: Option<tokio::time::Instant>,
 }
 
 /// The busy keys and what waits behind them.
@@ -78,7 +80,8 @@ mod tests {
         for id in [2, 3] {
             assert!(!q.claim_or_park(1, || Queued {
                 update: update(id),
-                reservation: gate.reserve(10)
+                reservation: gate.reserve(10),
+                start_at: None,
             }));
         }
         assert!(q.claim_or_park(2, || unreachable!()), "other keys are not blocked");

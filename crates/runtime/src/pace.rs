@@ -16,11 +16,16 @@
 //! byte budget and `max_queued`, and fetching stops while too many wait), no slot held,
 //! no handler running. At its time it takes a permit like everybody else.
 //!
-//! The pacer is asked once per attempt, when the update is next to start: at dispatch, or
-//! for an update parked behind its key when the update before it has finished, and again
-//! before each [retry](crate::Retry). A pacer that books a resource (such as a send slot)
-//! can therefore book for exactly the updates that are about to run, in the order they
-//! will run.
+//! The pacer is asked once per attempt, in the order updates arrive: as each is
+//! dispatched (also an update that then parks behind its key: it starts once its key is
+//! free *and* its time has come), and again after the backoff of each
+//! [retry](crate::Retry). A pacer that books a resource (such as a send slot) thus books
+//! in arrival order: a chat with many updates waiting gets its share of a global limit
+//! throughout, rather than one slot each time its previous update finishes. A booking
+//! whose update starts late (its previous update of the key ran long) is the pacer's to
+//! notice: [`pollgate_teloxide::SendLimiter`] gives a stale booking back and books anew.
+//!
+//! [`pollgate_teloxide::SendLimiter`]: https://docs.rs/pollgate-teloxide
 
 use std::sync::Arc;
 

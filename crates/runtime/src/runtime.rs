@@ -809,26 +809,31 @@ async fn wait_for_news<H>(
 }
 
 /// Admits one new update: parks it behind its key, or waits for a permit and spawns it.
+/// The pacer is asked first, in arrival order, also for an update that parks (it starts
+/// when its key is free and its time has come).
 async fn admit<H: Handler>(ctx: &Arc<Ctx<H>>, update: Update) {
     let cost = ctx.config.cost.of(&update);
+    let start_at = ctx.paced_until(&update);
     if let (Some(keys), Some(key)) = (&ctx.keys, update.key()) {
         let mut parked = Some(update);
         let claimed = keys.lock().claim_or_park(key, || Queued {
             update: parked.take().expect("parked once"),
             reservation: ctx.gate.reserve(cost),
+            start_at,
         });
         let Some(update) = parked.filter(|_| claimed) else {
             return;
         };
-        return pace_or_acquire(ctx, update, cost).await;
+        return pace_or_acquire(ctx, update, cost, start_at).await;
     }
-    pace_or_acquire(ctx, update, cost).await
+    pace_or_acquire(ctx, update, cost, start_at).await
 }
 
-/// Runs `update` now (waiting for a permit), or, when the pacer holds it back, leaves it
-/// to a task that waits with its cost reserved and then takes a permit.
-async fn pace_or_acquire<H: Handler>(ctx: &Arc<Ctx<H>>, update: Update, cost: u64) {
-    let Some(at) = ctx.paced_until(&update) else {
+/// Runs `update` now (waiting for a permit), or, when the pacer holds it back until
+/// `start_at`, leaves it to a task that waits with its cost reserved and then takes a
+/// permit.
+async fn pace_or_acquire<H: Handler>(ctx: &Arc<Ctx<H>>, update: Update, cost: u64, start_at: Option<Instant>) {
+    let Some(at) = start_at else {
         return acquire_and_spawn(ctx, update, cost).await;
     };
     let reservation = ctx.gate.reserve(cost);

@@ -402,9 +402,10 @@ pub(crate) async fn run<H: Handler>(ctx: Arc<Ctx<H>>, mut update: Update, mut pe
             return;
         };
         update = next.update;
-        // Held back by the pacer (its cost still only reserved), then a permit. At the
-        // drain deadline the gate is closed: a waiting acquire then fails.
-        let paced = match ctx.paced_until(&update) {
+        // Held back until the time the pacer gave it on arrival (its cost still only
+        // reserved), then a permit. At the drain deadline the gate is closed: a waiting
+        // acquire then fails.
+        let paced = match next.start_at.filter(|&at| at > Instant::now()) {
             Some(at) => ctx.sleep_until(at).await,
             None => true,
         };

@@ -30,17 +30,22 @@ fn delaying(
     (asked, pacer)
 }
 
-/// One send a second per chat, booked when asked (the doc example's pacer).
-fn one_a_second_per_chat() -> impl pollgate_runtime::Pacer {
+/// One send a second per chat, booked when asked (the doc example's pacer); records the
+/// ids it was asked for.
+fn one_a_second_per_chat() -> (Arc<Mutex<Vec<i64>>>, impl pollgate_runtime::Pacer) {
     let next: Mutex<HashMap<i64, Instant>> = Mutex::default();
-    move |u: &Update| {
+    let asked: Arc<Mutex<Vec<i64>>> = Arc::default();
+    let log = Arc::clone(&asked);
+    let pacer = move |u: &Update| {
+        log.lock().push(u.id());
         let chat = u.key()?;
         let now = Instant::now();
         let mut next = next.lock();
         let at = next.get(&chat).copied().filter(|&t| t > now).unwrap_or(now);
         next.insert(chat, at + Duration::from_secs(1));
         Some(at)
-    }
+    };
+    (asked, pacer)
 }
 
 #[tokio::test(start_paused = true)]
@@ -92,17 +97,18 @@ async fn a_paced_update_holds_no_slot_while_it_waits_and_others_run_meanwhile() 
 }
 
 #[tokio::test(start_paused = true)]
-async fn ordered_updates_are_paced_when_they_come_up_and_keep_their_keys_order() {
+async fn ordered_updates_are_paced_in_arrival_order_and_keep_their_keys_order() {
     let start = Instant::now();
     let (done, handler) = timed_handler(start, |_| Duration::from_millis(100));
     // Chat 7: ids 1, 2, 3, 5; chat 8: id 4.
     let updates = [(1, 7), (2, 7), (3, 7), (4, 8), (5, 7)].map(|(id, chat)| update(id, chat));
     let queue = Queue::with(updates);
+    let (asked, pacer) = one_a_second_per_chat();
     let runtime = Runtime::builder(Arc::clone(&queue), handler)
         .policy(Fixed::new(4))
         .delivery(Delivery::AtLeastOnce)
         .ordered(true)
-        .pacer(one_a_second_per_chat())
+        .pacer(pacer)
         .poll_timeout(Duration::from_millis(50))
         .build();
     let stats = runtime.stats();
@@ -114,6 +120,11 @@ async fn ordered_updates_are_paced_when_they_come_up_and_keep_their_keys_order()
     assert_eq!(ms(4), 100, "{done:?}");
     assert_eq!(summary.stats.paced, 3);
     assert_eq!(summary.stats.max_in_flight, 2, "a paced update holds no slot");
+    assert_eq!(
+        *asked.lock(),
+        [1, 2, 3, 4, 5],
+        "asked in arrival order, parked ones too"
+    );
 }
 
 #[tokio::test(start_paused = true)]
