@@ -17,7 +17,8 @@
 //! With `--json` it prints one line at exit: `handled` (updates that reached the tree),
 //! `replies` (messages sent), `retry_after_hits` (sends Telegram refused with 429),
 //! `peak_rss_bytes` and `drain_s` (from the start to the last update handled or reply
-//! sent); also `max_in_tree`, the most updates in the handler tree at once.
+//! sent); also `max_in_tree`, the most updates in the handler tree at once, and
+//! `stale_bookings` (`SendLimiter::stale_bookings`).
 
 #[path = "custom_policy.rs"]
 #[allow(dead_code)] // only `TokenBucket` is used here
@@ -65,6 +66,10 @@ struct Args {
     /// Exit after this many seconds with nothing to do.
     #[arg(long, value_name = "SECS")]
     exit_when_idle: Option<f64>,
+    /// Memory each text message's handler holds while it runs (e.g. 1MiB), as a real
+    /// handler's working set: shows what waiting for a send slot inside a handler costs.
+    #[arg(long, value_name = "SIZE", default_value = "0")]
+    handler_bytes: size::Size,
     /// Print one JSON line at exit.
     #[arg(long)]
     json: bool,
@@ -114,6 +119,8 @@ struct Counters {
     max_in_tree: AtomicU64,
     per_chat: Mutex<HashMap<ChatId, u64>>,
     started: Option<Instant>,
+    /// `--handler-bytes`.
+    handler_bytes: usize,
 }
 
 impl Counters {
@@ -122,6 +129,11 @@ impl Counters {
         self.done.fetch_add(1, Ordering::Relaxed);
         self.touch();
         result
+    }
+
+    /// The memory a handler holds while it runs (`--handler-bytes`), touched.
+    fn working_set(&self) -> Vec<u8> {
+        vec![1; self.handler_bytes]
     }
 
     /// Updates in the tree now.
@@ -166,6 +178,7 @@ where
 {
     let commands = teloxide::filter_command::<Command, _>().endpoint(
         |bot: B, msg: Message, cmd: Command, c: Arc<Counters>, pace: Arc<Option<Arc<SendLimiter>>>| async move {
+            let _working_set = c.working_set();
             let text = match cmd {
                 Command::Start => "Hello! Write anything and I will echo it.".to_owned(),
                 Command::Help => Command::descriptions().to_string(),
@@ -179,6 +192,7 @@ where
     );
     let echo = dptree::filter_map(|msg: Message| msg.text().map(str::to_owned)).endpoint(
         |bot: B, msg: Message, text: String, c: Arc<Counters>, pace: Arc<Option<Arc<SendLimiter>>>| async move {
+            let _working_set = c.working_set();
             let n = {
                 let mut chats = c.per_chat.lock();
                 let n = chats.entry(msg.chat.id).or_default();
@@ -242,18 +256,21 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
     let started = Instant::now();
     let counters = Arc::new(Counters {
         started: Some(started),
+        handler_bytes: usize::try_from(args.handler_bytes.0)?,
         ..Counters::default()
     });
     let stop = pollgate::CancellationToken::new();
     let idle = args.exit_when_idle.map(Duration::from_secs_f64);
     let watch = tokio::spawn(exit_when_idle(Arc::clone(&counters), started, idle, stop.clone()));
+    let mut stale = None;
     match args.pacing {
         Pacing::Limiter | Pacing::LimiterInHandler => {
             let limiter = Arc::new(SendLimiter::telegram());
             let deps = dptree::deps![Arc::clone(&counters), Arc::new(Some(Arc::clone(&limiter)))];
-            let book = (args.pacing == Pacing::Limiter).then_some(limiter);
+            let book = (args.pacing == Pacing::Limiter).then_some(Arc::clone(&limiter));
             let tree = counting_tree::<Bot>(Arc::clone(&counters));
             serve(&args, token, bot, tree, deps, book, stop).await?;
+            stale = Some(limiter.stale_bookings());
         }
         Pacing::Throttle => {
             let deps = dptree::deps![Arc::clone(&counters), Arc::new(None::<Arc<SendLimiter>>)];
@@ -275,6 +292,7 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
                 "drain_s": counters.last_ms.load(Ordering::Relaxed) as f64 / 1e3,
                 "mode": if args.dispatcher { "dispatcher" } else { "pollgate" },
                 "max_in_tree": counters.max_in_tree.load(Ordering::Relaxed),
+                "stale_bookings": stale,
                 "pacing": args.pacing.to_possible_value().map(|v| v.get_name().to_owned()),
                 "policy": args.policy.to_string(),
             })

@@ -16,15 +16,23 @@
 //! byte budget and `max_queued`, and fetching stops while too many wait), no slot held,
 //! no handler running. At its time it takes a permit like everybody else.
 //!
-//! The pacer is asked once per attempt, in the order updates arrive: as each is
-//! dispatched (also an update that then parks behind its key: it starts once its key is
-//! free *and* its time has come), and again after the backoff of each
-//! [retry](crate::Retry). A pacer that books a resource (such as a send slot) thus books
-//! in arrival order: a chat with many updates waiting gets its share of a global limit
-//! throughout, rather than one slot each time its previous update finishes. A booking
-//! whose update starts late (its previous update of the key ran long) is the pacer's to
-//! notice: [`pollgate_teloxide::SendLimiter`] gives a stale booking back and books anew.
+//! The pacer is asked once per update, in the order updates arrive: as each is
+//! dispatched, also an update that then parks behind its key (it starts once its key is
+//! free *and* its time has come). A pacer that books a resource (such as a send slot)
+//! thus books in arrival order: a chat with many updates waiting gets its share of a
+//! global limit throughout, rather than one slot each time its previous update finishes.
+//! A booking whose update starts late (its previous update of the key ran long) is the
+//! pacer's to notice: [`pollgate_teloxide::SendLimiter`] gives a stale booking back and
+//! books anew.
 //!
+//! A [retry](crate::Retry) is not paced again: the updates of its key behind it were
+//! booked after it, and a second booking would queue it behind them. Its backoff is at
+//! least the `retry_after` its handler reported ([`Overloaded::retry_after`]); a handler
+//! that must wait for something again (a send slot) waits itself.
+//!
+//! A pacer that panics is logged and the update starts at once.
+//!
+//! [`Overloaded::retry_after`]: crate::Overloaded::retry_after
 //! [`pollgate_teloxide::SendLimiter`]: https://docs.rs/pollgate-teloxide
 
 use std::sync::Arc;
@@ -50,18 +58,20 @@ use tokio::time::Instant;
 /// use pollgate_runtime::Pacer;
 /// use tokio::time::Instant;
 ///
-/// let next: Mutex<HashMap<i64, Instant>> = Mutex::default();
-/// let pacer = move |update: &Update| {
-///     let chat = update.key()?;
-///     let now = Instant::now();
-///     let mut next = next.lock();
-///     let at = next.get(&chat).copied().filter(|&t| t > now).unwrap_or(now);
-///     next.insert(chat, at + Duration::from_secs(1));
-///     Some(at)
-/// };
+/// fn one_a_second_per_chat() -> impl Pacer {
+///     let next: Mutex<HashMap<i64, Instant>> = Mutex::default();
+///     move |update: &Update| {
+///         let chat = update.key()?;
+///         let now = Instant::now();
+///         let mut next = next.lock();
+///         let at = next.get(&chat).copied().filter(|&t| t > now).unwrap_or(now);
+///         next.insert(chat, at + Duration::from_secs(1));
+///         Some(at)
+///     }
+/// }
 /// # #[tokio::main(flavor = "current_thread", start_paused = true)]
 /// # async fn main() {
-/// # let pacer: Box<dyn Pacer> = Box::new(pacer);
+/// let pacer = one_a_second_per_chat();
 /// let update = Update::from_json(r#"{"update_id":1,"message":{"chat":{"id":7}}}"#).unwrap();
 /// let first = pacer.start_at(&update).unwrap();
 /// let second = pacer.start_at(&update).unwrap();

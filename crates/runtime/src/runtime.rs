@@ -127,23 +127,40 @@ impl<H> Ctx<H> {
         );
     }
 
-    /// When `update` may start, if a [pacer](crate::Pacer) holds it back past now
-    /// (counted as paced).
-    pub(crate) fn paced_until(&self, update: &Update) -> Option<Instant> {
-        let at = self.config.pacer.as_ref()?.0.start_at(update)?;
-        let later = at > Instant::now();
-        if later {
-            Counters::bump(&self.counters.paced);
-            debug!(update_id = update.id(), wait = ?at - Instant::now(), "paced");
+    /// When the [pacer](crate::Pacer) lets `update` start, if there is a pacer and it
+    /// says. A pacer that panics is logged and lets the update start now: like a
+    /// handler's panic, it must not stop the runtime or strand the update.
+    pub(crate) fn start_at(&self, update: &Update) -> Option<Instant> {
+        let pacer = &self.config.pacer.as_ref()?.0;
+        match std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| pacer.start_at(update))) {
+            Ok(at) => at,
+            Err(_) => {
+                error!(update_id = update.id(), "the pacer panicked: the update starts now");
+                None
+            }
         }
-        later.then_some(at)
     }
 
-    /// Sleeps until `at`; `false` when the drain deadline came first.
+    /// Holds `update` back until `start_at` if that is later than now (counted as
+    /// paced); `false` when the drain deadline came first or the gate closed.
+    pub(crate) async fn hold_until(&self, update: &Update, start_at: Option<Instant>) -> bool {
+        match start_at.filter(|&at| at > Instant::now()) {
+            Some(at) => {
+                Counters::bump(&self.counters.paced);
+                debug!(update_id = update.id(), wait = ?at - Instant::now(), "paced");
+                self.sleep_until(at).await
+            }
+            None => true,
+        }
+    }
+
+    /// Sleeps until `at`; `false` when the drain deadline came first or the gate closed
+    /// (nothing can be admitted any more).
     pub(crate) async fn sleep_until(&self, at: Instant) -> bool {
         tokio::select! {
             biased;
             _ = self.abort.cancelled() => false,
+            _ = self.gate.closed() => false,
             _ = tokio::time::sleep_until(at) => true,
         }
     }
@@ -813,7 +830,7 @@ async fn wait_for_news<H>(
 /// when its key is free and its time has come).
 async fn admit<H: Handler>(ctx: &Arc<Ctx<H>>, update: Update) {
     let cost = ctx.config.cost.of(&update);
-    let start_at = ctx.paced_until(&update);
+    let start_at = ctx.start_at(&update);
     if let (Some(keys), Some(key)) = (&ctx.keys, update.key()) {
         let mut parked = Some(update);
         let claimed = keys.lock().claim_or_park(key, || Queued {
@@ -833,13 +850,13 @@ async fn admit<H: Handler>(ctx: &Arc<Ctx<H>>, update: Update) {
 /// `start_at`, leaves it to a task that waits with its cost reserved and then takes a
 /// permit.
 async fn pace_or_acquire<H: Handler>(ctx: &Arc<Ctx<H>>, update: Update, cost: u64, start_at: Option<Instant>) {
-    let Some(at) = start_at else {
+    if start_at.is_none_or(|at| at <= Instant::now()) {
         return acquire_and_spawn(ctx, update, cost).await;
-    };
+    }
     let reservation = ctx.gate.reserve(cost);
     let ctx = Arc::clone(ctx);
     ctx.tracker.clone().spawn(async move {
-        let acquired = if ctx.sleep_until(at).await {
+        let acquired = if ctx.hold_until(&update, start_at).await {
             ctx.gate.acquire_reserved(reservation).await.ok()
         } else {
             drop(reservation);

@@ -41,7 +41,8 @@ pub struct Stats {
     pub exhausted: u64,
     /// Handlers aborted at the drain deadline, or updates given up before they ran.
     pub aborted: u64,
-    /// Attempts the [pacer](crate::Pacer) held back before they started.
+    /// Updates the [pacer](crate::Pacer) held back before they started (not those whose
+    /// time had passed when they came to start).
     pub paced: u64,
     /// Updates that could not be decoded (reported and acknowledged past).
     pub undecodable: u64,

@@ -21,6 +21,8 @@ use futures_util::FutureExt;
 use futures_util::future::CatchUnwind;
 use pollgate_admission::{Completion, Outcome, Permit, Reservation};
 use pollgate_core::Update;
+use std::time::Duration;
+
 use tokio::time::{Instant, Sleep};
 use tokio_util::sync::WaitForCancellationFutureOwned;
 use tracing::{Span, debug, debug_span, error, warn};
@@ -122,6 +124,9 @@ pub(crate) struct Retrying {
     /// before the failed attempt's permit was released, so that the gate never sees the
     /// update gone in between (a `Barrier` would open its next batch).
     waiting: Reservation,
+    /// How long the downstream asked to be left alone (`Overloaded::retry_after`): the
+    /// backoff is at least that.
+    asked: Option<Duration>,
 }
 
 /// How a handler ended.
@@ -255,13 +260,14 @@ fn report<H: Handler>(
                 .with_retry_after(retry_after),
         );
     };
-    let retrying = |retry: Option<Box<Update>>| {
+    let retrying = |retry: Option<Box<Update>>, asked: Option<Duration>| {
         retry.map(|update| {
             Counters::bump(&ctx.counters.retried);
             let waiting = ctx.gate.reserve(update.size() as u64);
             Retrying {
                 update: *update,
                 waiting,
+                asked,
             }
         })
     };
@@ -277,7 +283,7 @@ fn report<H: Handler>(
             // Counted before the permit is released: `Stats::completed` is derived from
             // the releases.
             Counters::bump(&ctx.counters.timed_out);
-            let retry = retrying(retry);
+            let retry = retrying(retry, None);
             release(permit, Outcome::Overload, None);
             let timeout = ctx.config.handler_timeout.unwrap_or_default();
             warn!(
@@ -309,7 +315,7 @@ fn report<H: Handler>(
                 Outcome::Error
             };
             Counters::bump(&ctx.counters.failed);
-            let retry = retrying(retry);
+            let retry = retrying(retry, retry_after);
             release(permit, outcome, retry_after);
             let error = error_chain(&*e);
             warn!(update_id = id, outcome = ?outcome, error = %error, latency_ms, retry = retry.is_some(), "handler failed");
@@ -317,7 +323,7 @@ fn report<H: Handler>(
         }
         Ended::Panicked(panic) => {
             Counters::bump(&ctx.counters.panicked);
-            let retry = retrying(retry);
+            let retry = retrying(retry, None);
             release(permit, Outcome::Panic, None);
             let message = panic_message(&*panic);
             error!(
@@ -405,11 +411,7 @@ pub(crate) async fn run<H: Handler>(ctx: Arc<Ctx<H>>, mut update: Update, mut pe
         // Held back until the time the pacer gave it on arrival (its cost still only
         // reserved), then a permit. At the drain deadline the gate is closed: a waiting
         // acquire then fails.
-        let paced = match next.start_at.filter(|&at| at > Instant::now()) {
-            Some(at) => ctx.sleep_until(at).await,
-            None => true,
-        };
-        let acquired = if paced {
+        let acquired = if ctx.hold_until(&update, next.start_at).await {
             ctx.gate.acquire_reserved(next.reservation).await.ok()
         } else {
             drop(next.reservation);
@@ -456,9 +458,11 @@ async fn retry_after<H: Handler>(
     let Retrying {
         mut update,
         mut waiting,
+        mut asked,
     } = retry;
     loop {
-        let delay = ctx.config.retry.delay(attempt);
+        // At least as long as an overloaded downstream asked (Telegram's 429).
+        let delay = ctx.config.retry.delay(attempt).max(asked.unwrap_or_default());
         debug!(update_id = update.id(), attempt, ?delay, "retrying after backoff");
         let slept = ctx.sleep_until(Instant::now() + delay).await;
         // At the drain deadline the gate is closed: a waiting acquire then fails. The
@@ -467,15 +471,7 @@ async fn retry_after<H: Handler>(
         let acquired = if slept {
             let cost = ctx.gate.reserve(ctx.config.cost.of(&update));
             drop(waiting);
-            let paced = match ctx.paced_until(&update) {
-                Some(at) => ctx.sleep_until(at).await,
-                None => true,
-            };
-            if paced {
-                ctx.gate.acquire_reserved(cost).await.ok()
-            } else {
-                None
-            }
+            ctx.gate.acquire_reserved(cost).await.ok()
         } else {
             drop(waiting);
             None
@@ -492,7 +488,9 @@ async fn retry_after<H: Handler>(
             Verdict::Handled => return Some(None),
             Verdict::Aborted => return None,
             Verdict::Failed { error, retry: None } => return Some(Some((attempt, error))),
-            Verdict::Failed { retry: Some(next), .. } => (update, waiting) = (next.update, next.waiting),
+            Verdict::Failed { retry: Some(next), .. } => {
+                (update, waiting, asked) = (next.update, next.waiting, next.asked);
+            }
         }
     }
 }

@@ -1,6 +1,7 @@
 //! The pacer (`RuntimeBuilder::pacer`): an update it holds back waits with its cost
 //! reserved and no slot, lets others run meanwhile, keeps its key's order, counts against
-//! `max_queued`, is asked again before a retry, and gives up at the drain deadline.
+//! `max_queued`, is asked once per update (not again for a retry), and gives up at the
+//! drain deadline.
 //! Paused time and a queue transport that records what it was asked.
 
 mod common;
@@ -13,7 +14,7 @@ use common::{Queue, run_until_paused, timed_handler, update};
 use parking_lot::Mutex;
 use pollgate_admission::Fixed;
 use pollgate_core::Update;
-use pollgate_runtime::{Delivery, Retry, Runtime};
+use pollgate_runtime::{Delivery, Overloaded, Retry, Runtime};
 use tokio::time::Instant;
 
 /// A pacer that holds each update back by `delay(id)` from when it is asked, and records
@@ -158,10 +159,11 @@ async fn paced_updates_count_against_max_queued_and_fetching_pauses() {
 }
 
 #[tokio::test(start_paused = true)]
-async fn a_retry_is_paced_again_and_a_paced_update_gives_up_at_the_drain_deadline() {
+async fn a_retry_is_not_paced_again_and_waits_as_long_as_its_downstream_asked() {
     let start = Instant::now();
     let attempts = Arc::new(Mutex::new(Vec::new()));
     let seen = Arc::clone(&attempts);
+    // The first attempt is pushed back with a retry_after of 3 s.
     let handler = move |u: Update| {
         let seen = Arc::clone(&seen);
         async move {
@@ -171,7 +173,7 @@ async fn a_retry_is_paced_again_and_a_paced_update_gives_up_at_the_drain_deadlin
                 seen.iter().filter(|(id, _)| *id == u.id()).count() == 1
             };
             if first {
-                Err(std::io::Error::other("first attempt fails"))
+                Err(Overloaded::new("429").retry_after(Duration::from_secs(3)))
             } else {
                 Ok(())
             }
@@ -190,15 +192,14 @@ async fn a_retry_is_paced_again_and_a_paced_update_gives_up_at_the_drain_deadlin
     let summary = run_until_paused(runtime, || stats.snapshot().finished() == 1).await;
     let attempts = attempts.lock().clone();
     assert_eq!(attempts.len(), 2, "{attempts:?}");
-    assert_eq!(attempts[0].1, Duration::from_secs(2));
-    // The retry: its backoff (50–100 ms), then the pacer's 2 s again.
-    let gap = attempts[1].1 - attempts[0].1;
-    assert!(
-        gap >= Duration::from_millis(2050) && gap <= Duration::from_millis(2100),
-        "{gap:?}"
+    assert_eq!(attempts[0].1, Duration::from_secs(2), "paced on arrival");
+    assert_eq!(
+        attempts[1].1 - attempts[0].1,
+        Duration::from_secs(3),
+        "the retry waits the 3 s asked (not the 50–100 ms backoff), and is not paced again"
     );
-    assert_eq!(*asked.lock(), [1, 1]);
-    assert_eq!((summary.stats.paced, summary.stats.retried), (2, 1));
+    assert_eq!(*asked.lock(), [1]);
+    assert_eq!((summary.stats.paced, summary.stats.retried), (1, 1));
 
     // An update paced past the drain deadline gives up there and is not acknowledged.
     let (done, handler) = timed_handler(start, |_| Duration::ZERO);

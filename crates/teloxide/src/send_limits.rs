@@ -13,6 +13,7 @@
 //! chat ids), as sliding windows, and a sender waits only for its own chat's slot and the
 //! global one. Each window is kept 5% longer than Telegram's: a slot is taken when the
 //! request leaves, and two requests a second apart here can arrive closer together there.
+//! The global limit is also spread evenly (one send every 35 ms rather than bursts of 30).
 //!
 //! # Why book before admission
 //!
@@ -27,6 +28,9 @@
 //! of a limit's length that contains `t` already holds the limit's count. Booked slots may
 //! be out of order across chats (a group's next slot is a minute away while a private
 //! chat's is now), so a booking fills the earliest gap, not the end of the queue.
+//! A booking costs time linear in the bookings ahead of it, which the runtime bounds
+//! (`max_queued`). A booking its update does not take within 25 ms of its time (the update
+//! ran late, or sent nothing) is given back, and counted ([`SendLimiter::stale_bookings`]).
 
 use std::collections::{HashMap, VecDeque};
 use std::sync::Arc;
@@ -55,6 +59,10 @@ use tokio::time::Instant;
 #[derive(Debug)]
 pub struct SendLimiter {
     global: Limit,
+    /// The global limit spread evenly: one send per `window / max`, so that the sends of
+    /// a backlog leave one by one rather than in bursts of `max` (a burst's last handlers
+    /// start late on a busy process, and miss their booked slots).
+    spacing: Limit,
     private: Limit,
     group: Limit,
     state: Mutex<State>,
@@ -77,6 +85,8 @@ struct State {
     booked: HashMap<i64, VecDeque<Instant>>,
     /// The number of chats at the last sweep (the next sweep is at twice as many).
     swept_at_len: usize,
+    /// Bookings given back because their send came too late to take them.
+    stale: u64,
 }
 
 impl SendLimiter {
@@ -101,6 +111,10 @@ impl SendLimiter {
             global: Limit {
                 max: global_per_second,
                 window: second,
+            },
+            spacing: Limit {
+                max: 1,
+                window: second / global_per_second as u32,
             },
             private: Limit {
                 max: per_chat_per_second,
@@ -148,8 +162,12 @@ impl SendLimiter {
     /// [`acquire`](Self::acquire), which takes the booking when it is due.
     pub fn book(&self, chat: i64) -> Instant {
         let mut state = self.state.lock();
-        let at = self.book_at(&mut state, chat, Instant::now());
-        state.booked.entry(chat).or_default().push_back(at);
+        let now = Instant::now();
+        // Bookings of this chat too old to be taken any more are given back first: a chat
+        // whose updates do not all send keeps no more than its bookings ahead.
+        self.give_back_stale(&mut state, chat, now);
+        let at = self.book_at(&mut state, chat, now);
+        insert(state.booked.entry(chat).or_default(), at);
         at
     }
 
@@ -188,6 +206,14 @@ impl SendLimiter {
         move |update: &Update| sends_to(update).map(|chat| limiter.book(chat))
     }
 
+    /// Booked slots given back because their send came later than [`ON_TIME`] after
+    /// them (the update started late: its previous update of the chat ran long, or the
+    /// process was busy); each such send took a new slot, and waited for it. A count
+    /// that grows with the sends means the pacer's bookings are not being used.
+    pub fn stale_bookings(&self) -> u64 {
+        self.state.lock().stale
+    }
+
     /// How long until `chat` has a slot (zero: now). Takes nothing.
     pub fn next_slot(&self, chat: i64) -> Duration {
         let now = Instant::now();
@@ -201,24 +227,37 @@ impl SendLimiter {
     /// the margin). Bookings of `chat` that are older (their update ran late, or sent
     /// nothing) are given back: the send about to be booked replaces them.
     fn take_booking(&self, state: &mut State, chat: i64, now: Instant) -> Option<Instant> {
+        self.give_back_stale(state, chat, now);
         let booked = state.booked.get_mut(&chat)?;
-        let mut stale = Vec::new();
-        let mut taken = None;
-        while let Some(&t) = booked.front().filter(|&&t| t <= now) {
+        // Sorted, and nothing older than ON_TIME is left: the front is the one, if due.
+        let taken = booked.front().copied().filter(|&t| t <= now);
+        if taken.is_some() {
             booked.pop_front();
-            if now - t <= ON_TIME {
-                taken = Some(t);
-                break;
-            }
+        }
+        if booked.is_empty() {
+            state.booked.remove(&chat);
+        }
+        taken
+    }
+
+    /// Gives back `chat`'s bookings that are more than [`ON_TIME`] past: their update
+    /// ran late or sent nothing, and no send may take them any more.
+    fn give_back_stale(&self, state: &mut State, chat: i64, now: Instant) {
+        let Some(booked) = state.booked.get_mut(&chat) else {
+            return;
+        };
+        let mut stale = Vec::new();
+        while let Some(t) = booked.front().copied().filter(|&t| now - t > ON_TIME && t <= now) {
+            booked.pop_front();
             stale.push(t);
         }
         if booked.is_empty() {
             state.booked.remove(&chat);
         }
+        state.stale += stale.len() as u64;
         for t in stale {
             self.give_back(state, chat, t);
         }
-        taken
     }
 
     /// Takes the earliest slot at or after `from` for `chat`.
@@ -241,11 +280,12 @@ impl SendLimiter {
         let mut at = from;
         loop {
             let fits_chat = sends.map_or(at, |q| own.earliest(q, at));
-            let fits_both = self.global.earliest(&state.global, fits_chat);
-            if fits_both == at {
+            let fits_global = self.global.earliest(&state.global, fits_chat);
+            let fits_all = self.spacing.earliest(&state.global, fits_global);
+            if fits_all == at {
                 return at;
             }
-            at = fits_both;
+            at = fits_all;
         }
     }
 
@@ -307,9 +347,10 @@ impl Limit {
     /// (sorted, within the limit): every window of `self.window` containing it holds
     /// fewer than `self.max`.
     ///
-    /// Each run of `max` consecutive sends `s[i] ..= s[i + max - 1]` forbids the open
-    /// interval `(s[i + max - 1] - window, s[i] + window)`; both ends grow with `i`, so one
-    /// pass from the first run that ends after `from` finds the first gap.
+    /// Each run of `max` consecutive sends `s[i] ..= s[i + max - 1]` that spans less than
+    /// `window` forbids the open interval `(s[i + max - 1] - window, s[i] + window)` (a run
+    /// that spans a window or more forbids nothing); both ends grow with `i`, so one pass
+    /// from the first run that ends after `from` finds the first gap.
     fn earliest(&self, sends: &VecDeque<Instant>, from: Instant) -> Instant {
         let (max, window) = (self.max, self.window);
         if sends.len() < max {
@@ -318,11 +359,17 @@ impl Limit {
         let mut at = from;
         let first = sends.partition_point(|&s| s + window <= at);
         for i in first..=sends.len() - max {
-            let forbidden_from = sends[i + max - 1].checked_sub(window);
+            let (run_first, run_last) = (sends[i], sends[i + max - 1]);
+            let forbidden_from = run_last.checked_sub(window);
             if forbidden_from.is_some_and(|lo| at <= lo) {
                 break;
             }
-            let until = sends[i] + window;
+            // A run that already spans a whole window forbids nothing: a send anywhere
+            // makes no window hold more than `max`.
+            if run_last - run_first >= window {
+                continue;
+            }
+            let until = run_first + window;
             if at < until {
                 at = until;
             }
@@ -370,37 +417,36 @@ mod tests {
             Duration::from_millis(1050),
             "one a second per private chat"
         );
-        assert_eq!(l.next_slot(2), Duration::ZERO, "another chat is not held");
+        assert_eq!(
+            l.next_slot(2),
+            Duration::from_millis(35),
+            "another chat waits only for the global spacing"
+        );
         for _ in 0..20 {
             l.acquire(-7).await;
         }
+        assert_eq!(t0.elapsed(), Duration::from_millis(700), "20 sends 35 ms apart");
         assert!(l.next_slot(-7) > Duration::from_secs(59), "20 a minute per group");
-        for chat in 100..108 {
+        for chat in 100..109 {
             l.acquire(chat).await;
         }
-        // 29 sent within this instant: one more, then the global window is full.
+        // 30 sent 35 ms apart: the 31st goes 1050 ms after the first.
+        assert_eq!(t0.elapsed(), Duration::from_millis(1015));
         l.acquire(200).await;
-        assert_eq!(l.next_slot(201), Duration::from_millis(1050), "30 a second overall");
-        l.acquire(201).await;
-        assert_eq!(t0.elapsed(), Duration::from_millis(1050));
+        assert_eq!(t0.elapsed(), Duration::from_millis(1050), "30 a second overall");
     }
 
     #[tokio::test(start_paused = true)]
     async fn a_booking_fills_the_earliest_gap_and_acquire_takes_it_when_due() {
+        // Two a second overall: one send every 525 ms (1050 ms windows with the margin).
         let l = SendLimiter::new(2, 1, 20);
         let t0 = Instant::now();
         let ms = |t: Instant| (t - t0).as_millis();
-        // Chat 1 books three slots a second apart (1.05 s with the margin).
         let one: Vec<u128> = (0..3).map(|_| ms(l.book(1))).collect();
-        assert_eq!(one, [0, 1050, 2100]);
-        // Global: two a second. Chat 2 fits beside each of chat 1's first two slots...
-        assert_eq!(ms(l.book(2)), 0);
-        // ...but chat 3 at 0 would make three in one window: the earliest gap that fits
-        // both its own chat (free) and the global window is 1050 ms after the first two.
-        assert_eq!(ms(l.book(3)), 1050);
-        // At 1050 there are now two (chat 1 and chat 3): chat 2's next slot is its own
-        // 1050, but global pushes it to 2100 (beside chat 1's third).
-        assert_eq!(ms(l.book(2)), 2100);
+        assert_eq!(one, [0, 1050, 2100], "a chat: a second apart");
+        assert_eq!(ms(l.book(2)), 525, "the gap between chat 1's first two");
+        assert_eq!(ms(l.book(3)), 1575, "the next gap");
+        assert_eq!(ms(l.book(2)), 2625, "chat 2's own second, then the spacing");
         // Taking a due booking costs no new slot and no wait.
         let before = l.state.lock().global.len();
         l.acquire(1).await;
@@ -419,15 +465,16 @@ mod tests {
             "chat 1's second booking, taken when due"
         );
         assert_eq!(l.state.lock().global.len(), before);
-        // Its third, 100 ms late, is given back: the send gets a slot of its own (here at
-        // once: the global window has room at 2200).
+        // Its third, 100 ms late, is given back: the send books a slot of its own, after
+        // chat 2's at 2625.
         tokio::time::advance(Duration::from_millis(1130)).await;
         l.acquire(1).await;
-        assert_eq!(t0.elapsed(), Duration::from_millis(2200));
+        assert_eq!(t0.elapsed(), Duration::from_millis(3150));
+        assert_eq!(l.stale_bookings(), 1);
         let chat = l.state.lock().chats[&1].clone();
         assert_eq!(
             chat.iter().map(|&t| ms(t)).collect::<Vec<_>>(),
-            [2200],
+            [3150],
             "2100 given back, 1050 expired"
         );
     }
@@ -451,44 +498,59 @@ mod tests {
         std::future::poll_fn(|cx| std::task::Poll::Ready(std::pin::Pin::new(&mut f).poll(cx))).await
     }
 
-    /// Random bookings and sends never put more than a limit's count in any window.
+    /// Random sends, booked (and then sent up to 40 ms late, or never) or not, never put
+    /// more than a limit's count in any of Telegram's windows.
     #[tokio::test(start_paused = true)]
     async fn no_window_ever_holds_more_than_its_limit() {
-        let l = SendLimiter::new(5, 1, 3);
+        let l = Arc::new(SendLimiter::new(5, 1, 3));
         let mut rng = 0x2545_f491_4f6c_dd1d_u64;
-        let mut next = || {
+        let mut next = move || {
             rng ^= rng << 13;
             rng ^= rng >> 7;
             rng ^= rng << 17;
             rng
         };
-        let mut sends: Vec<(i64, Instant)> = Vec::new();
+        let sent: Arc<Mutex<Vec<(i64, Instant)>>> = Arc::default();
+        let mut tasks = Vec::new();
         for _ in 0..400 {
             let chat = [1, 2, 3, -1, -2][(next() % 5) as usize];
-            let at = if next() % 2 == 0 {
-                l.book(chat)
-            } else {
-                l.book_at(&mut l.state.lock(), chat, Instant::now())
-            };
-            sends.push((chat, at));
-            tokio::time::advance(Duration::from_millis(next() % 300)).await;
+            let (l, sent) = (Arc::clone(&l), Arc::clone(&sent));
+            let (booked, late, sends) = (next() % 2 == 0, Duration::from_millis(next() % 40), next() % 8 != 0);
+            let at = booked.then(|| l.book(chat));
+            tasks.push(tokio::spawn(async move {
+                if let Some(at) = at {
+                    tokio::time::sleep_until(at + late).await;
+                }
+                if sends {
+                    l.acquire(chat).await;
+                    sent.lock().push((chat, Instant::now()));
+                }
+            }));
+            tokio::time::sleep(Duration::from_millis(next() % 300)).await;
         }
-        let check = |limit: Limit, times: &mut Vec<Instant>| {
+        for t in tasks {
+            t.await.unwrap();
+        }
+        let sent = sent.lock().clone();
+        // Telegram's own windows, without the margin.
+        let check = |max: usize, window: Duration, times: &mut Vec<Instant>| {
             times.sort();
-            for w in times.windows(limit.max + 1) {
-                assert!(
-                    w[limit.max] - w[0] >= limit.window,
-                    "{} sends within {:?}",
-                    limit.max + 1,
-                    limit.window
-                );
+            for w in times.windows(max + 1) {
+                assert!(w[max] - w[0] >= window, "{} sends within {window:?}", max + 1);
             }
         };
-        check(l.global, &mut sends.iter().map(|s| s.1).collect());
+        assert!(sent.len() > 300, "{}", sent.len());
+        check(5, Duration::from_secs(1), &mut sent.iter().map(|s| s.1).collect());
         for chat in [1, 2, 3, -1, -2] {
+            let (max, window) = if chat < 0 {
+                (3, Duration::from_secs(60))
+            } else {
+                (1, Duration::from_secs(1))
+            };
             check(
-                l.limit_of(chat),
-                &mut sends.iter().filter(|s| s.0 == chat).map(|s| s.1).collect(),
+                max,
+                window,
+                &mut sent.iter().filter(|s| s.0 == chat).map(|s| s.1).collect(),
             );
         }
     }
