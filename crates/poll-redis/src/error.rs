@@ -41,6 +41,18 @@ pub enum RedisTransportError {
         /// What was wrong with it.
         detail: String,
     },
+    /// Redis records another number of shards under the prefix than this bridge or worker
+    /// is configured with: changing it would move chats between shards and break their
+    /// order (drain the shard streams first, or use a new prefix).
+    #[error("redis records {recorded} shards at {key}, this process is configured with {configured}")]
+    ShardCount {
+        /// The key holding the recorded number.
+        key: String,
+        /// What Redis records.
+        recorded: String,
+        /// What this process was configured with.
+        configured: u32,
+    },
     /// The transport's configuration is invalid (empty stream or group name, a URL the
     /// client cannot parse, ...).
     #[error("invalid configuration: {0}")]

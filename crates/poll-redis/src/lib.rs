@@ -18,6 +18,9 @@
 //!   dead worker are claimed (`XAUTOCLAIM`) by the others; entries that keep failing go
 //!   to a dead-letter stream with the reason.
 //! - [`StreamProducer`] appends updates (`XADD`), for the bridge.
+//! - [`ShardedProducer`] and [`ShardedStreamTransport`] keep per-chat order across
+//!   workers: each chat's updates go to one of S shard streams, and each shard has one
+//!   owner at a time, by a lease (see the `sharded` module's docs, and `docs/scale-out.md`).
 //! - [`LocalRedis`] starts a private `redis-server` for tests, examples and benchmarks.
 //!
 //! Needs Redis 7.0 or newer (or a compatible server such as Valkey): `XAUTOCLAIM` reporting
@@ -32,9 +35,14 @@ mod local;
 mod producer;
 mod reply;
 mod retry;
+mod sharded;
 mod transport;
 
 pub use error::RedisTransportError;
 pub use local::{LocalRedis, REDIS_URL_ENV, RedisServer};
 pub use producer::{StreamProducer, StreamProducerBuilder};
+pub use sharded::{
+    DEFAULT_SHARDS, ShardedProducer, ShardedProducerBuilder, ShardedStats, ShardedStreamTransport,
+    ShardedStreamTransportBuilder, shard_of,
+};
 pub use transport::{DEFAULT_FIELD, RedisStats, RedisStreamTransport, RedisStreamTransportBuilder, StartFrom};

@@ -105,23 +105,30 @@ pub(crate) fn entries(command: &'static str, v: Value) -> Result<Vec<Entry>, Red
 /// An `XREADGROUP` reply for one stream: nil on timeout, else `[[key, entries]]` (RESP2)
 /// or `{key: entries}` (RESP3).
 pub(crate) fn read_group(v: Value) -> Result<Vec<Entry>, RedisTransportError> {
+    Ok(read_groups(v)?.into_iter().flat_map(|(_, entries)| entries).collect())
+}
+
+/// An `XREADGROUP` reply for several streams: each stream's key with its entries.
+pub(crate) fn read_groups(v: Value) -> Result<Vec<(String, Vec<Entry>)>, RedisTransportError> {
     const C: &str = "XREADGROUP";
-    let streams = match v {
+    let streams: Vec<(Value, Value)> = match v {
         Value::Nil => return Ok(Vec::new()),
-        Value::Map(pairs) => pairs.into_iter().map(|(_, e)| e).collect(),
+        Value::Map(pairs) => pairs,
         other => array(C, other)?
             .into_iter()
             .map(|kv| {
                 let mut kv = array(C, kv)?.into_iter();
-                kv.nth(1).ok_or_else(|| bad(C, "a stream without entries"))
+                match (kv.next(), kv.next()) {
+                    (Some(k), Some(e)) => Ok((k, e)),
+                    _ => Err(bad(C, "a stream without entries")),
+                }
             })
             .collect::<Result<Vec<_>, _>>()?,
     };
-    let mut out = Vec::new();
-    for s in streams {
-        out.extend(entries(C, s)?);
-    }
-    Ok(out)
+    streams
+        .into_iter()
+        .map(|(k, e)| Ok((string(C, k)?, entries(C, e)?)))
+        .collect()
 }
 
 /// An `XAUTOCLAIM` reply: the next cursor, the claimed entries, and the ids that were

@@ -280,7 +280,7 @@ pub(crate) fn redact_url(url: &str) -> String {
 }
 
 /// `{hostname}-{pid}`.
-fn default_consumer() -> String {
+pub(crate) fn default_consumer() -> String {
     let host = std::fs::read_to_string("/proc/sys/kernel/hostname")
         .or_else(|_| std::fs::read_to_string("/etc/hostname"))
         .ok()
@@ -568,7 +568,7 @@ impl Drop for FetchGuard<'_> {
 }
 
 /// The stream's JSON field of an entry as an update, or why it is not one.
-fn decode(entry: &Entry, field: &str) -> Result<Update, String> {
+pub(crate) fn decode(entry: &Entry, field: &str) -> Result<Update, String> {
     match entry.field(field) {
         None => Err(format!("the entry has no `{field}` field")),
         Some(raw) => std::str::from_utf8(raw)
