@@ -68,8 +68,8 @@ struct Args {
     exit_when_idle: Option<f64>,
     /// Memory each text message's handler holds while it runs (e.g. 1MiB), as a real
     /// handler's working set: shows what waiting for a send slot inside a handler costs.
-    #[arg(long, value_name = "SIZE", default_value = "0")]
-    handler_bytes: size::Size,
+    #[arg(long, value_name = "SIZE")]
+    handler_bytes: Option<size::Size>,
     /// Print one JSON line at exit.
     #[arg(long)]
     json: bool,
@@ -256,7 +256,7 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
     let started = Instant::now();
     let counters = Arc::new(Counters {
         started: Some(started),
-        handler_bytes: usize::try_from(args.handler_bytes.0)?,
+        handler_bytes: usize::try_from(args.handler_bytes.map_or(0, |s| s.0))?,
         ..Counters::default()
     });
     let stop = pollgate::CancellationToken::new();
