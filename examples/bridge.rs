@@ -30,7 +30,7 @@ use std::time::{Duration, Instant};
 use clap::Parser;
 use pollgate::core::TelegramTransport;
 use pollgate::{Delivery, Fixed, Runtime, Update};
-use pollgate_redis::StreamProducer;
+use pollgate_redis::{ShardedProducer, StreamProducer};
 use tokio_util::sync::CancellationToken;
 
 /// Bridge Telegram `getUpdates` to a Redis stream (the bot token is read from
@@ -57,6 +57,33 @@ pub(crate) struct BridgeArgs {
     /// Stop (gracefully, offset confirmed) after this many updates were appended.
     #[arg(long)]
     pub(crate) stop_after: Option<u64>,
+    /// Append each chat's updates to one of this many shard streams
+    /// (`{stream}:shard:N`, by a hash of the chat id), for workers that keep per-chat
+    /// order (`pollgate_redis::ShardedStreamTransport`).
+    #[arg(long, value_name = "S")]
+    pub(crate) shards: Option<u32>,
+}
+
+/// Where the bridge appends: one stream, or shard streams.
+enum Appender {
+    One(StreamProducer),
+    Sharded(ShardedProducer),
+}
+
+impl Appender {
+    async fn add(&self, update: &Update) -> Result<(), pollgate_redis::RedisTransportError> {
+        match self {
+            Appender::One(p) => p.add(update).await.map(drop),
+            Appender::Sharded(p) => p.add(update).await.map(drop),
+        }
+    }
+
+    fn added(&self) -> u64 {
+        match self {
+            Appender::One(p) => p.added(),
+            Appender::Sharded(p) => p.added(),
+        }
+    }
 }
 
 /// What a bridge run did.
@@ -78,11 +105,22 @@ pub(crate) async fn run_bridge(
         .api_url(&args.api_url)
         .build()
         .map_err(|e| format!("bridge: {e}"))?;
-    let mut producer = StreamProducer::builder(&args.redis_url, &args.stream);
-    if let Some(n) = args.max_len {
-        producer = producer.max_len_approx(n);
-    }
-    let producer = Arc::new(producer.build().map_err(|e| format!("bridge: {e}"))?);
+    let producer = match args.shards {
+        Some(shards) => Appender::Sharded(
+            ShardedProducer::builder(&args.redis_url, &args.stream)
+                .shards(shards)
+                .build()
+                .map_err(|e| format!("bridge: {e}"))?,
+        ),
+        None => {
+            let mut producer = StreamProducer::builder(&args.redis_url, &args.stream);
+            if let Some(n) = args.max_len {
+                producer = producer.max_len_approx(n);
+            }
+            Appender::One(producer.build().map_err(|e| format!("bridge: {e}"))?)
+        }
+    };
+    let producer = Arc::new(producer);
     let failed = Arc::new(AtomicBool::new(false));
     let runtime = Runtime::builder(transport, {
         let (producer, stop, failed) = (Arc::clone(&producer), stop.clone(), Arc::clone(&failed));

@@ -115,3 +115,50 @@ fn three_workers_one_killed_lose_nothing_and_stay_within_their_budgets() {
     let in_flight_bound = (16u64 << 20) / (256 << 10);
     assert!(total["duplicates"].as_u64().unwrap() <= in_flight_bound, "{total}");
 }
+
+#[test]
+fn ordered_workers_one_killed_keep_each_chats_order_and_never_share_a_chat() {
+    const N: u64 = 2000;
+    let out = run(&[
+        "--ordered",
+        "--shards",
+        "8",
+        "--workers",
+        "3",
+        "--updates",
+        &N.to_string(),
+        "--chats",
+        "100",
+        "--budget",
+        "16MiB",
+        "--work-kib",
+        "64",
+        "--work-ms",
+        "50",
+        "--kill-one-after",
+        "1.5",
+        "--lease-ms",
+        "800",
+        "--json",
+    ]);
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        out.status.success(),
+        "{}\n{stdout}\n{}",
+        out.status,
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let objects: Vec<Value> = stdout.lines().map(|l| serde_json::from_str(l).unwrap()).collect();
+    let (workers, total) = objects.split_at(3);
+    let total = &total[0];
+    assert_eq!(total["lost"], 0, "{total}");
+    assert_eq!(total["total_unique"], N, "{total}");
+    assert_eq!(total["order_violations"], 0, "each chat's first handlings in id order: {total}");
+    assert_eq!(total["overlaps"], 0, "no chat on two workers at once: {total}");
+    assert_eq!(total["ordered"], true);
+    assert!(
+        total["recovered"].as_u64().unwrap() > 0,
+        "the killed worker's pending entries went to the next owners of its shards: {stdout}"
+    );
+    assert_eq!(workers.iter().filter(|w| w["killed"] == true).count(), 1, "{stdout}");
+}

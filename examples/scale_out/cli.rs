@@ -53,6 +53,24 @@ pub(crate) struct Args {
     /// Give up (exit non-zero) if the backlog is not drained within this many seconds.
     #[arg(long, default_value_t = 600)]
     pub(crate) timeout_s: u64,
+    /// Keep each chat's updates in order, one at a time across all workers: sharded
+    /// streams, one owner per shard by a lease (`pollgate_redis::ShardedStreamTransport`),
+    /// and the runtime's per-chat ordering within each worker.
+    #[arg(long)]
+    pub(crate) ordered: bool,
+    /// Shard streams with --ordered.
+    #[arg(long, default_value_t = 16, value_parser = clap::value_parser!(u32).range(1..=1024))]
+    pub(crate) shards: u32,
+    /// With --ordered: how long a shard's lease outlives its owner's last renewal, in ms
+    /// (a SIGKILLed worker's shards are taken over after about this long).
+    #[arg(long, default_value_t = 2000, value_parser = clap::value_parser!(u64).range(300..))]
+    pub(crate) lease_ms: u64,
+    /// Each worker appends a JSON line here (`worker-N.jsonl`) when a handler starts and
+    /// when it ends: {"ev":"start"|"end","id","chat","worker","t_ns"} (wall clock, ns).
+    /// The final object's `order_violations` and `overlaps` are computed from them (from
+    /// a temporary directory without this option).
+    #[arg(long, value_name = "DIR")]
+    pub(crate) ledger_dir: Option<PathBuf>,
 }
 
 impl Args {
@@ -100,4 +118,12 @@ pub(crate) struct WorkerArgs {
     pub(crate) updates: usize,
     #[arg(long)]
     pub(crate) ledger: PathBuf,
+    /// The start/end event ledger.
+    #[arg(long)]
+    pub(crate) events: PathBuf,
+    /// Sharded (ordered) mode with this many shards.
+    #[arg(long)]
+    pub(crate) shards: Option<u32>,
+    #[arg(long, default_value_t = 2000)]
+    pub(crate) lease_ms: u64,
 }

@@ -143,6 +143,14 @@ async fn run(args: Args) -> Result<bool, String> {
     let dead = format!("{stream}:dead");
     let ledgers = std::env::temp_dir().join(format!("pollgate-scale-out-{tag}"));
     std::fs::create_dir_all(&ledgers).map_err(|e| format!("cannot create {}: {e}", ledgers.display()))?;
+    let events_dir = args.ledger_dir.clone().unwrap_or_else(|| ledgers.join("events"));
+    std::fs::create_dir_all(&events_dir).map_err(|e| format!("cannot create {}: {e}", events_dir.display()))?;
+    // The streams the bridge appends to: one, or the shard streams.
+    let streams: Vec<String> = if args.ordered {
+        (0..args.shards).map(|i| format!("{stream}:shard:{i}")).collect()
+    } else {
+        vec![stream.clone()]
+    };
 
     let server = MockServer::start(MockConfig::default())
         .await
@@ -156,8 +164,13 @@ async fn run(args: Args) -> Result<bool, String> {
     });
     if !args.json {
         println!(
-            "scale_out: {} updates → bridge → stream {stream} on {} Redis → {} workers, {} budget each; handler holds {} KiB for {} ms",
+            "scale_out: {} updates → bridge → {} on {} Redis → {} workers, {} budget each; handler holds {} KiB for {} ms",
             args.updates,
+            if args.ordered {
+                format!("{} shard streams {stream}:shard:N (ordered per chat)", args.shards)
+            } else {
+                format!("stream {stream}")
+            },
             if private { "a private" } else { "the given" },
             args.workers,
             args.budget,
@@ -168,9 +181,14 @@ async fn run(args: Args) -> Result<bool, String> {
     let exe = std::env::current_exe().map_err(|e| format!("cannot find this executable: {e}"))?;
     let bars = MultiProgress::new();
     let started = Instant::now();
-    let mut bridge = Command::new(&exe)
+    let mut bridge = Command::new(&exe);
+    bridge
         .arg("__bridge")
-        .args(["--api-url", &server.url(), "--stream", &stream])
+        .args(["--api-url", &server.url(), "--stream", &stream]);
+    if args.ordered {
+        bridge.args(["--shards", &args.shards.to_string()]);
+    }
+    let mut bridge = bridge
         .env("REDIS_URL", &url) // not on the command line, where `ps` shows a password
         .args(["--stop-after", &args.updates.to_string()])
         .env("TELEGRAM_BOT_TOKEN", server.token())
@@ -186,7 +204,7 @@ async fn run(args: Args) -> Result<bool, String> {
 
     let mut workers = Vec::new();
     for index in 0..args.workers {
-        workers.push(spawn_worker(&exe, &args, index, &url, &stream, &ledgers, &bars)?);
+        workers.push(spawn_worker(&exe, &args, index, &url, &stream, &ledgers, &events_dir, &bars)?);
     }
 
     let mut tail = LedgerTail::default();
@@ -227,18 +245,21 @@ async fn run(args: Args) -> Result<bool, String> {
                     .set_message(format!("RSS {:>4} MiB (peak {:>4})", s.rss >> 20, s.peak >> 20));
             }
         }
-        let appended: u64 = redis.xlen(&stream).await.map_err(|e| format!("XLEN: {e}"))?;
+        let mut appended = 0u64;
+        for s in &streams {
+            appended += redis.xlen::<_, u64>(s).await.map_err(|e| format!("XLEN: {e}"))?;
+        }
         bridge_bar.set_position(appended.min(args.updates));
         let dead: u64 = redis.xlen(&dead).await.map_err(|e| format!("XLEN: {e}"))?;
-        // Until a worker created the group there is nothing pending, and nothing done.
-        let pending = match redis
-            .xpending::<_, _, redis::streams::StreamPendingReply>(&stream, GROUP)
-            .await
-        {
-            Ok(p) => Some(p.count()),
-            Err(e) if e.code() == Some("NOGROUP") => None,
-            Err(e) => return Err(format!("XPENDING: {e}")),
-        };
+        // Until a worker created a group there is nothing pending, and nothing done.
+        let mut pending = None;
+        for s in &streams {
+            match redis.xpending::<_, _, redis::streams::StreamPendingReply>(s, GROUP).await {
+                Ok(p) => *pending.get_or_insert(0) += p.count(),
+                Err(e) if e.code() == Some("NOGROUP") => {}
+                Err(e) => return Err(format!("XPENDING: {e}")),
+            }
+        }
         if bridge_done && tail.unique() + dead >= args.updates && pending == Some(0) {
             break (started.elapsed().as_secs_f64(), dead);
         }
@@ -279,8 +300,16 @@ async fn run(args: Args) -> Result<bool, String> {
         .filter_map(|e| e.get::<i64>("update_id"))
         .collect();
     if !private {
-        let _: Result<(), _> = redis.del(&[&stream, &dead]).await;
+        let mut keys = streams.clone();
+        keys.push(dead.clone());
+        if args.ordered {
+            keys.extend((0..args.shards).map(|i| format!("{stream}:lease:{i}")));
+            keys.push(format!("{stream}:shards"));
+            keys.push(format!("{stream}:workers"));
+        }
+        let _: Result<(), _> = redis.del(&keys).await;
     }
+    let (order_violations, overlaps) = order_and_overlaps(&events_dir, args.workers)?;
     let _ = std::fs::remove_dir_all(&ledgers);
 
     let total_unique = tail.unique();
@@ -330,6 +359,11 @@ async fn run(args: Args) -> Result<bool, String> {
         "drain_s": drain_s,
         "throughput_per_s": total_unique as f64 / drain_s.max(1e-9),
         "claimed": claimed,
+        "recovered": rows.iter().filter_map(|(r, _)| r["recovered"].as_u64()).sum::<u64>(),
+        "ordered": args.ordered,
+        "shards": args.ordered.then_some(args.shards),
+        "order_violations": order_violations,
+        "overlaps": overlaps,
         "killed_workers": workers.iter().filter(|w| w.killed_at.is_some()).count(),
         "budget_bytes": args.budget.0,
         "work_kib": args.work_kib,
@@ -361,7 +395,8 @@ async fn run(args: Args) -> Result<bool, String> {
         }
         println!(
             "\ntotal: {total_unique} unique of {}, lost {lost}, duplicates {duplicates}, dead-lettered {dead_lettered}, \
-             claimed {claimed}; drained in {drain_s:.2} s ({:.0} updates/s)",
+             claimed {claimed}; per chat: {order_violations} order violations, {overlaps} overlaps; \
+             drained in {drain_s:.2} s ({:.0} updates/s)",
             args.updates,
             total_unique as f64 / drain_s.max(1e-9)
         );
@@ -369,6 +404,7 @@ async fn run(args: Args) -> Result<bool, String> {
     Ok(lost == 0 && all_within)
 }
 
+#[allow(clippy::too_many_arguments)]
 fn spawn_worker(
     exe: &Path,
     args: &Args,
@@ -376,6 +412,7 @@ fn spawn_worker(
     url: &str,
     stream: &str,
     ledgers: &Path,
+    events: &Path,
     bars: &MultiProgress,
 ) -> Result<Worker, String> {
     let ledger = ledgers.join(format!("worker-{index}.ledger"));
@@ -390,7 +427,13 @@ fn spawn_worker(
         .args(["--claim-idle-ms", &args.claim_idle_ms.to_string()])
         .args(["--updates", &args.updates.to_string()])
         .arg("--ledger")
-        .arg(&ledger);
+        .arg(&ledger)
+        .arg("--events")
+        .arg(events.join(format!("worker-{index}.jsonl")))
+        .args(["--lease-ms", &args.lease_ms.to_string()]);
+    if args.ordered {
+        cmd.args(["--shards", &args.shards.to_string()]);
+    }
     if std::env::var_os("MALLOC_ARENA_MAX").is_none() {
         // As in the flood demo: one glibc arena, so freed handler memory is reused across
         // threads instead of inflating the peak (docs/tuning.md).
@@ -441,4 +484,68 @@ fn spawn_worker(
         killed_at: None,
         bar,
     })
+}
+
+/// From the workers' event ledgers: each chat's first handlings out of id order (a
+/// handling that starts after one of a later update of the same chat), and handler runs
+/// of one chat that overlap in time (on any workers). A run without an end (its worker
+/// was killed) ends at its worker's last event.
+fn order_and_overlaps(dir: &Path, workers: u32) -> Result<(u64, u64), String> {
+    struct Run {
+        id: i64,
+        start: u64,
+        end: Option<u64>,
+    }
+    let mut by_chat: HashMap<i64, Vec<Run>> = HashMap::new();
+    for w in 0..workers {
+        let path = dir.join(format!("worker-{w}.jsonl"));
+        let text = std::fs::read_to_string(&path).unwrap_or_default();
+        let mut open: HashMap<i64, (i64, usize)> = HashMap::new();
+        let mut last = 0u64;
+        let mut mine: Vec<(i64, usize)> = Vec::new();
+        for line in text.lines() {
+            let Ok(v) = serde_json::from_str::<Value>(line) else { continue };
+            let (Some(id), Some(t)) = (v["id"].as_i64(), v["t_ns"].as_u64()) else { continue };
+            let chat = v["chat"].as_i64().unwrap_or(id);
+            last = last.max(t);
+            match v["ev"].as_str() {
+                Some("start") => {
+                    let runs = by_chat.entry(chat).or_default();
+                    runs.push(Run { id, start: t, end: None });
+                    open.insert(id, (chat, runs.len() - 1));
+                    mine.push((chat, runs.len() - 1));
+                }
+                Some("end") => {
+                    if let Some((chat, i)) = open.remove(&id) {
+                        by_chat.get_mut(&chat).expect("started")[i].end = Some(t);
+                    }
+                }
+                _ => {}
+            }
+        }
+        for (chat, i) in mine {
+            let run = &mut by_chat.get_mut(&chat).expect("started")[i];
+            run.end.get_or_insert(last);
+        }
+    }
+    let (mut violations, mut overlaps) = (0u64, 0u64);
+    for runs in by_chat.values_mut() {
+        runs.sort_by_key(|r| r.start);
+        let mut seen = std::collections::HashSet::new();
+        let mut highest = i64::MIN;
+        let mut busy_until = 0u64;
+        for r in runs.iter() {
+            if seen.insert(r.id) {
+                if r.id < highest {
+                    violations += 1;
+                }
+                highest = highest.max(r.id);
+            }
+            if r.start < busy_until {
+                overlaps += 1;
+            }
+            busy_until = busy_until.max(r.end.unwrap_or(r.start));
+        }
+    }
+    Ok((violations, overlaps))
 }

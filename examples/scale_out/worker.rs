@@ -1,16 +1,22 @@
-//! One worker process: the ordinary pollgate runtime on the Redis stream, with a byte
-//! budget, the flood demo's handler (touch W KiB, hold T ms) and a ledger line per handled
-//! update written before the update counts as finished (so a SIGKILL loses no line).
+//! One worker process: the ordinary pollgate runtime on the Redis stream (or, with
+//! `--shards`, on the shard streams it holds leases on, one update per chat at a time),
+//! with a byte budget, the flood demo's handler (touch W KiB, hold T ms), a ledger line
+//! per handled update written before the update counts as finished (so a SIGKILL loses
+//! no line), and a start and an end event per handler run in the event ledger.
 //!
 //! Prints `{"event":"progress",...}` lines every 100 ms and a `{"event":"result",...}`
 //! line at the end on stdout. Shuts down gracefully when stdin closes (the parent's stop
 //! signal; also what happens when the parent dies), or on SIGTERM or SIGINT.
 
+use std::fs::File;
+use std::io::Write;
 use std::sync::Arc;
 use std::time::Duration;
 
-use pollgate::{ByteBudget, Delivery, Runtime};
-use pollgate_redis::RedisStreamTransport;
+use parking_lot::Mutex;
+use pollgate::{ByteBudget, Delivery, Runtime, Transport, Update};
+use pollgate_redis::{RedisStreamTransport, ShardedStreamTransport};
+use serde_json::Value;
 use tokio_util::sync::CancellationToken;
 
 use crate::cli::WorkerArgs;
@@ -40,18 +46,109 @@ async fn run(args: WorkerArgs) -> Result<(), String> {
     };
     let recorder = Recorder::new(workload, args.updates, false, Some(&args.ledger))
         .map_err(|e| format!("cannot open the ledger: {e}"))?;
-    let transport = Arc::new(
-        RedisStreamTransport::builder(&args.redis_url, &args.stream, &args.group)
-            .claim_idle(Duration::from_millis(args.claim_idle_ms))
-            .max_block(Duration::from_millis(500))
-            .build()
-            .map_err(|e| format!("cannot build the transport: {e}"))?,
-    );
+    let events = Arc::new(Events {
+        file: Mutex::new(File::create(&args.events).map_err(|e| format!("cannot open the event ledger: {e}"))?),
+        worker: args.index,
+    });
+    match args.shards {
+        Some(shards) => {
+            let transport = Arc::new(
+                ShardedStreamTransport::builder(&args.redis_url, &args.stream, &args.group)
+                    .shards(shards)
+                    .worker(format!("worker-{}-{}", args.index, std::process::id()))
+                    .lease_ttl(Duration::from_millis(args.lease_ms))
+                    .max_block(Duration::from_millis(500))
+                    .build()
+                    .map_err(|e| format!("cannot build the transport: {e}"))?,
+            );
+            let t = Arc::clone(&transport);
+            let report = move || {
+                let s = t.stats();
+                serde_json::json!({
+                    "consumer": t.worker(),
+                    "recovered": s.recovered,
+                    "claimed": 0,
+                    "dead_lettered": s.dead_lettered,
+                    "acked": s.acked,
+                    "fenced": s.fenced,
+                    "leases_acquired": s.acquired,
+                    "leases_lost": s.lost,
+                })
+            };
+            serve(&args, transport, true, recorder, events, stop, report).await
+        }
+        None => {
+            let transport = Arc::new(
+                RedisStreamTransport::builder(&args.redis_url, &args.stream, &args.group)
+                    .claim_idle(Duration::from_millis(args.claim_idle_ms))
+                    .max_block(Duration::from_millis(500))
+                    .build()
+                    .map_err(|e| format!("cannot build the transport: {e}"))?,
+            );
+            let t = Arc::clone(&transport);
+            let report = move || {
+                let s = t.stats();
+                serde_json::json!({
+                    "consumer": t.consumer(),
+                    "claimed": s.claimed,
+                    "recovered": s.recovered,
+                    "dead_lettered": s.dead_lettered,
+                    "acked": s.acked,
+                })
+            };
+            serve(&args, transport, false, recorder, events, stop, report).await
+        }
+    }
+}
+
+/// The start/end event ledger: one JSON line per event, each written with one `write`
+/// (the file is unbuffered, so a SIGKILL loses no event that was written).
+struct Events {
+    file: Mutex<File>,
+    worker: u32,
+}
+
+impl Events {
+    fn log(&self, ev: &str, u: &Update) {
+        let t_ns = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map_or(0, |d| d.as_nanos() as u64);
+        let line = format!(
+            "{}\n",
+            serde_json::json!({"ev": ev, "id": u.id(), "chat": u.key(), "worker": self.worker, "t_ns": t_ns})
+        );
+        // A full disk ends the demo's checks, not the worker.
+        let _ = self.file.lock().write_all(line.as_bytes());
+    }
+}
+
+/// Runs the runtime on `transport` until stopped, then reports.
+async fn serve<T: Transport>(
+    args: &WorkerArgs,
+    transport: Arc<T>,
+    ordered: bool,
+    recorder: Arc<Recorder>,
+    events: Arc<Events>,
+    stop: CancellationToken,
+    report: impl Fn() -> Value,
+) -> Result<(), String> {
+    let work = args.work_kib << 10;
     let rec = Arc::clone(&recorder);
-    let runtime = Runtime::builder(Arc::clone(&transport), move |u| handle(Arc::clone(&rec), u))
+    let handler = move |u: Update| {
+        let (rec, events) = (Arc::clone(&rec), Arc::clone(&events));
+        async move {
+            events.log("start", &u);
+            let copy = u.clone();
+            let done = handle(rec, u).await;
+            events.log("end", &copy);
+            done
+        }
+    };
+    let runtime = Runtime::builder(transport, handler)
         .policy(ByteBudget::new(args.budget).expected_cost(work))
         .cost_fn(move |_| work)
         .delivery(Delivery::AtLeastOnce)
+        .ordered(ordered)
         .poll_timeout(Duration::from_millis(500))
         .shutdown(stop.clone())
         .shutdown_on_signals()
@@ -80,24 +177,22 @@ async fn run(args: WorkerArgs) -> Result<(), String> {
     progress.abort();
     let (_, peak) = rss_and_peak();
     let record = recorder.summary();
-    let redis = transport.stats();
-    emit(serde_json::json!({
+    let mut result = serde_json::json!({
         "event": "result",
         "worker": args.index,
-        "consumer": transport.consumer(),
         "handled": recorder.handled(),
         "unique": record.unique,
         "duplicates": record.duplicates,
         "peak_rss_bytes": peak,
         "baseline_rss_bytes": baseline,
         "budget_bytes": args.budget,
-        "claimed": redis.claimed,
-        "recovered": redis.recovered,
-        "dead_lettered": redis.dead_lettered,
-        "acked": redis.acked,
         "unfinished": summary.unfinished.len(),
         "p50_ms": record.p50_ms,
         "p99_ms": record.p99_ms,
-    }));
+    });
+    if let (Some(result), Value::Object(extra)) = (result.as_object_mut(), report()) {
+        result.extend(extra);
+    }
+    emit(result);
     Ok(())
 }
