@@ -153,7 +153,10 @@ fn ordered_workers_one_killed_keep_each_chats_order_and_never_share_a_chat() {
     let total = &total[0];
     assert_eq!(total["lost"], 0, "{total}");
     assert_eq!(total["total_unique"], N, "{total}");
-    assert_eq!(total["order_violations"], 0, "each chat's first handlings in id order: {total}");
+    assert_eq!(
+        total["order_violations"], 0,
+        "each chat's first handlings in id order: {total}"
+    );
     assert_eq!(total["overlaps"], 0, "no chat on two workers at once: {total}");
     assert_eq!(total["ordered"], true);
     assert!(

@@ -112,6 +112,13 @@ impl LedgerTail {
     }
 }
 
+/// Wall-clock time in ns, as the workers' event ledgers have it.
+fn wall_ns() -> u64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| d.as_nanos() as u64)
+}
+
 fn style() -> ProgressStyle {
     ProgressStyle::with_template("{prefix:>10} [{bar:30}] {pos:>7}/{len:7} {per_sec:>10} {msg}")
         .expect("valid template")
@@ -204,11 +211,21 @@ async fn run(args: Args) -> Result<bool, String> {
 
     let mut workers = Vec::new();
     for index in 0..args.workers {
-        workers.push(spawn_worker(&exe, &args, index, &url, &stream, &ledgers, &events_dir, &bars)?);
+        workers.push(spawn_worker(
+            &exe,
+            &args,
+            index,
+            &url,
+            &stream,
+            &ledgers,
+            &events_dir,
+            &bars,
+        )?);
     }
 
     let mut tail = LedgerTail::default();
     let mut bridge_done = false;
+    let mut kill_ns = None;
     let deadline = started + Duration::from_secs(args.timeout_s);
     let mut tick = tokio::time::interval(Duration::from_millis(50));
     let (drain_s, dead_lettered) = loop {
@@ -222,6 +239,7 @@ async fn run(args: Args) -> Result<bool, String> {
                     .start_kill()
                     .map_err(|e| format!("cannot kill worker 0: {e}"))?;
                 victim.killed_at = Some(t);
+                kill_ns = Some(wall_ns());
                 victim.bar.abandon_with_message(format!("SIGKILLed at {t:.1} s"));
             }
         }
@@ -254,7 +272,10 @@ async fn run(args: Args) -> Result<bool, String> {
         // Until a worker created a group there is nothing pending, and nothing done.
         let mut pending = None;
         for s in &streams {
-            match redis.xpending::<_, _, redis::streams::StreamPendingReply>(s, GROUP).await {
+            match redis
+                .xpending::<_, _, redis::streams::StreamPendingReply>(s, GROUP)
+                .await
+            {
                 Ok(p) => *pending.get_or_insert(0) += p.count(),
                 Err(e) if e.code() == Some("NOGROUP") => {}
                 Err(e) => return Err(format!("XPENDING: {e}")),
@@ -309,7 +330,9 @@ async fn run(args: Args) -> Result<bool, String> {
         }
         let _: Result<(), _> = redis.del(&keys).await;
     }
-    let (order_violations, overlaps) = order_and_overlaps(&events_dir, args.workers)?;
+    let by_chat = runs_by_chat(&events_dir, args.workers);
+    let (order_violations, overlaps) = order_and_overlaps(&by_chat);
+    let takeover = kill_ns.and_then(|ns| takeover(&by_chat, 0, ns));
     let _ = std::fs::remove_dir_all(&ledgers);
 
     let total_unique = tail.unique();
@@ -364,6 +387,8 @@ async fn run(args: Args) -> Result<bool, String> {
         "shards": args.ordered.then_some(args.shards),
         "order_violations": order_violations,
         "overlaps": overlaps,
+        "takeover_median_s": takeover.map(|t| t.0),
+        "takeover_max_s": takeover.map(|t| t.1),
         "killed_workers": workers.iter().filter(|w| w.killed_at.is_some()).count(),
         "budget_bytes": args.budget.0,
         "work_kib": args.work_kib,
@@ -486,55 +511,73 @@ fn spawn_worker(
     })
 }
 
-/// From the workers' event ledgers: each chat's first handlings out of id order (a
-/// handling that starts after one of a later update of the same chat), and handler runs
-/// of one chat that overlap in time (on any workers). A run without an end (its worker
-/// was killed) ends at its worker's last event.
-fn order_and_overlaps(dir: &Path, workers: u32) -> Result<(u64, u64), String> {
-    struct Run {
-        id: i64,
-        start: u64,
-        end: Option<u64>,
-    }
+/// One handler run from a worker's event ledger.
+struct Run {
+    worker: u32,
+    id: i64,
+    start: u64,
+    end: u64,
+}
+
+/// Every handler run in the workers' event ledgers, by chat, in start order. A run without
+/// an end (its worker was killed) ends at its worker's last event.
+fn runs_by_chat(dir: &Path, workers: u32) -> HashMap<i64, Vec<Run>> {
     let mut by_chat: HashMap<i64, Vec<Run>> = HashMap::new();
     for w in 0..workers {
-        let path = dir.join(format!("worker-{w}.jsonl"));
-        let text = std::fs::read_to_string(&path).unwrap_or_default();
-        let mut open: HashMap<i64, (i64, usize)> = HashMap::new();
+        let text = std::fs::read_to_string(dir.join(format!("worker-{w}.jsonl"))).unwrap_or_default();
+        let mut open: HashMap<i64, (i64, u64)> = HashMap::new();
         let mut last = 0u64;
-        let mut mine: Vec<(i64, usize)> = Vec::new();
         for line in text.lines() {
-            let Ok(v) = serde_json::from_str::<Value>(line) else { continue };
-            let (Some(id), Some(t)) = (v["id"].as_i64(), v["t_ns"].as_u64()) else { continue };
+            let Ok(v) = serde_json::from_str::<Value>(line) else {
+                continue;
+            };
+            let (Some(id), Some(t)) = (v["id"].as_i64(), v["t_ns"].as_u64()) else {
+                continue;
+            };
             let chat = v["chat"].as_i64().unwrap_or(id);
             last = last.max(t);
             match v["ev"].as_str() {
                 Some("start") => {
-                    let runs = by_chat.entry(chat).or_default();
-                    runs.push(Run { id, start: t, end: None });
-                    open.insert(id, (chat, runs.len() - 1));
-                    mine.push((chat, runs.len() - 1));
+                    open.insert(id, (chat, t));
                 }
                 Some("end") => {
-                    if let Some((chat, i)) = open.remove(&id) {
-                        by_chat.get_mut(&chat).expect("started")[i].end = Some(t);
+                    if let Some((chat, start)) = open.remove(&id) {
+                        by_chat.entry(chat).or_default().push(Run {
+                            worker: w,
+                            id,
+                            start,
+                            end: t,
+                        });
                     }
                 }
                 _ => {}
             }
         }
-        for (chat, i) in mine {
-            let run = &mut by_chat.get_mut(&chat).expect("started")[i];
-            run.end.get_or_insert(last);
+        for (id, (chat, start)) in open {
+            by_chat.entry(chat).or_default().push(Run {
+                worker: w,
+                id,
+                start,
+                end: last,
+            });
         }
     }
-    let (mut violations, mut overlaps) = (0u64, 0u64);
     for runs in by_chat.values_mut() {
         runs.sort_by_key(|r| r.start);
+    }
+    by_chat
+}
+
+/// Each chat's first handlings out of id order (a handling that starts after one of a
+/// later update of the same chat), and handler runs of one chat that overlap in time (on
+/// any workers).
+fn order_and_overlaps(by_chat: &HashMap<i64, Vec<Run>>) -> (u64, u64) {
+    let (mut violations, mut overlaps) = (0u64, 0u64);
+    for runs in by_chat.values() {
         let mut seen = std::collections::HashSet::new();
         let mut highest = i64::MIN;
         let mut busy_until = 0u64;
-        for r in runs.iter() {
+        for r in runs {
             if seen.insert(r.id) {
                 if r.id < highest {
                     violations += 1;
@@ -544,8 +587,30 @@ fn order_and_overlaps(dir: &Path, workers: u32) -> Result<(u64, u64), String> {
             if r.start < busy_until {
                 overlaps += 1;
             }
-            busy_until = busy_until.max(r.end.unwrap_or(r.start));
+            busy_until = busy_until.max(r.end);
         }
     }
-    Ok((violations, overlaps))
+    (violations, overlaps)
+}
+
+/// For the chats the killed worker was last to handle before it died: how long after the
+/// kill (wall clock, ns) another worker started one of their updates; the median and the
+/// longest, in seconds.
+fn takeover(by_chat: &HashMap<i64, Vec<Run>>, killed: u32, kill_ns: u64) -> Option<(f64, f64)> {
+    let mut gaps: Vec<f64> = by_chat
+        .values()
+        .filter(|runs| {
+            runs.iter()
+                .rev()
+                .find(|r| r.start < kill_ns)
+                .is_some_and(|r| r.worker == killed)
+        })
+        .filter_map(|runs| runs.iter().find(|r| r.start >= kill_ns && r.worker != killed))
+        .map(|r| (r.start - kill_ns) as f64 / 1e9)
+        .collect();
+    if gaps.is_empty() {
+        return None;
+    }
+    gaps.sort_by(f64::total_cmp);
+    Some((gaps[gaps.len() / 2], gaps[gaps.len() - 1]))
 }
