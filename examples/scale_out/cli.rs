@@ -71,6 +71,23 @@ pub(crate) struct Args {
     /// a temporary directory without this option).
     #[arg(long, value_name = "DIR")]
     pub(crate) ledger_dir: Option<PathBuf>,
+    /// SIGKILL the private redis-server this many seconds after the start and start it
+    /// again 3 s later on the same port and data directory, with AOF (needs the private
+    /// server: not with --redis-url).
+    #[arg(long, value_name = "SECS")]
+    pub(crate) restart_redis_after: Option<f64>,
+    /// With --restart-redis-after: the private server's `appendfsync`.
+    #[arg(long, value_enum, default_value_t = Fsync::Everysec)]
+    pub(crate) appendfsync: Fsync,
+}
+
+/// `--appendfsync`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+pub(crate) enum Fsync {
+    /// fsync once a second (Redis' default): a crash loses up to about 2 s of writes.
+    Everysec,
+    /// fsync every write: a crash loses nothing acknowledged.
+    Always,
 }
 
 impl Args {
@@ -83,6 +100,16 @@ impl Args {
             }
             if self.workers < 2 {
                 return Err("--kill-one-after needs --workers 2 or more (someone must finish the work)".into());
+            }
+        }
+        if let Some(s) = self.restart_redis_after {
+            if !(s.is_finite() && s >= 0.0) {
+                return Err(format!(
+                    "--restart-redis-after must be a non-negative number of seconds, not {s}"
+                ));
+            }
+            if self.redis_url.is_some() {
+                return Err("--restart-redis-after needs the private redis-server (drop --redis-url)".into());
             }
         }
         if self.budget.0 < self.work_kib << 10 {

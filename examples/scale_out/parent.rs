@@ -17,7 +17,7 @@ use std::time::{Duration, Instant};
 use indicatif::{MultiProgress, ProgressBar, ProgressStyle};
 use mock_bot_api::{BacklogSpec, MockConfig, MockServer};
 use parking_lot::Mutex;
-use pollgate_redis::LocalRedis;
+use pollgate_redis::{LocalRedis, Persistence};
 use redis::AsyncCommands;
 use serde_json::{Value, json};
 use tokio::io::{AsyncBufReadExt, BufReader};
@@ -25,7 +25,7 @@ use tokio::process::{Child, ChildStdin, Command};
 use tokio_util::sync::CancellationToken;
 
 use crate::bridge::{BridgeArgs, run_bridge};
-use crate::cli::Args;
+use crate::cli::{Args, Fsync};
 use crate::process::{on_stdin_close, run_main};
 use crate::size::Size;
 
@@ -126,17 +126,25 @@ fn style() -> ProgressStyle {
 }
 
 async fn run(args: Args) -> Result<bool, String> {
-    let local;
+    let mut local = None;
     let (url, private) = match &args.redis_url {
         Some(u) => (u.clone(), false),
         None => {
-            local = LocalRedis::start().map_err(|e| format!("cannot start redis-server: {e}"))?;
-            (local.url(), true)
+            let persistence = match (args.restart_redis_after, args.appendfsync) {
+                (None, _) => Persistence::None,
+                (Some(_), Fsync::Everysec) => Persistence::AofEverySec,
+                (Some(_), Fsync::Always) => Persistence::AofAlways,
+            };
+            let server = LocalRedis::start_with(persistence).map_err(|e| format!("cannot start redis-server: {e}"))?;
+            let url = server.url();
+            local = Some(server);
+            (url, true)
         }
     };
+    // Reconnects by itself: the monitoring rides out a Redis restart like the workers.
     let mut redis = redis::Client::open(url.as_str())
         .map_err(|e| format!("bad --redis-url: {:?}", e.kind()))?
-        .get_multiplexed_async_connection()
+        .get_connection_manager()
         .await
         .map_err(|e| format!("cannot reach Redis: {e}"))?;
     let tag = format!(
@@ -226,6 +234,9 @@ async fn run(args: Args) -> Result<bool, String> {
     let mut tail = LedgerTail::default();
     let mut bridge_done = false;
     let mut kill_ns = None;
+    // The Redis restart: when it was killed, restarted, and when work resumed after it.
+    let (mut redis_killed, mut redis_restarted, mut resumed) = (None::<f64>, false, None::<f64>);
+    let mut unique_at_kill = 0;
     let deadline = started + Duration::from_secs(args.timeout_s);
     let mut tick = tokio::time::interval(Duration::from_millis(50));
     let (drain_s, dead_lettered) = loop {
@@ -241,6 +252,29 @@ async fn run(args: Args) -> Result<bool, String> {
                 victim.killed_at = Some(t);
                 kill_ns = Some(wall_ns());
                 victim.bar.abandon_with_message(format!("SIGKILLed at {t:.1} s"));
+            }
+        }
+        if let (Some(after), Some(server)) = (args.restart_redis_after, local.as_mut()) {
+            if t >= after && redis_killed.is_none() {
+                server.kill().map_err(|e| format!("cannot kill redis-server: {e}"))?;
+                redis_killed = Some(t);
+                unique_at_kill = tail.unique();
+                if !args.json {
+                    bars.println(format!("redis-server SIGKILLed at {t:.1} s")).ok();
+                }
+            }
+            if redis_killed.is_some_and(|k| t >= k + 3.0) && !redis_restarted {
+                server
+                    .restart()
+                    .map_err(|e| format!("cannot restart redis-server: {e}"))?;
+                redis_restarted = true;
+                if !args.json {
+                    bars.println(format!(
+                        "redis-server restarted at {:.1} s",
+                        started.elapsed().as_secs_f64()
+                    ))
+                    .ok();
+                }
             }
         }
         if !bridge_done && let Some(status) = bridge.try_wait().map_err(|e| e.to_string())? {
@@ -263,35 +297,29 @@ async fn run(args: Args) -> Result<bool, String> {
                     .set_message(format!("RSS {:>4} MiB (peak {:>4})", s.rss >> 20, s.peak >> 20));
             }
         }
-        let mut appended = 0u64;
-        for s in &streams {
-            appended += redis.xlen::<_, u64>(s).await.map_err(|e| format!("XLEN: {e}"))?;
-        }
-        bridge_bar.set_position(appended.min(args.updates));
-        let dead: u64 = redis.xlen(&dead).await.map_err(|e| format!("XLEN: {e}"))?;
-        // Until a worker created a group there is nothing pending, and nothing done.
-        let mut pending = None;
-        for s in &streams {
-            match redis
-                .xpending::<_, _, redis::streams::StreamPendingReply>(s, GROUP)
-                .await
-            {
-                Ok(p) => *pending.get_or_insert(0) += p.count(),
-                Err(e) if e.code() == Some("NOGROUP") => {}
-                Err(e) => return Err(format!("XPENDING: {e}")),
-            }
-        }
-        if bridge_done && tail.unique() + dead >= args.updates && pending == Some(0) {
-            break (started.elapsed().as_secs_f64(), dead);
+        if redis_restarted && resumed.is_none() && tail.unique() > unique_at_kill {
+            resumed = Some(t);
         }
         if Instant::now() > deadline {
             return Err(format!(
-                "not drained after {} s: {} of {} handled, {} pending",
+                "not drained after {} s: {} of {} handled",
                 args.timeout_s,
                 tail.unique(),
                 args.updates,
-                pending.unwrap_or(0)
             ));
+        }
+        // While Redis is down (restarting, failing over) the monitoring waits like the
+        // workers do: a failed look is skipped, and the timeout above still applies.
+        let (appended, dead, pending) = match look(&mut redis, &streams, &dead).await {
+            Ok(seen) => seen,
+            Err(e) => {
+                tracing::debug!(error = %e, "cannot read the streams now; retrying");
+                continue;
+            }
+        };
+        bridge_bar.set_position(appended.min(args.updates));
+        if bridge_done && tail.unique() + dead >= args.updates && pending == Some(0) {
+            break (started.elapsed().as_secs_f64(), dead);
         }
     };
     bridge_bar.finish_with_message("appended");
@@ -387,6 +415,9 @@ async fn run(args: Args) -> Result<bool, String> {
         "shards": args.ordered.then_some(args.shards),
         "order_violations": order_violations,
         "overlaps": overlaps,
+        "redis_restarted": redis_restarted,
+        "redis_pause_s": redis_killed.zip(resumed).map(|(k, r)| r - k),
+        "appendfsync": args.restart_redis_after.map(|_| format!("{:?}", args.appendfsync).to_lowercase()),
         "takeover_median_s": takeover.map(|t| t.0),
         "takeover_max_s": takeover.map(|t| t.1),
         "killed_workers": workers.iter().filter(|w| w.killed_at.is_some()).count(),
@@ -613,4 +644,30 @@ fn takeover(by_chat: &HashMap<i64, Vec<Run>>, killed: u32, kill_ns: u64) -> Opti
     }
     gaps.sort_by(f64::total_cmp);
     Some((gaps[gaps.len() / 2], gaps[gaps.len() - 1]))
+}
+
+/// The streams' total length, the dead-letter stream's, and what is pending in the
+/// groups (`None` until a worker created one).
+async fn look(
+    redis: &mut redis::aio::ConnectionManager,
+    streams: &[String],
+    dead: &str,
+) -> Result<(u64, u64, Option<usize>), redis::RedisError> {
+    let mut appended = 0u64;
+    for s in streams {
+        appended += redis.xlen::<_, u64>(s).await?;
+    }
+    let dead: u64 = redis.xlen(dead).await?;
+    let mut pending = None;
+    for s in streams {
+        match redis
+            .xpending::<_, _, redis::streams::StreamPendingReply>(s, GROUP)
+            .await
+        {
+            Ok(p) => *pending.get_or_insert(0) += p.count(),
+            Err(e) if e.code() == Some("NOGROUP") => {}
+            Err(e) => return Err(e),
+        }
+    }
+    Ok((appended, dead, pending))
 }

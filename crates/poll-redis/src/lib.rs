@@ -30,6 +30,7 @@
 //! `docs/scale-out.md` describes the topology, the end-to-end guarantees and the failure
 //! modes.
 
+mod durable;
 mod error;
 mod local;
 mod producer;
@@ -39,8 +40,9 @@ mod sharded;
 mod transport;
 
 pub use error::RedisTransportError;
-pub use local::{LocalRedis, REDIS_URL_ENV, RedisServer};
+pub use local::{LocalRedis, Persistence, REDIS_URL_ENV, RedisServer};
 pub use producer::{StreamProducer, StreamProducerBuilder};
+pub use retry::DEFAULT_MAX_OUTAGE;
 pub use sharded::{
     DEFAULT_SHARDS, ShardedProducer, ShardedProducerBuilder, ShardedStats, ShardedStreamTransport,
     ShardedStreamTransportBuilder, shard_of,

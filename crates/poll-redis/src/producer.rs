@@ -8,14 +8,14 @@
 //! Concurrent `add` calls share one multiplexed connection, so they are pipelined.
 
 use std::fmt;
-use std::sync::atomic::{AtomicU64, Ordering};
-
-use pollgate_core::{Backoff, Update};
-use redis::aio::ConnectionManager;
+use std::sync::atomic::Ordering;
 use std::time::Duration;
 
+use pollgate_core::{Backoff, Update};
+
+use crate::durable::{Appender, DEFAULT_WINDOW};
 use crate::error::RedisTransportError;
-use crate::retry::with_retries;
+use crate::retry::{DEFAULT_MAX_OUTAGE, outage_backoff};
 use crate::transport::{DEFAULT_FIELD, connection, open_client, redact_url};
 
 /// Appends updates to a Redis stream (`XADD`), retrying transient failures.
@@ -30,14 +30,11 @@ use crate::transport::{DEFAULT_FIELD, connection, open_client, redact_url};
 /// # Ok(()) }
 /// ```
 pub struct StreamProducer {
-    conn: ConnectionManager,
+    appender: Appender,
     url: String,
     stream: String,
     field: String,
     max_len: Option<usize>,
-    backoff: Backoff,
-    added: AtomicU64,
-    retries: AtomicU64,
 }
 
 impl fmt::Debug for StreamProducer {
@@ -46,7 +43,7 @@ impl fmt::Debug for StreamProducer {
             .field("url", &self.url)
             .field("stream", &self.stream)
             .field("max_len", &self.max_len)
-            .field("added", &self.added)
+            .field("appender", &self.appender)
             .finish_non_exhaustive()
     }
 }
@@ -59,6 +56,7 @@ pub struct StreamProducerBuilder {
     field: String,
     max_len: Option<usize>,
     backoff: Backoff,
+    window: Duration,
 }
 
 impl fmt::Debug for StreamProducerBuilder {
@@ -86,9 +84,27 @@ impl StreamProducerBuilder {
         self
     }
 
-    /// Retry delays for transient failures (default: 250 ms doubling to 30 s, forever).
+    /// Retry delays for transient failures (default: those of
+    /// [`max_outage`](Self::max_outage) with [`DEFAULT_MAX_OUTAGE`](crate::DEFAULT_MAX_OUTAGE)).
     pub fn backoff(mut self, backoff: Backoff) -> Self {
         self.backoff = backoff;
+        self
+    }
+
+    /// Rides out a Redis outage (restart, failover) of at least `outage` before an append
+    /// fails with [`RedisTransportError::Unavailable`]; retries 100 ms doubling to 1 s, so
+    /// appends resume within about a second of Redis coming back (default 5 minutes).
+    pub fn max_outage(mut self, outage: Duration) -> Self {
+        self.backoff = outage_backoff(outage);
+        self
+    }
+
+    /// How long appends are remembered, to be appended again if Redis restarts without
+    /// them (AOF `everysec` loses up to about two seconds of acknowledged writes); default
+    /// 5 s, zero to remember nothing (with `appendfsync always`). The memory is the
+    /// updates appended in that time.
+    pub fn durability_window(mut self, window: Duration) -> Self {
+        self.window = window;
         self
     }
 
@@ -101,15 +117,13 @@ impl StreamProducerBuilder {
             return Err(RedisTransportError::Config("the stream name must not be empty".into()));
         }
         let client = open_client(&self.url)?;
+        let conn = connection(&client, Some(Duration::from_secs(5)))?;
         Ok(StreamProducer {
-            conn: connection(&client, Some(Duration::from_secs(5)))?,
+            appender: Appender::new(conn, self.backoff, self.window, self.max_len),
             url: redact_url(&self.url),
             stream: self.stream,
             field: self.field,
             max_len: self.max_len,
-            backoff: self.backoff,
-            added: AtomicU64::new(0),
-            retries: AtomicU64::new(0),
         })
     }
 }
@@ -122,7 +136,8 @@ impl StreamProducer {
             stream: stream.into(),
             field: DEFAULT_FIELD.into(),
             max_len: None,
-            backoff: Backoff::default(),
+            backoff: outage_backoff(DEFAULT_MAX_OUTAGE),
+            window: DEFAULT_WINDOW,
         }
     }
 
@@ -133,33 +148,39 @@ impl StreamProducer {
     /// When Redis refuses the append, or stays unreachable past the backoff's
     /// `max_retries`.
     pub async fn add(&self, update: &Update) -> Result<String, RedisTransportError> {
-        let mut cmd = redis::cmd("XADD");
-        cmd.arg(&self.stream);
-        if let Some(n) = self.max_len {
-            cmd.arg("MAXLEN").arg("~").arg(n);
-        }
-        cmd.arg("*")
-            .arg(&self.field)
-            .arg(update.raw())
-            .arg("update_id")
-            .arg(update.id());
-        let id: String = with_retries(&self.backoff, &self.retries, "XADD", || {
-            let mut conn = self.conn.clone();
-            let cmd = cmd.clone();
-            async move { cmd.query_async(&mut conn).await }
-        })
-        .await?;
-        self.added.fetch_add(1, Ordering::Relaxed);
-        Ok(id)
+        self.appender
+            .append(&self.stream, update_fields(&self.field, update))
+            .await
     }
 
     /// Entries appended so far.
     pub fn added(&self) -> u64 {
-        self.added.load(Ordering::Relaxed)
+        self.appender.added.load(Ordering::Relaxed)
     }
 
     /// Appends retried after a transient failure.
     pub fn retries(&self) -> u64 {
-        self.retries.load(Ordering::Relaxed)
+        self.appender.retries.load(Ordering::Relaxed)
+    }
+
+    /// Appends a restarted Redis had lost, appended again ([`durability_window`](StreamProducerBuilder::durability_window)).
+    pub fn reappended(&self) -> u64 {
+        self.appender.reappended.load(Ordering::Relaxed)
+    }
+}
+
+/// An update's entry fields: its JSON in `field`, its id in `update_id` (for people
+/// reading the stream, and the dead-letter stream).
+pub(crate) fn update_fields(field: &str, update: &Update) -> Vec<(String, Vec<u8>)> {
+    vec![
+        (field.to_owned(), update.raw().as_bytes().to_vec()),
+        ("update_id".to_owned(), update.id().to_string().into_bytes()),
+    ]
+}
+
+impl StreamProducer {
+    /// The stream appended to.
+    pub fn stream(&self) -> &str {
+        &self.stream
     }
 }

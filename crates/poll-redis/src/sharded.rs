@@ -53,13 +53,19 @@ use tokio::sync::Notify;
 use tokio::time::Instant;
 use tracing::{debug, error, info, warn};
 
+use crate::durable::{Appender, DEFAULT_WINDOW};
 use crate::error::RedisTransportError;
+use crate::producer::update_fields;
 use crate::reply::{self, Entry};
-use crate::retry::with_retries;
+use crate::retry::{DEFAULT_MAX_OUTAGE, outage_backoff, with_retries};
 use crate::transport::{DEFAULT_FIELD, connection, decode, default_consumer, open_client, redact_url};
 
 /// Shards when none are configured.
 pub const DEFAULT_SHARDS: u32 = 16;
+
+/// How long a starting worker waits (at most a third of the lease TTL) for workers started
+/// with it to register, before taking its share.
+const SETTLE: Duration = Duration::from_secs(1);
 
 /// The consumer name every owner of a shard reads it as, so that pending entries pass
 /// from one owner to the next.
@@ -169,13 +175,13 @@ async fn check_shards(
 /// # Ok(()) }
 /// ```
 pub struct ShardedProducer {
+    appender: Appender,
     conn: ConnectionManager,
     url: String,
     layout: Layout,
     field: String,
     backoff: Backoff,
     checked: AtomicBool,
-    added: AtomicU64,
     retries: AtomicU64,
 }
 
@@ -185,7 +191,7 @@ impl fmt::Debug for ShardedProducer {
             .field("url", &self.url)
             .field("prefix", &self.layout.prefix)
             .field("shards", &self.layout.shards)
-            .field("added", &self.added)
+            .field("appender", &self.appender)
             .finish_non_exhaustive()
     }
 }
@@ -198,6 +204,7 @@ pub struct ShardedProducerBuilder {
     shards: u32,
     field: String,
     backoff: Backoff,
+    window: Duration,
 }
 
 impl fmt::Debug for ShardedProducerBuilder {
@@ -223,9 +230,22 @@ impl ShardedProducerBuilder {
         self
     }
 
-    /// Retry delays for transient failures (default: 250 ms doubling to 30 s, forever).
+    /// Retry delays for transient failures (default: those of
+    /// [`max_outage`](Self::max_outage) with [`DEFAULT_MAX_OUTAGE`](crate::DEFAULT_MAX_OUTAGE)).
     pub fn backoff(mut self, backoff: Backoff) -> Self {
         self.backoff = backoff;
+        self
+    }
+
+    /// As [`StreamProducerBuilder::max_outage`](crate::StreamProducerBuilder::max_outage).
+    pub fn max_outage(mut self, outage: Duration) -> Self {
+        self.backoff = outage_backoff(outage);
+        self
+    }
+
+    /// As [`StreamProducerBuilder::durability_window`](crate::StreamProducerBuilder::durability_window).
+    pub fn durability_window(mut self, window: Duration) -> Self {
+        self.window = window;
         self
     }
 
@@ -240,8 +260,10 @@ impl ShardedProducerBuilder {
             ));
         }
         let client = open_client(&self.url)?;
+        let conn = connection(&client, Some(Duration::from_secs(5)))?;
         Ok(ShardedProducer {
-            conn: connection(&client, Some(Duration::from_secs(5)))?,
+            appender: Appender::new(conn.clone(), self.backoff.clone(), self.window, None),
+            conn,
             url: redact_url(&self.url),
             layout: Layout {
                 prefix: self.prefix,
@@ -250,7 +272,6 @@ impl ShardedProducerBuilder {
             field: self.field,
             backoff: self.backoff,
             checked: AtomicBool::new(false),
-            added: AtomicU64::new(0),
             retries: AtomicU64::new(0),
         })
     }
@@ -265,7 +286,8 @@ impl ShardedProducer {
             prefix: prefix.into(),
             shards: DEFAULT_SHARDS,
             field: DEFAULT_FIELD.into(),
-            backoff: Backoff::default(),
+            backoff: outage_backoff(DEFAULT_MAX_OUTAGE),
+            window: DEFAULT_WINDOW,
         }
     }
 
@@ -281,26 +303,27 @@ impl ShardedProducer {
             self.checked.store(true, Ordering::Release);
         }
         let shard = shard_of(update, self.layout.shards);
-        let mut cmd = redis::cmd("XADD");
-        cmd.arg(self.layout.stream(shard))
-            .arg("*")
-            .arg(&self.field)
-            .arg(update.raw())
-            .arg("update_id")
-            .arg(update.id());
-        let id: String = with_retries(&self.backoff, &self.retries, "XADD", || {
-            let mut conn = self.conn.clone();
-            let cmd = cmd.clone();
-            async move { cmd.query_async(&mut conn).await }
-        })
-        .await?;
-        self.added.fetch_add(1, Ordering::Relaxed);
+        let stream = self.layout.stream(shard);
+        let id = self
+            .appender
+            .append(&stream, update_fields(&self.field, update))
+            .await?;
         Ok((shard, id))
     }
 
     /// Entries appended so far.
     pub fn added(&self) -> u64 {
-        self.added.load(Ordering::Relaxed)
+        self.appender.added.load(Ordering::Relaxed)
+    }
+
+    /// Appends retried after a transient failure.
+    pub fn retries(&self) -> u64 {
+        self.appender.retries.load(Ordering::Relaxed) + self.retries.load(Ordering::Relaxed)
+    }
+
+    /// Appends a restarted Redis had lost, appended again.
+    pub fn reappended(&self) -> u64 {
+        self.appender.reappended.load(Ordering::Relaxed)
     }
 
     /// The shard streams' names, in shard order (for monitoring: `XLEN`, `XPENDING`).
@@ -436,9 +459,20 @@ impl ShardedStreamTransportBuilder {
         self
     }
 
-    /// Retry delays for transient failures (default: 250 ms doubling to 30 s, forever).
+    /// Retry delays for transient failures (default: those of
+    /// [`max_outage`](Self::max_outage) with [`DEFAULT_MAX_OUTAGE`](crate::DEFAULT_MAX_OUTAGE)).
     pub fn backoff(mut self, backoff: Backoff) -> Self {
         self.backoff = backoff;
+        self
+    }
+
+    /// Rides out a Redis outage of at least `outage` (default 5 minutes) before a fetch
+    /// or an acknowledgement fails with [`RedisTransportError::Unavailable`] (and the
+    /// runtime stops); retries 100 ms doubling to 1 s. Meanwhile renewals fail, so the
+    /// worker stops reading at half the lease TTL, and takes its shards again (or others
+    /// do) once Redis answers.
+    pub fn max_outage(mut self, outage: Duration) -> Self {
+        self.backoff = outage_backoff(outage);
         self
     }
 
@@ -660,7 +694,7 @@ impl ShardedStreamTransport {
             max_deliveries: 5,
             max_block: Duration::from_secs(2),
             window: 512,
-            backoff: Backoff::default(),
+            backoff: outage_backoff(DEFAULT_MAX_OUTAGE),
         }
     }
 
@@ -706,6 +740,11 @@ impl ShardedStreamTransport {
             &inner.stats.retries,
         )
         .await?;
+        // Register, then give workers started at about the same time a moment to register
+        // too: the first round then splits the shards among them, rather than the first
+        // taking them all and draining most of them again.
+        inner.register().await?;
+        tokio::time::sleep((inner.settings.lease_ttl / 3).min(SETTLE)).await;
         inner.lease_round().await?;
         inner.started.store(true, Ordering::Release);
         let mut slot = self.leases.lock();
@@ -756,13 +795,19 @@ impl Inner {
         cmd
     }
 
+    /// Heartbeats into the workers set; returns how many workers are alive.
+    async fn register(&self) -> Result<u64, RedisTransportError> {
+        let s = &self.settings;
+        let mut cmd = Self::script(WORKERS, &[s.layout.workers()]);
+        cmd.arg(&s.worker).arg(s.lease_ttl.as_millis() as u64);
+        self.query("EVAL (workers)", &cmd, &self.writer).await
+    }
+
     /// Heartbeat, renew what is held, take or give up shards to hold about S / workers.
     async fn lease_round(&self) -> Result<(), RedisTransportError> {
         let s = &self.settings;
         let ttl_ms = s.lease_ttl.as_millis() as u64;
-        let mut cmd = Self::script(WORKERS, &[s.layout.workers()]);
-        cmd.arg(&s.worker).arg(ttl_ms);
-        let workers: u64 = self.query("EVAL (workers)", &cmd, &self.writer).await?;
+        let workers = self.register().await?;
         let share = s.layout.shards.div_ceil(workers.max(1) as u32);
 
         // Renew.

@@ -47,7 +47,7 @@ use tracing::{debug, error, info, warn};
 
 use crate::error::{RedisTransportError, no_group};
 use crate::reply::{self, Entry};
-use crate::retry::with_retries;
+use crate::retry::{DEFAULT_MAX_OUTAGE, outage_backoff, with_retries};
 
 /// The field of a stream entry that holds the update's JSON, unless configured otherwise.
 pub const DEFAULT_FIELD: &str = "update";
@@ -157,7 +157,17 @@ impl RedisStreamTransportBuilder {
         self
     }
 
-    /// Retry delays for transient failures (default: 250 ms doubling to 30 s, forever).
+    /// Rides out a Redis outage (restart, failover) of at least `outage` (default 5
+    /// minutes) before a fetch or an acknowledgement fails with
+    /// [`RedisTransportError::Unavailable`] (and the runtime stops); retries 100 ms
+    /// doubling to 1 s, so work resumes within about a second of Redis coming back.
+    pub fn max_outage(mut self, outage: Duration) -> Self {
+        self.backoff = outage_backoff(outage);
+        self
+    }
+
+    /// Retry delays for transient failures (default: those of
+    /// [`max_outage`](Self::max_outage) with [`DEFAULT_MAX_OUTAGE`](crate::DEFAULT_MAX_OUTAGE)).
     /// With `max_retries` set, a fetch or ack that still fails returns
     /// [`RedisTransportError::Unavailable`] and the runtime stops.
     pub fn backoff(mut self, backoff: Backoff) -> Self {
@@ -461,7 +471,7 @@ impl RedisStreamTransport {
             max_block: Duration::from_secs(2),
             window: 512,
             start: StartFrom::Beginning,
-            backoff: Backoff::default(),
+            backoff: outage_backoff(DEFAULT_MAX_OUTAGE),
         }
     }
 

@@ -3,9 +3,11 @@
 //! A key is *busy* while a task is handling one of its updates. The dispatcher never
 //! waits for a busy key (a dispatch loop that blocks on one full per-chat queue lets one
 //! slow chat stall all the others): it parks the update in the key's queue with a
-//! [`Reservation`] of its cost, so waiting updates count against the memory budget but
-//! hold no concurrency slot, and moves on. The task that finishes an update of a key
-//! takes the key's next update, acquires a slot for it like everybody else, and runs it;
+//! [`Reservation`] of its JSON size (what it holds while it waits), so waiting updates
+//! count against the memory budget but hold no concurrency slot and not yet their
+//! handler's working set, and moves on. The task that finishes an update of a key takes
+//! the key's next update, reserves its cost, acquires a slot for it like everybody else,
+//! and runs it;
 //! when the queue is empty the key becomes idle again.
 //!
 //! The queues are bounded as a whole: the runtime stops fetching while

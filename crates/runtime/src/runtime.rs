@@ -833,10 +833,15 @@ async fn admit<H: Handler>(ctx: &Arc<Ctx<H>>, update: Update) {
     let start_at = ctx.start_at(&update);
     if let (Some(keys), Some(key)) = (&ctx.keys, update.key()) {
         let mut parked = Some(update);
-        let claimed = keys.lock().claim_or_park(key, || Queued {
-            update: parked.take().expect("parked once"),
-            reservation: ctx.gate.reserve(cost),
-            start_at,
+        // A parked update holds its JSON, not yet its handler's working set: it reserves
+        // its size, and its cost only when it comes up (as a waiting retry does).
+        let claimed = keys.lock().claim_or_park(key, || {
+            let update = parked.take().expect("parked once");
+            Queued {
+                reservation: ctx.gate.reserve(update.size() as u64),
+                update,
+                start_at,
+            }
         });
         let Some(update) = parked.filter(|_| claimed) else {
             return;

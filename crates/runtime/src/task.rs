@@ -408,13 +408,16 @@ pub(crate) async fn run<H: Handler>(ctx: Arc<Ctx<H>>, mut update: Update, mut pe
             return;
         };
         update = next.update;
-        // Held back until the time the pacer gave it on arrival (its cost still only
-        // reserved), then a permit. At the drain deadline the gate is closed: a waiting
-        // acquire then fails.
+        // Its cost is reserved before its JSON-size reservation goes, so the update never
+        // leaves the gate's count. Held back until the time the pacer gave it on arrival,
+        // then a permit. At the drain deadline the gate is closed: a waiting acquire then
+        // fails.
+        let cost = ctx.gate.reserve(ctx.config.cost.of(&update));
+        drop(next.reservation);
         let acquired = if ctx.hold_until(&update, next.start_at).await {
-            ctx.gate.acquire_reserved(next.reservation).await.ok()
+            ctx.gate.acquire_reserved(cost).await.ok()
         } else {
-            drop(next.reservation);
+            drop(cost);
             None
         };
         // Only now has the reservation left the gate's queued count (turned into a permit

@@ -98,3 +98,44 @@ async fn a_blocked_key_costs_the_other_keys_less_than_five_percent() {
         "other keys: {blocked_others} with key 0 blocked vs {normal_others} without"
     );
 }
+
+/// An update parked behind its busy key holds its JSON, not its handler's working set: it
+/// reserves its size, so the budget it would have taken stays free for other chats' updates
+/// (a parked update reserving its whole cost kept chat 8's update from running).
+#[tokio::test(start_paused = true)]
+async fn a_parked_update_reserves_its_json_size_not_its_cost() {
+    let start = tokio::time::Instant::now();
+    let (done, handler) = common::timed_handler(start, |_| Duration::from_secs(1));
+    // Budget: two handlers of 4 KiB and a little. Chat 7 has three updates, chat 8 one.
+    let updates = [(1, 7), (2, 7), (3, 7), (4, 8)].map(|(id, chat)| common::update(id, chat));
+    let json: u64 = updates[1].size() as u64 + updates[2].size() as u64;
+    let queue = common::Queue::with(updates);
+    let runtime = Runtime::builder(Arc::clone(&queue), handler)
+        .policy(ByteBudget::new(9 << 10))
+        .cost_fn(|_| 4 << 10)
+        .ordered(true)
+        .delivery(pollgate_runtime::Delivery::AtLeastOnce)
+        .poll_timeout(Duration::from_millis(50))
+        .build();
+    let stats = runtime.stats();
+    let probe = {
+        let stats = stats.clone();
+        tokio::spawn(async move {
+            tokio::time::sleep(Duration::from_millis(500)).await;
+            stats.snapshot()
+        })
+    };
+    let summary = common::run_until_paused(runtime, || stats.snapshot().finished() == 4).await;
+    let mid = probe.await.unwrap();
+    assert_eq!((mid.in_flight, mid.queued), (2, 2), "{mid:?}");
+    assert_eq!(
+        mid.bytes,
+        (8 << 10) + json,
+        "two running handlers and two parked JSONs: {mid:?}"
+    );
+    let done = done.lock().clone();
+    let at = |id| done.iter().find(|(i, _)| *i == id).unwrap().1;
+    assert_eq!(at(4), Duration::from_secs(1), "chat 8 ran beside chat 7: {done:?}");
+    assert_eq!(at(3), Duration::from_secs(3), "chat 7 one at a time: {done:?}");
+    assert_eq!(summary.stats.max_in_flight, 2);
+}
