@@ -35,5 +35,5 @@ pub use telegram::{
     TelegramTransportBuilder,
 };
 pub use token::BotToken;
-pub use transport::{Ack, AckModel, Batch, DecodeFailure, FetchRequest, HandlerFailure, Transport};
+pub use transport::{Ack, AckModel, Batch, DecodeFailure, FetchRequest, HandlerFailure, Revocations, Transport};
 pub use update::{EnvelopeError, Update, UpdateKind};

@@ -195,6 +195,25 @@ pub trait Transport: Send + Sync + 'static {
     /// # Errors
     /// When the server could not be reached.
     fn flush(&self) -> impl Future<Output = Result<(), Self::Error>> + Send;
+
+    /// Updates this transport delivered and has since taken back, if it ever does
+    /// (default: never). A transport that hands out work under a lease (a shard of a
+    /// stream) revokes what it delivered when it loses the lease: the runtime then starts
+    /// none of them, so that the lease's next holder is the only one to run them. It still
+    /// hands their receipts to [`ack`](Transport::ack), so that its window moves on: the
+    /// transport must acknowledge nothing for a receipt it revoked.
+    fn revocations(&self) -> Option<Arc<dyn Revocations>> {
+        None
+    }
+}
+
+/// Tells whether a delivered update was taken back; see [`Transport::revocations`].
+///
+/// The runtime asks once per update, right before its handler would start (after its
+/// permit was granted), so the check must be cheap and must not block.
+pub trait Revocations: Send + Sync + 'static {
+    /// Whether `update` (delivered by this transport) must not be started any more.
+    fn is_revoked(&self, update: &Update) -> bool;
 }
 
 /// A shared transport is a transport (so a test or a supervisor can keep a handle to it).
@@ -215,5 +234,9 @@ impl<T: Transport> Transport for Arc<T> {
 
     fn flush(&self) -> impl Future<Output = Result<(), Self::Error>> + Send {
         (**self).flush()
+    }
+
+    fn revocations(&self) -> Option<Arc<dyn Revocations>> {
+        (**self).revocations()
     }
 }

@@ -46,7 +46,7 @@ use std::sync::{Arc, Weak};
 use std::time::Duration;
 
 use parking_lot::Mutex;
-use pollgate_core::{Ack, AckModel, Backoff, Batch, FetchRequest, Transport, Update};
+use pollgate_core::{Ack, AckModel, Backoff, Batch, FetchRequest, Revocations, Transport, Update};
 use redis::Value;
 use redis::aio::ConnectionManager;
 use tokio::sync::Notify;
@@ -555,6 +555,8 @@ enum Phase {
 
 #[derive(Debug)]
 struct Held {
+    /// This tenure's number (in the receipts of what it delivers).
+    tenure: u64,
     /// The lease's value for this tenure.
     token: String,
     /// When the last renewal (or the acquisition) was sent; the lease is used only until
@@ -912,11 +914,11 @@ impl Inner {
                 .map(|i| (start + i) % n)
                 .filter(|k| !st.held.contains_key(k))
                 .collect();
-            let tokens: Vec<String> = free
+            let tokens: Vec<(u64, String)> = free
                 .iter()
                 .map(|_| {
                     st.tenures += 1;
-                    format!("{}:{}", s.token, st.tenures)
+                    (st.tenures, format!("{}:{}", s.token, st.tenures))
                 })
                 .collect();
             (free, tokens)
@@ -927,7 +929,7 @@ impl Inner {
         let keys: Vec<String> = candidates.iter().map(|k| s.layout.lease(*k)).collect();
         let mut cmd = Self::script(ACQUIRE, &keys);
         cmd.arg(s.lease_ttl.as_millis() as u64).arg(want);
-        for t in &tokens {
+        for (_, t) in &tokens {
             cmd.arg(t);
         }
         let sent = Instant::now();
@@ -935,11 +937,12 @@ impl Inner {
         let mut new = Vec::new();
         {
             let mut st = self.state.lock();
-            for ((shard, token), ok) in candidates.into_iter().zip(tokens).zip(taken) {
+            for ((shard, (tenure, token)), ok) in candidates.into_iter().zip(tokens).zip(taken) {
                 if ok == 1 {
                     st.held.insert(
                         shard,
                         Held {
+                            tenure,
                             token,
                             confirmed: sent,
                             phase: Phase::Recovering { cursor: None },
@@ -994,13 +997,13 @@ impl Inner {
     /// stream order; moves the shard to reading once there are no more.
     async fn recover(&self, shard: u32, count: usize, out: &mut Vec<Update>) -> Result<(), RedisTransportError> {
         let s = &self.settings;
-        let (token, cursor, in_flight) = {
+        let (tenure, token, cursor, in_flight) = {
             let st = self.state.lock();
             let Some(h) = st.held.get(&shard) else { return Ok(()) };
             let Phase::Recovering { cursor } = &h.phase else {
                 return Ok(());
             };
-            (h.token.clone(), cursor.clone(), h.in_flight.clone())
+            (h.tenure, h.token.clone(), cursor.clone(), h.in_flight.clone())
         };
         let stream = s.layout.stream(shard);
         let start = cursor.map_or_else(|| "-".to_string(), |c| format!("({c}"));
@@ -1043,7 +1046,7 @@ impl Inner {
                     (e, d)
                 })
                 .collect();
-            self.accept(shard, &token, with_counts, true, out).await?;
+            self.accept((shard, tenure), &token, with_counts, true, out).await?;
         }
         let mut st = self.state.lock();
         if let Some(h) = st.held.get_mut(&shard).filter(|h| h.token == token) {
@@ -1060,7 +1063,7 @@ impl Inner {
     /// and malformed entries go to the dead-letter stream.
     async fn accept(
         &self,
-        shard: u32,
+        (shard, tenure): (u32, u64),
         token: &str,
         entries: Vec<(Entry, u64)>,
         recovered: bool,
@@ -1081,7 +1084,7 @@ impl Inner {
             }
             match decode(&entry, &self.settings.field) {
                 Ok(update) => {
-                    out.push(update.with_receipt(Arc::<str>::from(format!("{shard}/{}", entry.id))));
+                    out.push(update.with_receipt(Arc::<str>::from(format!("{shard}/{tenure}/{}", entry.id))));
                     let counter = if recovered {
                         &self.stats.recovered
                     } else {
@@ -1200,11 +1203,11 @@ impl Inner {
             let Some(shard) = stream.rsplit(':').next().and_then(|k| k.parse::<u32>().ok()) else {
                 continue;
             };
-            let token = self.state.lock().held.get(&shard).map(|h| h.token.clone());
-            let Some(token) = token else { continue };
+            let held = self.state.lock().held.get(&shard).map(|h| (h.tenure, h.token.clone()));
+            let Some((tenure, token)) = held else { continue };
             let entries = entries.into_iter().map(|e| (e, 1)).collect();
             let before = out.len();
-            self.accept(shard, &token, entries, false, out).await?;
+            self.accept((shard, tenure), &token, entries, false, out).await?;
             debug!(shard, entries = out.len() - before, "read");
         }
         Ok(())
@@ -1218,10 +1221,26 @@ fn hash_str(s: &str) -> u64 {
     })
 }
 
-/// The shard of a receipt `{shard}/{id}`, and the id.
-fn split_receipt(receipt: &str) -> Option<(u32, &str)> {
-    let (shard, id) = receipt.split_once('/')?;
-    Some((shard.parse().ok()?, id))
+/// The shard, tenure and entry id of a receipt `{shard}/{tenure}/{id}`.
+fn split_receipt(receipt: &str) -> Option<(u32, u64, &str)> {
+    let (shard, rest) = receipt.split_once('/')?;
+    let (tenure, id) = rest.split_once('/')?;
+    Some((shard.parse().ok()?, tenure.parse().ok()?, id))
+}
+
+/// What a [`ShardedStreamTransport`] revokes: whatever it delivered under a lease it no
+/// longer holds (lost, or given up and taken again: another tenure).
+struct Revoked(Weak<Inner>);
+
+impl Revocations for Revoked {
+    fn is_revoked(&self, update: &Update) -> bool {
+        let Some((shard, tenure, _)) = update.receipt().and_then(|r| split_receipt(r)) else {
+            return false;
+        };
+        let Some(inner) = self.0.upgrade() else { return true };
+        let st = inner.state.lock();
+        st.held.get(&shard).is_none_or(|h| h.tenure != tenure)
+    }
 }
 
 impl Transport for ShardedStreamTransport {
@@ -1310,8 +1329,8 @@ impl Transport for ShardedStreamTransport {
         {
             let mut st = inner.state.lock();
             for u in &out {
-                if let Some((shard, id)) = u.receipt().and_then(|r| split_receipt(r))
-                    && let Some(h) = st.held.get_mut(&shard)
+                if let Some((shard, tenure, id)) = u.receipt().and_then(|r| split_receipt(r))
+                    && let Some(h) = st.held.get_mut(&shard).filter(|h| h.tenure == tenure)
                 {
                     h.in_flight.insert(Arc::from(id));
                 }
@@ -1330,14 +1349,22 @@ impl Transport for ShardedStreamTransport {
             return Ok(());
         }
         let inner = &*self.inner;
-        let mut by_shard: BTreeMap<u32, Vec<&str>> = BTreeMap::new();
+        let mut by_shard: BTreeMap<(u32, u64), Vec<&str>> = BTreeMap::new();
         for r in ack.receipts {
-            if let Some((shard, id)) = split_receipt(r) {
-                by_shard.entry(shard).or_default().push(id);
+            if let Some((shard, tenure, id)) = split_receipt(r) {
+                by_shard.entry((shard, tenure)).or_default().push(id);
             }
         }
-        for (shard, ids) in by_shard {
-            let token = inner.state.lock().held.get(&shard).map(|h| h.token.clone());
+        for ((shard, tenure), ids) in by_shard {
+            // Only this tenure's deliveries: an entry delivered under a lease since lost
+            // is the next holder's to acknowledge, even if this worker holds it again.
+            let token = inner
+                .state
+                .lock()
+                .held
+                .get(&shard)
+                .filter(|h| h.tenure == tenure)
+                .map(|h| h.token.clone());
             match token {
                 Some(token) => {
                     let acked = inner.fenced_ack(shard, &token, &ids).await?;
@@ -1353,7 +1380,7 @@ impl Transport for ShardedStreamTransport {
                 }
             }
             let mut st = inner.state.lock();
-            if let Some(h) = st.held.get_mut(&shard) {
+            if let Some(h) = st.held.get_mut(&shard).filter(|h| h.tenure == tenure) {
                 for id in &ids {
                     h.in_flight.remove(*id);
                 }
@@ -1364,6 +1391,12 @@ impl Transport for ShardedStreamTransport {
             inner.drained(&mut st)
         };
         inner.release(release).await
+    }
+
+    /// Whatever this worker delivered under a lease it no longer holds: the runtime
+    /// starts none of it (the lease's next holder runs it).
+    fn revocations(&self) -> Option<Arc<dyn Revocations>> {
+        Some(Arc::new(Revoked(Arc::downgrade(&self.inner))))
     }
 
     /// Releases every lease held (the runtime calls this once every handler finished or
@@ -1430,8 +1463,9 @@ mod tests {
 
     #[test]
     fn receipts_carry_their_shard() {
-        assert_eq!(split_receipt("3/1700000000000-0"), Some((3, "1700000000000-0")));
-        assert_eq!(split_receipt("x/1-0"), None);
+        assert_eq!(split_receipt("3/7/1700000000000-0"), Some((3, 7, "1700000000000-0")));
+        assert_eq!(split_receipt("x/1/1-0"), None);
+        assert_eq!(split_receipt("3/1-0"), None);
         assert_eq!(split_receipt("1-0"), None);
     }
 }

@@ -23,7 +23,7 @@ use std::time::Duration;
 
 use parking_lot::Mutex;
 use pollgate_admission::{AdmissionPolicy, Gate, TryAcquireError};
-use pollgate_core::{Ack, FetchRequest, HandlerFailure, Transport, Update};
+use pollgate_core::{Ack, FetchRequest, HandlerFailure, Revocations, Transport, Update};
 use tokio::sync::Notify;
 use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
@@ -82,6 +82,8 @@ pub(crate) struct Ctx<H> {
     /// Ids of updates given up: aborted at the deadline or never admitted. Bounded by
     /// what was in flight or queued when the run was aborted.
     pub(crate) given_up: Mutex<Vec<i64>>,
+    /// The transport's revocations, if it ever takes back what it delivered.
+    pub(crate) revocations: Option<Arc<dyn Revocations>>,
 }
 
 impl<H> Ctx<H> {
@@ -165,6 +167,25 @@ impl<H> Ctx<H> {
         }
     }
 
+    /// Whether the transport took `update` back: then its permit is released and it
+    /// counts as revoked; the caller reports it finished without running its handler (the
+    /// transport acknowledges nothing for it).
+    pub(crate) fn revoke(&self, update: &Update, permit: &mut Option<pollgate_admission::Permit>) -> bool {
+        let Some(revocations) = &self.revocations else {
+            return false;
+        };
+        if !revocations.is_revoked(update) {
+            return false;
+        }
+        if let Some(p) = permit.take() {
+            // Counted before the release: `Stats::completed` is derived from releases.
+            Counters::bump(&self.counters.revoked);
+            p.finish(pollgate_admission::Outcome::Cancelled, Duration::ZERO);
+        }
+        debug!(update_id = update.id(), "revoked by the transport: not started");
+        true
+    }
+
     /// Gives up on everything parked behind `key`.
     pub(crate) fn abandon_key(&self, key: Option<i64>) {
         if let (Some(keys), Some(key)) = (&self.keys, key) {
@@ -243,6 +264,7 @@ impl<T: Transport, H: Handler> Runtime<T, H> {
             track_completions,
             policy_times,
             given_up: Mutex::new(Vec::new()),
+            revocations: transport.revocations(),
         };
         Runtime {
             transport,
@@ -872,7 +894,14 @@ async fn pace_or_acquire<H: Handler>(ctx: &Arc<Ctx<H>>, update: Update, cost: u6
         ctx.progress.notify_one();
         match acquired {
             Some(permit) if ctx.keys.is_some() && update.key().is_some() => task::run(ctx, update, permit).await,
-            Some(permit) => task::RunOne::new(ctx, update, permit).await,
+            Some(permit) => {
+                let mut permit = Some(permit);
+                if ctx.revoke(&update, &mut permit) {
+                    ctx.finished(update.id(), update.receipt(), None);
+                } else if let Some(permit) = permit {
+                    task::RunOne::new(ctx, update, permit).await;
+                }
+            }
             None => {
                 ctx.give_up(&update);
                 ctx.abandon_key(update.key());
@@ -894,7 +923,12 @@ async fn acquire_and_spawn<H: Handler>(ctx: &Arc<Ctx<H>>, update: Update, cost: 
             if ctx.keys.is_some() && update.key().is_some() {
                 ctx.tracker.spawn(task::run(Arc::clone(ctx), update, permit));
             } else {
-                ctx.tracker.spawn(task::RunOne::new(Arc::clone(ctx), update, permit));
+                let mut permit = Some(permit);
+                if ctx.revoke(&update, &mut permit) {
+                    ctx.finished(update.id(), update.receipt(), None);
+                } else if let Some(permit) = permit {
+                    ctx.tracker.spawn(task::RunOne::new(Arc::clone(ctx), update, permit));
+                }
             }
         }
         None => {

@@ -41,6 +41,9 @@ pub struct Stats {
     pub exhausted: u64,
     /// Handlers aborted at the drain deadline, or updates given up before they ran.
     pub aborted: u64,
+    /// Updates the transport took back before they started (a lease lost): not run, and
+    /// not acknowledged, for the lease's next holder to run.
+    pub revoked: u64,
     /// Updates the [pacer](crate::Pacer) held back before they started (not those whose
     /// time had passed when they came to start).
     pub paced: u64,
@@ -84,6 +87,8 @@ pub(crate) struct Counters {
     pub(crate) aborted_running: AtomicU64,
     /// Attempts held back by the pacer.
     pub(crate) paced: AtomicU64,
+    /// Updates revoked by the transport (their permits were released).
+    pub(crate) revoked: AtomicU64,
     pub(crate) undecodable: AtomicU64,
     pub(crate) redelivered: AtomicU64,
     pub(crate) fetches: AtomicU64,
@@ -102,6 +107,7 @@ impl Default for Counters {
             aborted: AtomicU64::new(0),
             aborted_running: AtomicU64::new(0),
             paced: AtomicU64::new(0),
+            revoked: AtomicU64::new(0),
             undecodable: AtomicU64::new(0),
             redelivered: AtomicU64::new(0),
             fetches: AtomicU64::new(0),
@@ -143,9 +149,9 @@ impl StatsHandle {
             admitted: g.admitted,
             // Successes are not counted on the update path: they are the permits released,
             // less the other outcomes (bumped before their permits are released).
-            completed: g
-                .completed
-                .saturating_sub(r(&c.failed) + r(&c.panicked) + r(&c.timed_out) + r(&c.aborted_running)),
+            completed: g.completed.saturating_sub(
+                r(&c.failed) + r(&c.panicked) + r(&c.timed_out) + r(&c.aborted_running) + r(&c.revoked),
+            ),
             failed: r(&c.failed),
             panicked: r(&c.panicked),
             timed_out: r(&c.timed_out),
@@ -153,6 +159,7 @@ impl StatsHandle {
             exhausted: r(&c.exhausted),
             aborted: r(&c.aborted) + r(&c.aborted_running),
             paced: r(&c.paced),
+            revoked: r(&c.revoked),
             undecodable: r(&c.undecodable),
             redelivered: r(&c.redelivered),
             fetches: r(&c.fetches),

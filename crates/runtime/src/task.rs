@@ -396,11 +396,18 @@ impl<H: Handler> Future for RunOne<H> {
 pub(crate) async fn run<H: Handler>(ctx: Arc<Ctx<H>>, mut update: Update, mut permit: Permit) {
     loop {
         let (id, key, receipt) = (update.id(), update.key(), update.receipt().cloned());
-        let Some(failed) = attempts(&ctx, update, permit).await else {
-            ctx.abandon_key(key);
-            return;
-        };
-        ctx.finished(id, receipt.as_ref(), failed);
+        // Taken back by the transport (its lease lost): not started, and the next of the
+        // key is looked at the same way.
+        let mut held = Some(permit);
+        if ctx.revoke(&update, &mut held) {
+            ctx.finished(id, receipt.as_ref(), None);
+        } else if let Some(permit) = held {
+            let Some(failed) = attempts(&ctx, update, permit).await else {
+                ctx.abandon_key(key);
+                return;
+            };
+            ctx.finished(id, receipt.as_ref(), failed);
+        }
         let (Some(keys), Some(key)) = (&ctx.keys, key) else {
             return;
         };
@@ -486,6 +493,13 @@ async fn retry_after<H: Handler>(
             ctx.give_up(&update);
             return None;
         };
+        let mut held = Some(permit);
+        if ctx.revoke(&update, &mut held) {
+            // Finished without running: the caller reports it, the transport acknowledges
+            // nothing for it.
+            return Some(None);
+        }
+        let Some(permit) = held else { return Some(None) };
         attempt += 1;
         match Execute::new(Arc::clone(ctx), update, permit, attempt).await {
             Verdict::Handled => return Some(None),
