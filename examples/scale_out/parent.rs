@@ -142,9 +142,13 @@ async fn run(args: Args) -> Result<bool, String> {
         }
     };
     // Reconnects by itself: the monitoring rides out a Redis restart like the workers.
-    let mut redis = redis::Client::open(url.as_str())
-        .map_err(|e| format!("bad --redis-url: {:?}", e.kind()))?
-        .get_connection_manager()
+    // (one reconnection attempt per command, so that a look never blocks the loop).
+    let client = redis::Client::open(url.as_str()).map_err(|e| format!("bad --redis-url: {:?}", e.kind()))?;
+    let config = redis::aio::ConnectionManagerConfig::new()
+        .set_number_of_retries(1)
+        .set_connection_timeout(Some(Duration::from_secs(1)))
+        .set_response_timeout(Some(Duration::from_secs(2)));
+    let mut redis = redis::aio::ConnectionManager::new_with_config(client, config)
         .await
         .map_err(|e| format!("cannot reach Redis: {e}"))?;
     let tag = format!(
