@@ -105,6 +105,13 @@ pub(crate) async fn run_bridge(
         .api_url(&args.api_url)
         .build()
         .map_err(|e| format!("bridge: {e}"))?;
+    if args.shards.is_some() && args.max_len.is_some() {
+        return Err(
+            "bridge: --max-len does not apply to shard streams (the workers trim them \
+             below what they have acknowledged)"
+                .into(),
+        );
+    }
     let producer = match args.shards {
         Some(shards) => Appender::Sharded(
             ShardedProducer::builder(&args.redis_url, &args.stream)

@@ -54,7 +54,7 @@ use tokio::time::Instant;
 use tracing::{debug, error, info, warn};
 
 use crate::durable::{Appender, DEFAULT_WINDOW};
-use crate::error::RedisTransportError;
+use crate::error::{RedisTransportError, no_group, transient};
 use crate::producer::update_fields;
 use crate::reply::{self, Entry};
 use crate::retry::{DEFAULT_MAX_OUTAGE, outage_backoff, with_retries};
@@ -347,10 +347,10 @@ const RENEW: &str = "local r = {} \
     return r";
 
 /// Takes up to ARGV[2] of the free leases KEYS (in order), each with its token ARGV[i + 2]:
-/// 1 for each taken, else 0.
+/// 1 for each taken (or already holding that token: a retry after a lost reply), else 0.
 const ACQUIRE: &str = "local want = tonumber(ARGV[2]) local r = {} \
     for i, k in ipairs(KEYS) do \
-      if want > 0 and redis.call('SET', k, ARGV[i + 2], 'NX', 'PX', ARGV[1]) then r[i] = 1 want = want - 1 else r[i] = 0 end \
+      if want > 0 and (redis.call('SET', k, ARGV[i + 2], 'NX', 'PX', ARGV[1]) or redis.call('GET', k) == ARGV[i + 2]) then r[i] = 1 want = want - 1 else r[i] = 0 end \
     end \
     return r";
 
@@ -370,11 +370,31 @@ const FENCED_CLAIM: &str = "if redis.call('GET', KEYS[2]) ~= ARGV[3] then return
     return redis.call('XCLAIM', KEYS[1], ARGV[1], ARGV[2], 0, unpack(ARGV, 4))";
 
 /// Adds an entry to the dead-letter stream and acknowledges it, while the lease holds the
-/// token; -1 when it does not.
+/// token and the entry is still pending (a retry after a lost reply adds nothing); -1
+/// when the lease does not hold the token, 0 when the entry is not pending.
 const FENCED_DEAD: &str = "if redis.call('GET', KEYS[2]) ~= ARGV[2] then return -1 end \
+    if #redis.call('XPENDING', KEYS[1], ARGV[1], ARGV[3], ARGV[3], 1) == 0 then return 0 end \
     redis.call('XADD', KEYS[3], '*', unpack(ARGV, 4)) \
     redis.call('XACK', KEYS[1], ARGV[1], ARGV[3]) \
     return 1";
+
+/// Trims a shard stream (KEYS[1]) below what its group (ARGV[1]) has delivered and
+/// acknowledged, while the lease (KEYS[2]) holds the token (ARGV[2]): below the oldest
+/// pending entry, or the last delivered one. Returns how many entries went.
+const TRIM: &str = "if redis.call('GET', KEYS[2]) ~= ARGV[2] then return -1 end \
+    local last = nil \
+    for _, g in ipairs(redis.call('XINFO', 'GROUPS', KEYS[1])) do \
+      local name, ld = nil, nil \
+      for i = 1, #g, 2 do \
+        if g[i] == 'name' then name = g[i + 1] elseif g[i] == 'last-delivered-id' then ld = g[i + 1] end \
+      end \
+      if name == ARGV[1] then last = ld end \
+    end \
+    if not last then return 0 end \
+    local p = redis.call('XPENDING', KEYS[1], ARGV[1]) \
+    local below = last \
+    if p[1] > 0 then below = p[2] end \
+    return redis.call('XTRIM', KEYS[1], 'MINID', below)";
 
 /// Configuration of a [`ShardedStreamTransport`]; see [`ShardedStreamTransport::builder`].
 #[derive(Clone)]
@@ -574,6 +594,10 @@ struct State {
     tenures: u64,
     /// Shards read last: the next fetch starts after them, so none starves.
     rotation: u32,
+    /// Until when a read sent (and not answered) may still be served, and its shards.
+    blocked: Option<(Instant, Vec<u32>)>,
+    /// Reads that failed in a row.
+    read_failures: u32,
 }
 
 #[derive(Debug, Default)]
@@ -845,6 +869,26 @@ impl Inner {
             }
         }
 
+        // Trim what every owner has acknowledged: the streams would grow for ever.
+        let trim: Vec<(u32, String)> = {
+            let st = self.state.lock();
+            st.held
+                .iter()
+                .filter(|(_, h)| h.group_ready)
+                .map(|(&k, h)| (k, h.token.clone()))
+                .collect()
+        };
+        for (shard, token) in trim {
+            let mut cmd = Self::script(TRIM, &[s.layout.stream(shard), s.layout.lease(shard)]);
+            cmd.arg(&s.group).arg(&token);
+            match self.query::<i64>("EVAL (trim)", &cmd, &self.writer).await {
+                Ok(n) if n > 0 => debug!(shard, trimmed = n, "acknowledged entries trimmed"),
+                Ok(_) => {}
+                Err(e) if group_missing(&e) => self.groups_lost([shard]),
+                Err(e) => return Err(e),
+            }
+        }
+
         // Balance: drain what is over the share, take free shards up to it.
         let (active, release) = {
             let mut st = self.state.lock();
@@ -874,10 +918,17 @@ impl Inner {
 
     /// Removes the draining shards with nothing in flight; returns their leases.
     fn drained(&self, st: &mut State) -> Vec<(u32, String)> {
+        // Not under a read that may still be served: its entries would be delivered to
+        // the owner after the next one had recovered.
+        let now = Instant::now();
+        let busy: Vec<u32> = match &st.blocked {
+            Some((until, shards)) if now < *until => shards.clone(),
+            _ => Vec::new(),
+        };
         let done: Vec<u32> = st
             .held
             .iter()
-            .filter(|(_, h)| h.phase == Phase::Draining && h.in_flight.is_empty())
+            .filter(|(k, h)| h.phase == Phase::Draining && h.in_flight.is_empty() && !busy.contains(k))
             .map(|(&k, _)| k)
             .collect();
         done.into_iter()
@@ -1024,7 +1075,15 @@ impl Inner {
             }
             let claimed: Value = self.query("EVAL (claim)", &cmd, &self.writer).await?;
             if claimed == Value::Nil {
-                return Ok(()); // the lease is gone; the next renewal drops the shard
+                // The lease is gone: stop now (a fetch would otherwise come straight back
+                // to this shard until the next renewal).
+                let mut st = self.state.lock();
+                if st.held.get(&shard).is_some_and(|h| h.token == token) {
+                    st.held.remove(&shard);
+                    self.stats.lost.fetch_add(1, Ordering::Relaxed);
+                    warn!(shard, "shard lease lost during recovery");
+                }
+                return Ok(());
             }
             let entries = reply::entries("XCLAIM", claimed)?;
             let present: HashSet<&str> = entries.iter().map(|e| e.id.as_str()).collect();
@@ -1049,7 +1108,11 @@ impl Inner {
             self.accept((shard, tenure), &token, with_counts, true, out).await?;
         }
         let mut st = self.state.lock();
-        if let Some(h) = st.held.get_mut(&shard).filter(|h| h.token == token) {
+        if let Some(h) = st
+            .held
+            .get_mut(&shard)
+            .filter(|h| h.token == token && h.phase != Phase::Draining)
+        {
             h.phase = if done {
                 Phase::Reading
             } else {
@@ -1141,7 +1204,16 @@ impl Inner {
             for id in chunk {
                 cmd.arg(*id);
             }
-            let n: i64 = self.query("EVAL (ack)", &cmd, &self.writer).await?;
+            let n: i64 = match self.query("EVAL (ack)", &cmd, &self.writer).await {
+                Ok(n) => n,
+                Err(e) if group_missing(&e) => {
+                    // Gone with the group (Redis lost its data): nothing to acknowledge.
+                    self.groups_lost([shard]);
+                    self.stats.fenced.fetch_add(chunk.len() as u64, Ordering::Relaxed);
+                    continue;
+                }
+                Err(e) => return Err(e),
+            };
             if n < 0 {
                 self.stats.fenced.fetch_add(chunk.len() as u64, Ordering::Relaxed);
                 warn!(
@@ -1158,6 +1230,11 @@ impl Inner {
 
     /// Reads new entries from the readable shards, at most `limit`, blocking up to
     /// `block` (never past the shards' usable time).
+    ///
+    /// One attempt only: a read resent after a failure would carry a `BLOCK` and a list
+    /// of shards computed before it (a lease may be gone by then), and the lost reply may
+    /// have delivered entries. On a failure the shards it covered recover their pending
+    /// entries before reading again, after a backoff delay; the fetch returns what it has.
     async fn read_new(
         &self,
         shards: &[(u32, Instant)],
@@ -1168,11 +1245,17 @@ impl Inner {
         let s = &self.settings;
         // `COUNT` is per stream: read at most `limit` shards, `limit / n` from each, so
         // that the batch never exceeds what the policy admits (the caller rotates which
-        // shards come first).
+        // shards come first). With more readable shards than that, do not block: the
+        // others may have entries.
+        let cut = shards.len() > limit;
         let shards = &shards[..shards.len().min(limit)];
         let per = limit / shards.len().max(1);
         let until = shards.iter().map(|(_, u)| *u).min().unwrap_or_else(Instant::now);
-        let block = block.min(until.saturating_duration_since(Instant::now()));
+        let block = if cut {
+            Duration::ZERO
+        } else {
+            block.min(until.saturating_duration_since(Instant::now()))
+        };
         let mut cmd = redis::cmd("XREADGROUP");
         cmd.arg("GROUP").arg(&s.group).arg(OWNER).arg("COUNT").arg(per);
         if !block.is_zero() {
@@ -1185,18 +1268,53 @@ impl Inner {
         for _ in shards {
             cmd.arg(">");
         }
-        let value: Value = match self.query("XREADGROUP", &cmd, &self.reader).await {
-            Ok(v) => v,
-            Err(e) => {
-                // Entries may have been delivered into a lost reply: read the pending
-                // lists again before anything new.
+        // Until its reply arrives the read may still be served: its shards are neither
+        // released nor flushed before then, and a fetch dropped meanwhile marks them for
+        // recovery.
+        let covered: Vec<u32> = shards.iter().map(|(k, _)| *k).collect();
+        self.state.lock().blocked = Some((Instant::now() + block + READ_SLACK, covered.clone()));
+        let mut guard = ReadGuard {
+            inner: self,
+            shards: covered,
+            armed: true,
+        };
+        let mut conn = self.reader.clone();
+        let value = match cmd.query_async::<Value>(&mut conn).await {
+            Ok(v) => {
+                guard.armed = false;
                 let mut st = self.state.lock();
-                for (k, _) in shards {
-                    if let Some(h) = st.held.get_mut(k).filter(|h| h.phase == Phase::Reading) {
-                        h.phase = Phase::Recovering { cursor: None };
-                    }
+                st.blocked = None;
+                st.read_failures = 0;
+                v
+            }
+            Err(e) => {
+                drop(guard); // the shards recover first
+                if no_group(&e) {
+                    self.groups_lost(shards.iter().map(|(k, _)| *k));
                 }
-                return Err(e);
+                if !(transient(&e) || no_group(&e)) {
+                    return Err(RedisTransportError::Refused {
+                        command: "XREADGROUP",
+                        source: e,
+                    });
+                }
+                let failures = {
+                    let mut st = self.state.lock();
+                    st.read_failures += 1;
+                    st.read_failures
+                };
+                if s.backoff.max_retries.is_some_and(|max| failures > max) {
+                    return Err(RedisTransportError::Unavailable {
+                        command: "XREADGROUP",
+                        attempts: failures,
+                        source: e,
+                    });
+                }
+                self.stats.retries.fetch_add(1, Ordering::Relaxed);
+                let delay = s.backoff.delay(failures);
+                warn!(error = %e, attempt = failures, ?delay, "XREADGROUP failed; recovering the shards' pending entries, then reading again");
+                tokio::time::sleep(delay).await;
+                return Ok(());
             }
         };
         for (stream, entries) in reply::read_groups(value)? {
@@ -1212,6 +1330,51 @@ impl Inner {
         }
         Ok(())
     }
+
+    /// The consumer group of these shards is gone (Redis lost its data, or failed over to
+    /// a replica without it): it is created again, from the start of the stream, and
+    /// the shards recover before reading.
+    fn groups_lost(&self, shards: impl IntoIterator<Item = u32>) {
+        let mut st = self.state.lock();
+        for k in shards {
+            if let Some(h) = st.held.get_mut(&k) {
+                warn!(shard = k, "the consumer group is gone; creating it again");
+                h.group_ready = false;
+                if h.phase != Phase::Draining {
+                    h.phase = Phase::Recovering { cursor: None };
+                }
+            }
+        }
+    }
+}
+
+/// Marks the shards of a read that did not complete (an error, or the fetch dropped) for
+/// recovery: entries it delivered are pending on the owner, and `>` never returns them.
+struct ReadGuard<'a> {
+    inner: &'a Inner,
+    shards: Vec<u32>,
+    armed: bool,
+}
+
+impl Drop for ReadGuard<'_> {
+    fn drop(&mut self) {
+        if self.armed {
+            let mut st = self.inner.state.lock();
+            for k in &self.shards {
+                if let Some(h) = st.held.get_mut(k).filter(|h| h.phase == Phase::Reading) {
+                    h.phase = Phase::Recovering { cursor: None };
+                }
+            }
+        }
+    }
+}
+
+/// How long after its `BLOCK` a read may still be served (a round trip and a margin).
+const READ_SLACK: Duration = Duration::from_millis(500);
+
+/// Whether a command failed because the consumer group (or the stream) is gone.
+fn group_missing(e: &RedisTransportError) -> bool {
+    matches!(e, RedisTransportError::Refused { source, .. } if no_group(source))
 }
 
 /// FNV-1a of a string (a fixed starting point per worker name).
@@ -1296,7 +1459,10 @@ impl Transport for ShardedStreamTransport {
                 break;
             }
             inner.ensure_group(*shard).await?;
-            inner.recover(*shard, limit - out.len(), &mut out).await?;
+            match inner.recover(*shard, limit - out.len(), &mut out).await {
+                Err(e) if group_missing(&e) => inner.groups_lost([*shard]),
+                other => other?,
+            }
         }
         // Shards whose recovery just finished are read too.
         let mut reading = reading;
@@ -1317,7 +1483,10 @@ impl Transport for ShardedStreamTransport {
             } else {
                 Duration::ZERO
             };
-            inner.read_new(&reading, limit - out.len(), block, &mut out).await?;
+            match inner.read_new(&reading, limit - out.len(), block, &mut out).await {
+                Err(e) if group_missing(&e) => inner.groups_lost(reading.iter().map(|(k, _)| *k)),
+                other => other?,
+            }
         } else if out.is_empty() && recovering.is_empty() {
             // Nothing held (or nothing usable): wait for the lease task, not in a loop.
             let wait = request.timeout.min(inner.settings.max_block);
@@ -1407,6 +1576,12 @@ impl Transport for ShardedStreamTransport {
             h.abort();
         }
         let inner = &*self.inner;
+        // A read that may still be served delivers to the owner: wait it out, or the next
+        // owner could recover before it lands.
+        let blocked = inner.state.lock().blocked.take().map(|(until, _)| until);
+        if let Some(until) = blocked {
+            tokio::time::sleep_until(until).await;
+        }
         let leases: Vec<(u32, String)> = {
             let mut st = inner.state.lock();
             let in_flight: usize = st.held.values().map(|h| h.in_flight.len()).sum();
