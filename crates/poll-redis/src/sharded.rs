@@ -20,7 +20,7 @@
 //! - [`ShardedProducer`] appends each update to shard `hash(chat) mod S` ([`shard_of`]),
 //!   so a chat's updates are in one stream, in order.
 //! - [`ShardedStreamTransport`] reads only the shards it holds a lease on: a key set with
-//!   `SET NX PX` to a token of this worker's tenure, renewed every third of its TTL, and
+//!   `SET NX PX` to a token of this worker's tenure, renewed every quarter of its TTL, and
 //!   checked by every acknowledgement (a script that `XACK`s only while the lease still
 //!   holds the token). A worker that lost a lease acknowledges nothing more on that
 //!   shard and reads nothing new from it: it reads a shard only while its last renewal
@@ -445,8 +445,8 @@ impl ShardedStreamTransportBuilder {
     }
 
     /// How long a lease outlives its last renewal (default 10 s): a dead worker's shards
-    /// are taken over about this long after it died, plus a third of it. Renewals run
-    /// every third of it; a worker stops reading a shard half of it after its last
+    /// are taken over about this long after it died, plus a quarter of it. Renewals run
+    /// every quarter of it; a worker stops reading a shard half of it after its last
     /// successful renewal. Keep it well above Redis' worst pause (a failover, a slow
     /// fork): a lease that expires under a live worker stops its shard until it is taken
     /// again, and a handler still running there may overlap the next owner's.
@@ -586,6 +586,8 @@ struct Held {
     group_ready: bool,
     /// Entry ids handed to the runtime and not yet acknowledged.
     in_flight: HashSet<Arc<str>>,
+    /// Whether entries were acknowledged since the stream was last trimmed.
+    trim_due: bool,
 }
 
 #[derive(Debug, Default)]
@@ -776,13 +778,13 @@ impl ShardedStreamTransport {
         let mut slot = self.leases.lock();
         if slot.is_none() {
             let weak = Arc::downgrade(&self.inner);
-            *slot = Some(tokio::spawn(lease_task(weak, inner.settings.lease_ttl / 3)));
+            *slot = Some(tokio::spawn(lease_task(weak, inner.settings.lease_ttl / 4)));
         }
         Ok(())
     }
 }
 
-/// Every `every` (a third of the TTL): heartbeat, renew, balance.
+/// Every `every` (a quarter of the TTL: a renewal late by up to another quarter still keeps the shard, which is given up half a TTL after the last one): heartbeat, renew, balance.
 async fn lease_task(inner: Weak<Inner>, every: Duration) {
     let mut tick = tokio::time::interval(every);
     tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
@@ -836,9 +838,11 @@ impl Inner {
         let workers = self.register().await?;
         let share = s.layout.shards.div_ceil(workers.max(1) as u32);
 
-        // Renew.
+        // Renew (what was not confirmed for half a TTL is given up first: it may already
+        // be someone else's).
         let held: Vec<(u32, String)> = {
-            let st = self.state.lock();
+            let mut st = self.state.lock();
+            self.give_up_unconfirmed(&mut st, Instant::now());
             st.held.iter().map(|(&k, h)| (k, h.token.clone())).collect()
         };
         if !held.is_empty() {
@@ -869,13 +873,13 @@ impl Inner {
             }
         }
 
-        // Trim what every owner has acknowledged: the streams would grow for ever.
+        // Trim what every owner has acknowledged (where something was, since the last
+        // trim): the streams would grow for ever.
         let trim: Vec<(u32, String)> = {
-            let st = self.state.lock();
+            let mut st = self.state.lock();
             st.held
-                .iter()
-                .filter(|(_, h)| h.group_ready)
-                .map(|(&k, h)| (k, h.token.clone()))
+                .iter_mut()
+                .filter_map(|(&k, h)| (h.group_ready && std::mem::take(&mut h.trim_due)).then(|| (k, h.token.clone())))
                 .collect()
         };
         for (shard, token) in trim {
@@ -999,6 +1003,7 @@ impl Inner {
                             phase: Phase::Recovering { cursor: None },
                             group_ready: false,
                             in_flight: HashSet::new(),
+                            trim_due: true,
                         },
                     );
                     new.push(shard);
@@ -1016,6 +1021,30 @@ impl Inner {
     /// Whether `h` may still be read: its lease was confirmed less than half a TTL ago.
     fn usable(&self, h: &Held, now: Instant) -> bool {
         now < h.confirmed + self.settings.lease_ttl / 2
+    }
+
+    /// Gives up the shards whose lease has not been confirmed for half a TTL (Redis is
+    /// unreachable, or this process was paused): the lease may expire at the server
+    /// before this worker can renew it, and another worker take the shard. From now on
+    /// nothing delivered under them starts here (revoked) or is acknowledged here; the
+    /// next owner delivers it again.
+    fn give_up_unconfirmed(&self, st: &mut State, now: Instant) {
+        let stale: Vec<u32> = st
+            .held
+            .iter()
+            .filter(|(_, h)| !self.usable(h, now))
+            .map(|(&k, _)| k)
+            .collect();
+        for shard in stale {
+            if let Some(h) = st.held.remove(&shard) {
+                self.stats.lost.fetch_add(1, Ordering::Relaxed);
+                warn!(
+                    shard,
+                    in_flight = h.in_flight.len(),
+                    "shard lease not confirmed for half its TTL: given up (its next owner delivers what was in flight)"
+                );
+            }
+        }
     }
 
     /// Creates the group on a shard stream unless done this tenure.
@@ -1401,7 +1430,8 @@ impl Revocations for Revoked {
             return false;
         };
         let Some(inner) = self.0.upgrade() else { return true };
-        let st = inner.state.lock();
+        let mut st = inner.state.lock();
+        inner.give_up_unconfirmed(&mut st, Instant::now());
         st.held.get(&shard).is_none_or(|h| h.tenure != tenure)
     }
 }
@@ -1429,6 +1459,7 @@ impl Transport for ShardedStreamTransport {
         let now = Instant::now();
         let (recovering, reading) = {
             let mut st = inner.state.lock();
+            inner.give_up_unconfirmed(&mut st, now);
             st.rotation = st.rotation.wrapping_add(1);
             let rot = st.rotation as usize;
             let mut usable: Vec<(u32, &Held)> = st
@@ -1527,13 +1558,14 @@ impl Transport for ShardedStreamTransport {
         for ((shard, tenure), ids) in by_shard {
             // Only this tenure's deliveries: an entry delivered under a lease since lost
             // is the next holder's to acknowledge, even if this worker holds it again.
-            let token = inner
-                .state
-                .lock()
-                .held
-                .get(&shard)
-                .filter(|h| h.tenure == tenure)
-                .map(|h| h.token.clone());
+            let token = {
+                let mut st = inner.state.lock();
+                inner.give_up_unconfirmed(&mut st, Instant::now());
+                st.held
+                    .get(&shard)
+                    .filter(|h| h.tenure == tenure)
+                    .map(|h| h.token.clone())
+            };
             match token {
                 Some(token) => {
                     let acked = inner.fenced_ack(shard, &token, &ids).await?;
@@ -1553,6 +1585,7 @@ impl Transport for ShardedStreamTransport {
                 for id in &ids {
                     h.in_flight.remove(*id);
                 }
+                h.trim_due = true;
             }
         }
         let release = {

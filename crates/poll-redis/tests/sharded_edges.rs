@@ -705,7 +705,7 @@ async fn acknowledged_entries_are_never_trimmed_from_the_shard_streams() {
         .unwrap();
     }
     assert_eq!(pending(&url, &prefix, 0).await, 0);
-    // The owner trims at its lease rounds (every third of the TTL).
+    // The owner trims at its lease rounds (every quarter of the TTL).
     let stream = format!("{prefix}:shard:0");
     wait_for("the acknowledged entries trimmed", Duration::from_secs(5), async || {
         xlen(&url, &stream).await <= 1
