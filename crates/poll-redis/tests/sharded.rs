@@ -353,7 +353,8 @@ async fn commands(conn: &mut redis::aio::MultiplexedConnection) -> u64 {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn idle_workers_cost_a_bounded_number_of_commands() {
-    let redis = server();
+    // A server of its own: the count is the server's, and a shared one serves other tests.
+    let redis = pollgate_redis::LocalRedis::start().expect("redis-server on PATH");
     let url = redis.url();
     let prefix = unique("idle");
     // Two shards, three workers: one of them holds none.
