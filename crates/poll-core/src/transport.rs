@@ -211,6 +211,32 @@ pub trait Transport: Send + Sync + 'static {
 ///
 /// The runtime asks once per update, right before its handler would start (after its
 /// permit was granted), so the check must be cheap and must not block.
+///
+/// # Examples
+///
+/// A transport that delivers under leases revokes what it delivered under one it lost
+/// (here, a lease per chat):
+///
+/// ```
+/// use std::collections::HashSet;
+/// use std::sync::Arc;
+///
+/// use parking_lot::Mutex;
+/// use pollgate_core::{Revocations, Update};
+///
+/// struct LostLeases(Arc<Mutex<HashSet<i64>>>);
+///
+/// impl Revocations for LostLeases {
+///     fn is_revoked(&self, update: &Update) -> bool {
+///         update.key().is_some_and(|chat| self.0.lock().contains(&chat))
+///     }
+/// }
+///
+/// let lost = Arc::new(Mutex::new(HashSet::from([7])));
+/// let revocations = LostLeases(Arc::clone(&lost));
+/// let update = Update::from_json(r#"{"update_id":1,"message":{"chat":{"id":7}}}"#).unwrap();
+/// assert!(revocations.is_revoked(&update));
+/// ```
 pub trait Revocations: Send + Sync + 'static {
     /// Whether `update` (delivered by this transport) must not be started any more.
     fn is_revoked(&self, update: &Update) -> bool;
