@@ -30,6 +30,8 @@
 //! `docs/scale-out.md` describes the topology, the end-to-end guarantees and the failure
 //! modes.
 
+mod commands;
+mod connect;
 mod durable;
 mod error;
 mod local;

@@ -203,7 +203,7 @@ impl std::fmt::Debug for RedisServer {
         match self {
             RedisServer::External(url) => f
                 .debug_tuple("External")
-                .field(&crate::transport::redact_url(url))
+                .field(&crate::connect::redact_url(url))
                 .finish(),
             RedisServer::Local(l) => f.debug_tuple("Local").field(l).finish(),
         }

@@ -13,10 +13,11 @@ use std::time::Duration;
 
 use pollgate_core::{Backoff, Update};
 
+use crate::connect::{connection, open_client, redact_url};
 use crate::durable::{Appender, DEFAULT_WINDOW};
 use crate::error::RedisTransportError;
 use crate::retry::{DEFAULT_MAX_OUTAGE, outage_backoff};
-use crate::transport::{DEFAULT_FIELD, connection, open_client, redact_url};
+use crate::transport::DEFAULT_FIELD;
 
 /// Appends updates to a Redis stream (`XADD`), retrying transient failures.
 ///

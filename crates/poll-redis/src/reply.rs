@@ -5,6 +5,7 @@
 //! id with a nil body, and must be acknowledged, not mistaken for a malformed reply.
 //! Parsing by hand keeps that case, and every other shape, explicit.
 
+use pollgate_core::Update;
 use redis::Value;
 
 use crate::error::RedisTransportError;
@@ -165,6 +166,16 @@ pub(crate) fn pending(v: Value) -> Result<Vec<(String, u64)>, RedisTransportErro
             Ok((id, deliveries))
         })
         .collect()
+}
+
+/// The stream's JSON field of an entry as an update, or why it is not one.
+pub(crate) fn decode(entry: &Entry, field: &str) -> Result<Update, String> {
+    match entry.field(field) {
+        None => Err(format!("the entry has no `{field}` field")),
+        Some(raw) => std::str::from_utf8(raw)
+            .map_err(|_| format!("the `{field}` field is not UTF-8"))
+            .and_then(|json| Update::from_json(json).map_err(|e| format!("not a Telegram update: {e}"))),
+    }
 }
 
 #[cfg(test)]
