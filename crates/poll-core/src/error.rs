@@ -263,3 +263,40 @@ mod tests {
         assert!(text.starts_with("a webhook is set for this bot, so"), "{text}");
     }
 }
+
+/// Shows an error and its causes (`source()`) as one line, `outer: inner: innermost`, for
+/// logs and reports: each error's own message says only what it is, so a report that
+/// wants the reason walks the chain.
+///
+/// # Examples
+///
+/// ```
+/// use pollgate_core::ErrorChain;
+///
+/// #[derive(Debug, thiserror::Error)]
+/// #[error("the final acknowledgement failed")]
+/// struct Outer(#[source] std::io::Error);
+///
+/// let e = Outer(std::io::Error::other("connection reset"));
+/// assert_eq!(ErrorChain(&e).to_string(), "the final acknowledgement failed: connection reset");
+/// ```
+#[derive(Clone, Copy)]
+pub struct ErrorChain<'a>(pub &'a (dyn std::error::Error + 'static));
+
+impl fmt::Display for ErrorChain<'_> {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "{}", self.0)?;
+        let mut source = self.0.source();
+        while let Some(cause) = source {
+            write!(f, ": {cause}")?;
+            source = cause.source();
+        }
+        Ok(())
+    }
+}
+
+impl fmt::Debug for ErrorChain<'_> {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        fmt::Display::fmt(self, f)
+    }
+}

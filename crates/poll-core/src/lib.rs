@@ -28,7 +28,7 @@ mod update;
 
 pub use backoff::{Backoff, Sleep, SleepFuture, TokioSleep};
 pub use decode::GetUpdatesResponse;
-pub use error::{BODY_EXCERPT_BYTES, BodyExcerpt, TelegramError};
+pub use error::{BODY_EXCERPT_BYTES, BodyExcerpt, ErrorChain, TelegramError};
 pub use memory::MemoryTransport;
 pub use telegram::{
     DEFAULT_API_URL, DEFAULT_MAX_BODY_BYTES, MAX_LIMIT, SetWebhook, TelegramStats, TelegramTransport,

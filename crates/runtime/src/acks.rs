@@ -14,6 +14,11 @@
 //! Every set here is bounded: ids are remembered only from the offset on, and the loop
 //! never fetches past the transport's window above the offset.
 
+use pollgate_core::{Ack, ErrorChain, Transport};
+use tokio_util::sync::CancellationToken;
+use tracing::{Instrument, error, info_span, warn};
+
+use crate::runtime::Ctx;
 use std::collections::BTreeSet;
 use std::sync::Arc;
 
@@ -159,6 +164,59 @@ impl AckTracker {
     /// Ids fetched and not finished.
     pub(crate) fn unfinished(&self) -> impl Iterator<Item = i64> + '_ {
         self.unfinished.iter().copied()
+    }
+}
+
+/// Sends receipts as handlers finish, while a fetch may be in flight, until `done`
+/// (every handler finished). Only for transports with individual acks: an entry finished
+/// but not acknowledged would be delivered again if the worker died, or claimed by
+/// another worker once idle. On a failed ack the run stops (`stop`) and the error is
+/// returned; the receipts not acknowledged stay pending in the queue and are delivered
+/// again (at-least-once).
+pub(crate) async fn ack_loop<T: Transport, H>(
+    transport: &T,
+    ctx: &Ctx<H>,
+    done: &CancellationToken,
+    stop: &CancellationToken,
+) -> Option<T::Error> {
+    if !ctx.individual {
+        return None;
+    }
+    loop {
+        let ready = ctx.receipts_ready.notified();
+        let receipts = ctx.acks.lock().take_receipts();
+        if receipts.is_empty() {
+            tokio::select! {
+                _ = ready => continue,
+                _ = done.cancelled() => return None,
+            }
+        }
+        let ack = transport
+            .ack(Ack {
+                below: None,
+                receipts: &receipts.receipts,
+                failed: &receipts.failed,
+            })
+            .instrument(info_span!("ack", receipts = receipts.receipts.len()));
+        // Once every handler finished, an acknowledgement still retrying (the server is
+        // unreachable) gets the drain deadline, then is given up: its entries stay
+        // pending and are delivered again.
+        let gave_up = async {
+            done.cancelled().await;
+            tokio::time::sleep(ctx.config.drain_deadline).await;
+        };
+        let acked = tokio::select! {
+            r = ack => r,
+            _ = gave_up => {
+                warn!(receipts = receipts.receipts.len(), "acknowledgement still failing at shutdown; given up (the entries will be delivered again)");
+                return None;
+            }
+        };
+        if let Err(e) = acked {
+            error!(error = %ErrorChain(&e), receipts = receipts.receipts.len(), "acknowledgement failed; stopping (unacknowledged entries will be delivered again)");
+            stop.cancel();
+            return Some(e);
+        }
     }
 }
 

@@ -53,11 +53,13 @@
 
 mod acks;
 mod config;
+mod dispatch;
 mod handler;
 mod ordering;
 pub mod pace;
 mod retry;
 mod runtime;
+mod shutdown;
 #[cfg(feature = "signal")]
 mod signals;
 mod stats;
@@ -69,6 +71,6 @@ pub use config::{DEFAULT_COST_FACTOR, DEFAULT_REPOLL_INTERVAL, Delivery, Runtime
 pub use handler::{BoxError, Handler, Overloaded};
 pub use pace::Pacer;
 pub use retry::Retry;
-pub use runtime::{RunError, Runtime, Summary};
+pub use runtime::{FlushError, RunError, Runtime, Summary};
 pub use stats::{Stats, StatsHandle};
 pub use tokio_util::sync::CancellationToken;

@@ -5,6 +5,8 @@
 
 use std::sync::Arc;
 use std::sync::atomic::{AtomicI64, AtomicU64, Ordering};
+use std::time::Duration;
+use tracing::info;
 
 use pollgate_admission::{Gate, Limit, MemorySample};
 
@@ -170,5 +172,31 @@ impl StatsHandle {
             },
             memory: g.memory,
         }
+    }
+}
+
+/// Logs a summary line (target `pollgate::summary`) every `every`.
+pub(crate) async fn report_every(every: Duration, stats: StatsHandle) {
+    let mut tick = tokio::time::interval(every);
+    tick.tick().await;
+    loop {
+        tick.tick().await;
+        let s = stats.snapshot();
+        info!(
+            target: "pollgate::summary",
+            in_flight = s.in_flight,
+            queued = s.queued,
+            bytes = s.bytes,
+            limit_slots = ?s.limit.slots,
+            limit_bytes = ?s.limit.bytes,
+            completed = s.completed,
+            failed = s.failed,
+            panicked = s.panicked,
+            timed_out = s.timed_out,
+            fetches = s.fetches,
+            offset = ?s.acked_offset,
+            rss = ?s.memory.map(|m| m.rss_bytes),
+            "pollgate summary"
+        );
     }
 }
