@@ -72,7 +72,7 @@ for log in logs:
     crashes = len(re.findall(r"SUMMARY: libFuzzer", text))
     print(f"| `{t}` | {int(tm.group(1))//60 if tm else '?'} min | {ex.group(1) if ex else '?'} | {crashes} | see below |")
 print("\nWhat the fuzzers found, all fixed, each kept as a regression test in"
-      " `crates/poll-core/tests/fuzz_regressions.rs` (inputs in `tests/fuzz-regressions/`):\n")
+      " `crates/pollgate-core/tests/fuzz_regressions.rs` (inputs in `tests/fuzz-regressions/`):\n")
 print("- both targets, within seconds: numbers beyond the range of `f64` (`169e863506`). JSON's grammar allows"
       " them; the envelope accepts them without converting, `serde_json::Value` refuses them. The envelope was"
       " right: the targets' reference and `Update::value()`'s documented error were fixed.")

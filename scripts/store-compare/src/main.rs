@@ -103,7 +103,7 @@ trait Store {
     fn count(&mut self) -> Result<u64>;
 }
 
-// redb, as `crates/spool/src/store.rs` uses it.
+// redb, as `crates/pollgate-spool/src/store.rs` uses it.
 
 /// Spooled updates: update id → the update's JSON text (the spool's table definition).
 const ENTRIES: redb::TableDefinition<'static, i64, &'static [u8]> = redb::TableDefinition::new("entries");

@@ -23,7 +23,7 @@ use super::{LimitAlgorithm, Sample};
 ///
 /// Defaults: initial 20, bounds 4..=1000, queue allowance 4, smoothing 0.2, long window
 /// 600. Two differences from Netflix's version, both measured in the simulation
-/// (`crates/admission/tests/adaptive_sim.rs`): it windows by sample count (Netflix wraps
+/// (`crates/pollgate-admission/tests/adaptive_sim.rs`): it windows by sample count (Netflix wraps
 /// it in a time window, which needs a clock), because applied per sample a burst of
 /// completions applies the same gradient dozens of times and the limit swung between 8
 /// and 65 around a knee at 32; and an overload outcome (the handler returned `Overloaded`
