@@ -15,7 +15,7 @@ use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::Duration;
 
 use criterion::{BatchSize, Criterion, Throughput, criterion_group};
-use pollgate::{Fixed, MemoryTransport, Runtime, Update};
+use pollgate::{Fixed, InMemoryTransport, Runtime, Update};
 use tokio::sync::{Notify, Semaphore};
 
 const N: usize = 10_000;
@@ -35,7 +35,7 @@ fn updates() -> Vec<Update> {
 
 /// The runtime over a transport that already holds the updates (building it is setup,
 /// as building the bare loop's vector is).
-async fn through_runtime(transport: Arc<MemoryTransport>) {
+async fn through_runtime(transport: Arc<InMemoryTransport>) {
     let done = Arc::new((AtomicUsize::new(0), Notify::new()));
     let d = Arc::clone(&done);
     let handler = move |_u: Update| {
@@ -101,7 +101,7 @@ fn scheduling(c: &mut Criterion) {
     group.sample_size(20);
     group.bench_function("runtime_fixed_256", |b| {
         b.to_async(&rt).iter_batched(
-            || Arc::new(MemoryTransport::with_updates(all.clone())),
+            || Arc::new(InMemoryTransport::with_updates(all.clone())),
             through_runtime,
             BatchSize::PerIteration,
         )
@@ -126,7 +126,7 @@ fn interleaved() {
     // holding the same updates for the runtime.
     let time = |runtime: bool| {
         if runtime {
-            let transport = Arc::new(MemoryTransport::with_updates(all.clone()));
+            let transport = Arc::new(InMemoryTransport::with_updates(all.clone()));
             let started = std::time::Instant::now();
             rt.block_on(through_runtime(transport));
             started.elapsed().as_secs_f64()
@@ -186,7 +186,7 @@ fn one_side(side: &str) {
     let started = std::time::Instant::now();
     for _ in 0..rounds {
         if side == "runtime" {
-            rt.block_on(through_runtime(Arc::new(MemoryTransport::with_updates(all.clone()))));
+            rt.block_on(through_runtime(Arc::new(InMemoryTransport::with_updates(all.clone()))));
         } else {
             rt.block_on(bare_spawn_semaphore(all.clone()));
         }

@@ -28,7 +28,7 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::{Duration, Instant};
 
 use clap::Parser;
-use pollgate::core::TelegramTransport;
+use pollgate::transport::TelegramTransport;
 use pollgate::{Delivery, Fixed, Runtime, Update};
 use pollgate_redis::{ShardedProducer, StreamProducer};
 use tokio_util::sync::CancellationToken;
@@ -39,7 +39,7 @@ use tokio_util::sync::CancellationToken;
 #[command(name = "bridge", version)]
 pub(crate) struct BridgeArgs {
     /// The Bot API server.
-    #[arg(long, default_value = pollgate::core::DEFAULT_API_URL)]
+    #[arg(long, default_value = pollgate::transport::DEFAULT_API_URL)]
     pub(crate) api_url: String,
     /// The Redis server (`redis://[:password@]host:port[/db]`); prefer the environment
     /// variable, which `ps` does not show.

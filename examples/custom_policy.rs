@@ -18,7 +18,7 @@ use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
 
 use parking_lot::Mutex;
-use pollgate::admission::{Limit, LimitSignal, Listeners};
+use pollgate::admission::{Limit, LimitSignal, LimitSignals};
 use pollgate::{AdmissionPolicy, Load};
 
 /// At most `rate` admissions per second on average, `burst` at once.
@@ -33,7 +33,7 @@ pub(crate) struct TokenBucket {
     rate: f64,
     burst: f64,
     bucket: Mutex<Bucket>,
-    listeners: Arc<Listeners>,
+    listeners: Arc<LimitSignals>,
     ticker: OnceLock<Ticker>,
 }
 
@@ -72,7 +72,7 @@ impl TokenBucket {
                 tokens: burst,
                 refilled: Instant::now(),
             }),
-            listeners: Arc::new(Listeners::new()),
+            listeners: Arc::new(LimitSignals::new()),
             ticker: OnceLock::new(),
         }
     }
@@ -130,7 +130,7 @@ impl AdmissionPolicy for TokenBucket {
 #[allow(dead_code)] // flood.rs includes this file for `TokenBucket` only
 #[tokio::main]
 async fn main() {
-    use pollgate::{ByteBudget, MemoryTransport, Runtime, Update, all_of};
+    use pollgate::{ByteBudget, InMemoryTransport, Runtime, Update, all_of};
 
     // 300 updates in memory; handlers hold 1 MiB each for 10 ms.
     let updates = (1..=300).map(|id| {
@@ -140,7 +140,7 @@ async fn main() {
         ))
         .unwrap()
     });
-    let transport = Arc::new(MemoryTransport::with_updates(updates));
+    let transport = Arc::new(InMemoryTransport::with_updates(updates));
     let policy = all_of(ByteBudget::new(64 << 20), TokenBucket::new(200.0, 20.0));
     let runtime = Runtime::builder(Arc::clone(&transport), |_u: Update| async {
         let buf = vec![1u8; 1 << 20];

@@ -112,7 +112,7 @@ pub(crate) fn bot(api_url: &str, token: &str) -> Result<RuntimeBuilder<TelegramT
 async fn main() -> Result<(), BoxError> {
     logging::init_tracing("info");
     let token = std::env::var("TELEGRAM_BOT_TOKEN").map_err(|_| "set TELEGRAM_BOT_TOKEN to your bot's token")?;
-    let api_url = std::env::var("TELEGRAM_API_URL").unwrap_or_else(|_| pollgate::core::DEFAULT_API_URL.to_owned());
+    let api_url = std::env::var("TELEGRAM_API_URL").unwrap_or_else(|_| pollgate::transport::DEFAULT_API_URL.to_owned());
     let summary = bot(&api_url, &token)?.shutdown_on_signals().build().run().await?;
     println!(
         "replied to {} updates ({} failed); offset {:?} confirmed",

@@ -23,7 +23,7 @@ use std::time::Duration;
 use clap::Parser;
 use mock_bot_api::{BacklogSpec, FaultRates, LiveSpec, MockConfig, MockServer};
 use parking_lot::Mutex;
-use pollgate::core::Backoff;
+use pollgate::transport::Backoff;
 use pollgate::{ByteBudget, Runtime, TelegramTransport, Update};
 
 /// Live traffic and faults against a budgeted consumer.

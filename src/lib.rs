@@ -15,7 +15,9 @@
 //!   at-least-once delivery at full speed (`docs/tuning.md`).
 
 pub use pollgate_admission as admission;
-pub use pollgate_core as core;
+/// The transport contract ([`Transport`], [`Update`]) and the Telegram `getUpdates`
+/// transport (`pollgate-core`).
+pub use pollgate_core as transport;
 pub use pollgate_runtime as runtime;
 
 /// The Redis Streams transport, the stream producer for a bridge, and a private
@@ -40,5 +42,5 @@ pub use pollgate_admission::{
     Adaptive, AdmissionPolicy, Aimd, Barrier, ByteBudget, Fixed, Gate, Gradient2, Limit, Load, MemoryProbe, Outcome,
     RssAdaptive, all_of,
 };
-pub use pollgate_core::{MemoryTransport, TelegramError, TelegramTransport, Transport, Update, UpdateKind};
+pub use pollgate_core::{InMemoryTransport, TelegramError, TelegramTransport, Transport, Update, UpdateKind};
 pub use pollgate_runtime::{CancellationToken, Delivery, Handler, Pacer, Retry, RunError, Runtime, Stats, Summary};

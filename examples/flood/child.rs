@@ -8,7 +8,7 @@
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use pollgate::core::{TelegramTransport, Transport};
+use pollgate::transport::{TelegramTransport, Transport};
 use pollgate::{
     AdmissionPolicy, Barrier, ByteBudget, Delivery, Fixed, Retry, RssAdaptive, RunError, Runtime, Summary, all_of,
 };
@@ -251,7 +251,7 @@ impl Drive {
             }
             if s.fetched != last_fetched {
                 (last_fetched, last_arrival) = (s.fetched, Instant::now());
-            } else if last_arrival.elapsed() >= Duration::from_secs(5) && s.in_flight == 0 && s.queued == 0 {
+            } else if last_arrival.elapsed() >= Duration::from_secs(5) && s.in_flight == 0 && s.reserved == 0 {
                 break started.elapsed();
             }
             if last_progress.elapsed() >= Duration::from_millis(100) {
@@ -281,7 +281,7 @@ impl Drive {
 
 /// `--transport webhook`: the listener, and the embedded server told to push to it.
 mod webhook {
-    use pollgate::core::{SetWebhook, TelegramTransport};
+    use pollgate::transport::{SetWebhook, TelegramTransport};
     use pollgate_webhook::WebhookTransport;
 
     use crate::cli::Args;

@@ -114,7 +114,7 @@ impl Recorder {
     /// Called when a handler starts: checks per-key order and exclusivity (an attempt
     /// after a failed one starts the same id again).
     pub(crate) fn start(&self, u: &Update) {
-        let (true, Some(key)) = (self.ordered, u.key()) else {
+        let (true, Some(key)) = (self.ordered, u.ordering_key()) else {
             return;
         };
         let mut s = self.seen.lock();
@@ -131,7 +131,7 @@ impl Recorder {
 
     /// Called when a handler failed: releases its key for the order check.
     fn abandon(&self, u: &Update) {
-        if let (true, Some(key)) = (self.ordered, u.key())
+        if let (true, Some(key)) = (self.ordered, u.ordering_key())
             && let Some(r) = self.seen.lock().running.get_mut(&key)
         {
             *r = r.saturating_sub(1);
@@ -154,7 +154,7 @@ impl Recorder {
         if !s.ids.insert(u.id()) {
             s.duplicates += 1;
         }
-        if let (true, Some(key)) = (self.ordered, u.key())
+        if let (true, Some(key)) = (self.ordered, u.ordering_key())
             && let Some(r) = s.running.get_mut(&key)
         {
             *r = r.saturating_sub(1);

@@ -115,7 +115,7 @@ impl Events {
             .map_or(0, |d| d.as_nanos() as u64);
         let line = format!(
             "{}\n",
-            serde_json::json!({"ev": ev, "id": u.id(), "chat": u.key(), "worker": self.worker, "t_ns": t_ns})
+            serde_json::json!({"ev": ev, "id": u.id(), "chat": u.ordering_key(), "worker": self.worker, "t_ns": t_ns})
         );
         // A full disk ends the demo's checks, not the worker.
         let _ = self.file.lock().write_all(line.as_bytes());

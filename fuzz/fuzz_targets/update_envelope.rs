@@ -53,6 +53,6 @@ fuzz_target!(|data: &[u8]| {
     let kind = update.kind().as_str().to_owned();
     if !kind.is_empty() {
         let body = &object[&kind];
-        assert_eq!(update.key(), reference_key(&kind, body), "kind {kind}: {text}");
+        assert_eq!(update.ordering_key(), reference_key(&kind, body), "kind {kind}: {text}");
     }
 });

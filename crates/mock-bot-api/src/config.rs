@@ -96,6 +96,7 @@ impl Default for BacklogSpec {
 /// Telegram's send limits.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "kebab-case")]
+#[non_exhaustive]
 pub enum Mix {
     /// Private chats, groups, supergroups and channels, each with its own mix of update
     /// kinds (text, photos, edits, callback queries, inline queries, member updates).

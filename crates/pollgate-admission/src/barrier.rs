@@ -22,7 +22,7 @@
 //! # Semantics
 //!
 //! A batch *opens* when nothing runs, waits or is reserved
-//! (`in_flight + queued + waiting == 0`). While open, `fetch_limit` is what is left of it:
+//! (`in_flight + reserved + waiting == 0`). While open, `fetch_limit` is what is left of it:
 //! `batch − max(fetched into it, held now)`. It *closes* when `batch` updates were fetched
 //! into it, or when a fetch returns nothing (the backlog is drained); then `fetch_limit` is
 //! 0 until everything is done. `admits` allows up to `batch` running permits. The runtime
@@ -87,7 +87,7 @@ impl AdmissionPolicy for Barrier {
     }
 
     fn fetch_limit(&self, load: &Load) -> usize {
-        let held = load.in_flight + load.queued + load.waiting;
+        let held = load.in_flight + load.reserved + load.waiting;
         if held == 0 && (self.closed.load(Ordering::Acquire) || self.filled.load(Ordering::Acquire) >= self.batch) {
             // Everything of the last batch is done: open the next one.
             self.filled.store(0, Ordering::Release);
@@ -140,7 +140,7 @@ mod tests {
                 ..Load::default()
             },
             Load {
-                queued: 1,
+                reserved: 1,
                 ..Load::default()
             },
             Load {

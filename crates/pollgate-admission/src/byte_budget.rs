@@ -57,14 +57,14 @@
 
 use std::sync::atomic::{AtomicU64, Ordering};
 
-use crate::policy::{AdmissionPolicy, Completion, Limit, LimitSignal, Listeners, Load};
+use crate::policy::{AdmissionPolicy, Completion, Limit, LimitSignal, LimitSignals, Load};
 
 /// Admits while declared costs fit in a byte budget. See the [module docs](self).
 #[derive(Debug)]
 pub struct ByteBudget {
     budget: AtomicU64,
     estimate: CostEstimate,
-    listeners: Listeners,
+    listeners: LimitSignals,
 }
 
 impl ByteBudget {
@@ -78,7 +78,7 @@ impl ByteBudget {
         Self {
             budget: AtomicU64::new(bytes),
             estimate: CostEstimate::default(),
-            listeners: Listeners::default(),
+            listeners: LimitSignals::default(),
         }
     }
 
@@ -223,7 +223,7 @@ mod tests {
         // Reserved bytes alone do not block the only candidate (they wait to run too).
         let reserved_only = Load {
             bytes: 500,
-            queued: 3,
+            reserved: 3,
             ..Load::default()
         };
         assert!(budget.admits(&reserved_only, 1_000));

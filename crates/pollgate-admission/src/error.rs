@@ -16,6 +16,7 @@ impl std::error::Error for Closed {}
 
 /// Why [`Gate::try_acquire`](crate::Gate::try_acquire) returned no permit.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[non_exhaustive]
 pub enum TryAcquireError {
     /// The gate was closed.
     Closed,

@@ -50,13 +50,13 @@
 
 use std::sync::atomic::{AtomicUsize, Ordering};
 
-use crate::policy::{AdmissionPolicy, Limit, LimitSignal, Listeners, Load};
+use crate::policy::{AdmissionPolicy, Limit, LimitSignal, LimitSignals, Load};
 
 /// Admits while fewer than a fixed number of permits run. See the [module docs](self).
 #[derive(Debug)]
 pub struct Fixed {
     limit: AtomicUsize,
-    listeners: Listeners,
+    listeners: LimitSignals,
 }
 
 impl Fixed {
@@ -69,7 +69,7 @@ impl Fixed {
         assert!(limit > 0, "Fixed::new: the concurrency limit must be at least 1");
         Self {
             limit: AtomicUsize::new(limit),
-            listeners: Listeners::default(),
+            listeners: LimitSignals::default(),
         }
     }
 
@@ -88,8 +88,9 @@ impl Fixed {
         }
     }
 
-    /// The current limit.
-    pub fn limit(&self) -> usize {
+    /// How many permits may run at once now (the trait's [`limit`](AdmissionPolicy::limit)
+    /// reports the same as a [`Limit`](crate::Limit)).
+    pub fn slots(&self) -> usize {
         self.limit.load(Ordering::Acquire)
     }
 }
@@ -100,16 +101,16 @@ impl AdmissionPolicy for Fixed {
     }
 
     fn fetch_limit(&self, load: &Load) -> usize {
-        self.limit().saturating_sub(load.in_flight.saturating_add(load.waiting))
+        self.slots().saturating_sub(load.in_flight.saturating_add(load.waiting))
     }
 
     fn admits(&self, load: &Load, _cost: u64) -> bool {
-        load.in_flight < self.limit()
+        load.in_flight < self.slots()
     }
 
     fn limit(&self) -> Limit {
         Limit {
-            slots: Some(Fixed::limit(self)),
+            slots: Some(self.slots()),
             bytes: None,
         }
     }
@@ -142,7 +143,7 @@ mod tests {
     fn fetch_limit_counts_waiters_not_reservations() {
         let fixed = Fixed::new(10);
         let mut l = load(3, 2);
-        l.queued = 50;
+        l.reserved = 50;
         l.bytes = 1 << 30;
         assert_eq!(fixed.fetch_limit(&l), 5);
         assert_eq!(fixed.fetch_limit(&load(9, 4)), 0);

@@ -96,9 +96,9 @@ pub struct GateStats {
     /// Bytes held by running permits and reservations.
     pub bytes: u64,
     /// Outstanding reservations.
-    pub queued: usize,
+    pub reserved: usize,
     /// `acquire` calls waiting in the queue.
-    pub waiters: usize,
+    pub waiting: usize,
     /// Permits granted since the gate was built.
     pub admitted: u64,
     /// Permits released since the gate was built.
@@ -177,13 +177,13 @@ impl Gate {
 
     /// Counts `cost` bytes as held by an update that is in memory but not running yet.
     ///
-    /// The reservation shows in [`Load::queued`] and [`Load::bytes`], holds no slot, never
+    /// The reservation shows in [`Load::reserved`] and [`Load::bytes`], holds no slot, never
     /// waits and is never refused (the update is already in memory; refusing would not free
     /// it). Turn it into a permit with [`acquire_reserved`](Self::acquire_reserved); dropping
     /// it returns the bytes.
     pub fn reserve(&self, cost: u64) -> Reservation {
         let mut state = self.shared.state.lock();
-        state.queued += 1;
+        state.reserved += 1;
         state.bytes += cost;
         drop(state);
         Reservation::new(self.shared.clone(), cost)
@@ -202,13 +202,22 @@ impl Gate {
     /// # Cancel safety
     ///
     /// As for [`acquire`](Self::acquire); dropping the future also drops the reservation.
-    pub async fn acquire_reserved(&self, reservation: Reservation) -> Result<Permit, Closed> {
-        debug_assert!(
+    ///
+    /// # Panics
+    ///
+    /// If `reservation` was made by another gate (checked when called, in release builds
+    /// too): its bytes are counted there, and admitting it here would count them nowhere.
+    #[track_caller]
+    pub fn acquire_reserved(
+        &self,
+        reservation: Reservation,
+    ) -> impl Future<Output = Result<Permit, Closed>> + Send + '_ {
+        assert!(
             Arc::ptr_eq(reservation.shared(), &self.shared),
             "a reservation must be used with the gate that made it"
         );
         let cost = reservation.cost();
-        Acquire::new(&self.shared, cost, Some(reservation)).await
+        Acquire::new(&self.shared, cost, Some(reservation))
     }
 
     /// What the gate holds now.
@@ -329,8 +338,8 @@ impl Gate {
             limit: Limit::default(),
             in_flight: state.in_flight,
             bytes: state.bytes,
-            queued: state.queued,
-            waiters: state.waiters.len(),
+            reserved: state.reserved,
+            waiting: state.waiters.len(),
             admitted: state.admitted,
             completed: state.completed,
             max_in_flight: state.max_in_flight,
@@ -396,8 +405,8 @@ impl Shared {
     /// Returns a reservation's bytes, then serves waiters.
     pub(crate) fn unreserve(&self, cost: u64) {
         let mut state = self.state.lock();
-        debug_assert!(state.queued > 0 && state.bytes >= cost);
-        state.queued -= 1;
+        debug_assert!(state.reserved > 0 && state.bytes >= cost);
+        state.reserved -= 1;
         state.bytes -= cost;
         let mut wake = Vec::new();
         state.grant_waiters(&*self.policy, &mut wake);
@@ -430,7 +439,7 @@ pub(crate) struct Waiter {
 pub(crate) struct State {
     pub(crate) in_flight: usize,
     pub(crate) bytes: u64,
-    pub(crate) queued: usize,
+    pub(crate) reserved: usize,
     pub(crate) closed: bool,
     pub(crate) admitted: u64,
     pub(crate) completed: u64,
@@ -452,7 +461,7 @@ impl State {
         Load {
             in_flight: self.in_flight,
             bytes: self.bytes,
-            queued: self.queued,
+            reserved: self.reserved,
             waiting: self.waiters.len(),
         }
     }
@@ -462,7 +471,7 @@ impl State {
         Load {
             in_flight: self.in_flight,
             bytes: self.bytes - if reserved { cost } else { 0 },
-            queued: self.queued - usize::from(reserved),
+            reserved: self.reserved - usize::from(reserved),
             waiting: self.waiters.len() - usize::from(queued_self),
         }
     }
@@ -477,7 +486,7 @@ impl State {
         self.in_flight += 1;
         self.max_in_flight = self.max_in_flight.max(self.in_flight);
         if reserved {
-            self.queued -= 1;
+            self.reserved -= 1;
         } else {
             self.bytes += cost;
         }

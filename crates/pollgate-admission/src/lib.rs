@@ -79,7 +79,7 @@ pub use error::{Closed, TryAcquireError};
 pub use fixed::Fixed;
 pub use gate::{Gate, GateStats};
 pub use permit::{Permit, Reservation};
-pub use policy::{AdmissionPolicy, Completion, Limit, LimitSignal, Listeners, Load, MemorySample, Outcome};
+pub use policy::{AdmissionPolicy, Completion, Limit, LimitSignal, LimitSignals, Load, MemorySample, Outcome};
 pub use rss::{MemoryProbe, ProcStatusProbe, RssAdaptive, RssAdaptiveBuilder, SysinfoProbe, WorkingSetProbe};
 
 #[cfg(test)]
@@ -95,7 +95,7 @@ mod tests {
         send_sync::<Reservation>();
         send_sync::<GateStats>();
         send_sync::<LimitSignal>();
-        send_sync::<Listeners>();
+        send_sync::<LimitSignals>();
         send_sync::<Fixed>();
         send_sync::<Adaptive<Aimd>>();
         send_sync::<Adaptive<Gradient2>>();

@@ -10,7 +10,7 @@
 //! update ([`Completion`]), batch boundaries, and memory samples. A policy whose limit can
 //! grow at run time keeps the [`LimitSignal`] it receives in [`AdmissionPolicy::attach`] and
 //! calls [`LimitSignal::notify`] after raising its limit, so that waiters are re-checked;
-//! [`Listeners`] does the bookkeeping for policies attached to several gates.
+//! [`LimitSignals`] does the bookkeeping for policies attached to several gates.
 
 use std::fmt;
 use std::sync::{Arc, Weak};
@@ -25,7 +25,23 @@ use crate::gate::Shared;
 /// When a policy is asked whether a candidate may start ([`AdmissionPolicy::admits`]), the
 /// load excludes the candidate itself: its own reserved bytes, its reservation and its place
 /// in the queue are not counted.
+///
+/// `#[non_exhaustive]`: build one (in a policy's tests) with [`Load::new`] and the `with_`
+/// methods.
+///
+/// # Examples
+///
+/// ```
+/// use pollgate_admission::{AdmissionPolicy, ByteBudget, Load};
+///
+/// let budget = ByteBudget::new(1 << 20);
+/// let full = Load::new(4, 1 << 20); // 4 running, the whole MiB declared
+/// assert_eq!(budget.fetch_limit(&full), 0);
+/// assert!(budget.fetch_limit(&Load::new(0, 0)) > 0);
+/// assert_eq!(Load::new(1, 10).with_reserved(2).reserved, 2);
+/// ```
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+#[non_exhaustive]
 pub struct Load {
     /// Running permits (updates whose handler holds a slot).
     pub in_flight: usize,
@@ -33,9 +49,35 @@ pub struct Load {
     pub bytes: u64,
     /// Reservations: updates already in memory that wait (for example behind their ordering
     /// key). They hold bytes but no slot.
-    pub queued: usize,
+    pub reserved: usize,
     /// `acquire` calls waiting in the gate's FIFO queue.
     pub waiting: usize,
+}
+
+impl Load {
+    /// `in_flight` running permits holding `bytes`, nothing reserved or waiting.
+    pub fn new(in_flight: usize, bytes: u64) -> Load {
+        Load {
+            in_flight,
+            bytes,
+            reserved: 0,
+            waiting: 0,
+        }
+    }
+
+    /// With `reserved` reservations (their bytes are part of [`bytes`](Self::bytes)).
+    #[must_use]
+    pub fn with_reserved(mut self, reserved: usize) -> Load {
+        self.reserved = reserved;
+        self
+    }
+
+    /// With `waiting` acquires in the queue.
+    #[must_use]
+    pub fn with_waiting(mut self, waiting: usize) -> Load {
+        self.waiting = waiting;
+        self
+    }
 }
 
 /// How a handler ended, reported to the policy through [`Completion`].
@@ -134,12 +176,32 @@ pub struct MemorySample {
 }
 
 /// What a policy currently enforces, for statistics. `None` means "not limited on this axis".
+///
+/// `#[non_exhaustive]`: build one with [`Limit::new`].
+///
+/// # Examples
+///
+/// ```
+/// use pollgate_admission::{AdmissionPolicy, Fixed, Limit};
+///
+/// assert_eq!(Fixed::new(8).limit(), Limit::new(Some(8), None));
+/// assert_eq!(Limit::default(), Limit::new(None, None), "the default limits nothing");
+/// ```
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+#[non_exhaustive]
 pub struct Limit {
     /// Maximum number of running permits.
     pub slots: Option<usize>,
     /// Maximum bytes of declared cost.
     pub bytes: Option<u64>,
+}
+
+impl Limit {
+    /// At most `slots` running permits and `bytes` of declared cost (`None`: not limited
+    /// on that axis).
+    pub fn new(slots: Option<usize>, bytes: Option<u64>) -> Limit {
+        Limit { slots, bytes }
+    }
 }
 
 /// Decides how much work may be fetched and started.
@@ -327,11 +389,11 @@ impl fmt::Debug for LimitSignal {
 /// [`notify_all`](Self::notify_all) after raising the limit. Signals of dropped gates are
 /// pruned as they are found.
 #[derive(Debug, Default)]
-pub struct Listeners {
+pub struct LimitSignals {
     signals: Mutex<Vec<LimitSignal>>,
 }
 
-impl Listeners {
+impl LimitSignals {
     /// Creates an empty set.
     pub fn new() -> Self {
         Self::default()

@@ -242,7 +242,7 @@ fn a_reserved_candidate_does_not_count_its_own_bytes() {
         other => panic!("{other:?}"),
     };
     let load = gate.load();
-    assert_eq!((load.in_flight, load.queued, load.bytes), (1, 1, 100));
+    assert_eq!((load.in_flight, load.reserved, load.bytes), (1, 1, 100));
     drop(permit);
 }
 

@@ -156,7 +156,7 @@ impl<'a> Harness<'a> {
         assert_eq!(load.in_flight, self.permits.len() + granted);
         assert_eq!(stats.admitted - stats.completed, load.in_flight as u64);
         let reserved_waiting = self.pending[granted..].iter().filter(|p| p.reserved).count();
-        assert_eq!(load.queued, self.reservations.len() + reserved_waiting);
+        assert_eq!(load.reserved, self.reservations.len() + reserved_waiting);
         let expected_bytes: u64 = self.permits.iter().map(Permit::cost).sum::<u64>()
             + self.reservations.iter().map(Reservation::cost).sum::<u64>()
             + self.pending.iter().filter(|p| p.reserved).map(|p| p.cost).sum::<u64>()
@@ -171,7 +171,7 @@ impl<'a> Harness<'a> {
         if load.in_flight > in_flight_before {
             match self.kind {
                 Kind::Fixed => {
-                    assert!(load.in_flight <= Fixed::limit(self.fixed.as_deref().unwrap()));
+                    assert!(load.in_flight <= self.fixed.as_deref().unwrap().slots());
                 }
                 Kind::Bytes => {
                     let budget = self.bytes.as_ref().unwrap().budget();
@@ -188,12 +188,9 @@ impl<'a> Harness<'a> {
             assert!(pending.woken.0.load(Ordering::SeqCst), "granted but not woken");
         }
         if let Some(head) = self.pending.get(granted) {
-            let candidate = Load {
-                in_flight: load.in_flight,
-                bytes: load.bytes - if head.reserved { head.cost } else { 0 },
-                queued: load.queued - usize::from(head.reserved),
-                waiting: load.waiting - 1,
-            };
+            let candidate = Load::new(load.in_flight, load.bytes - if head.reserved { head.cost } else { 0 })
+                .with_reserved(load.reserved - usize::from(head.reserved))
+                .with_waiting(load.waiting - 1);
             assert!(
                 !self.gate.policy().admits(&candidate, head.cost),
                 "head asleep although admissible: {candidate:?} cost {}",

@@ -144,7 +144,7 @@ fn dropped_reserved_future_releases_capacity_and_bytes() {
     {
         let mut waiting = pin!(gate.acquire_reserved(gate.reserve(10)));
         assert!(waiting.as_mut().poll(&mut cx).is_pending());
-        assert_eq!(gate.load().queued, 1);
+        assert_eq!(gate.load().reserved, 1);
         assert_eq!(gate.load().bytes, 10);
     }
     assert_eq!(gate.load().bytes, 0, "the reservation went with the future");
@@ -153,7 +153,7 @@ fn dropped_reserved_future_releases_capacity_and_bytes() {
         assert!(granted.as_mut().poll(&mut cx).is_pending());
         drop(held);
         let load = gate.load();
-        assert_eq!((load.in_flight, load.queued, load.bytes), (1, 0, 10));
+        assert_eq!((load.in_flight, load.reserved, load.bytes), (1, 0, 10));
     }
     idle(&gate);
 }
@@ -164,14 +164,14 @@ async fn reservation_drop_releases_bytes() {
     let reservation = gate.reserve(40);
     assert_eq!(reservation.cost(), 40);
     let load = gate.load();
-    assert_eq!((load.queued, load.bytes, load.in_flight), (1, 40, 0));
+    assert_eq!((load.reserved, load.bytes, load.in_flight), (1, 40, 0));
     drop(reservation);
     idle(&gate);
 
     // Through a permit: bytes counted once, returned once.
     let permit = gate.acquire_reserved(gate.reserve(40)).await.unwrap();
     let load = gate.load();
-    assert_eq!((load.queued, load.bytes, load.in_flight), (0, 40, 1));
+    assert_eq!((load.reserved, load.bytes, load.in_flight), (0, 40, 1));
     drop(permit);
     idle(&gate);
 }
@@ -210,4 +210,15 @@ fn closed_gate_still_releases() {
     let mut cx = Context::from_waker(Waker::noop());
     let mut late = pin!(gate.acquire(1));
     assert!(matches!(late.as_mut().poll(&mut cx), Poll::Ready(Err(_))));
+}
+
+/// A reservation made by one gate cannot become a permit of another: its bytes are
+/// counted by the first. Checked when `acquire_reserved` is called, in release builds
+/// too (it was a `debug_assert` on the first poll).
+#[test]
+#[should_panic(expected = "a reservation must be used with the gate that made it")]
+fn a_reservation_from_another_gate_is_refused_when_called() {
+    let (a, b) = (Gate::new(Fixed::new(1)), Gate::new(Fixed::new(1)));
+    let foreign = a.reserve(10);
+    let _never_polled = b.acquire_reserved(foreign);
 }

@@ -20,7 +20,7 @@
 mod backoff;
 mod decode;
 mod error;
-mod memory;
+mod in_memory;
 mod telegram;
 mod token;
 mod transport;
@@ -29,7 +29,7 @@ mod update;
 pub use backoff::{Backoff, Sleep, SleepFuture, TokioSleep};
 pub use decode::GetUpdatesResponse;
 pub use error::{BODY_EXCERPT_BYTES, BodyExcerpt, ErrorChain, TelegramError};
-pub use memory::MemoryTransport;
+pub use in_memory::InMemoryTransport;
 pub use telegram::{
     DEFAULT_API_URL, DEFAULT_MAX_BODY_BYTES, MAX_LIMIT, SetWebhook, TelegramStats, TelegramTransport,
     TelegramTransportBuilder,

@@ -228,7 +228,7 @@ pub trait Transport: Send + Sync + 'static {
 ///
 /// impl Revocations for LostLeases {
 ///     fn is_revoked(&self, update: &Update) -> bool {
-///         update.key().is_some_and(|chat| self.0.lock().contains(&chat))
+///         update.ordering_key().is_some_and(|chat| self.0.lock().contains(&chat))
 ///     }
 /// }
 ///

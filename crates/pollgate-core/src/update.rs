@@ -71,7 +71,7 @@ impl Update {
 
     /// The ordering key: the chat of the update where it has one, else the acting user,
     /// else `None`. See [`UpdateKind`] for the rule per kind. A key of 0 is a key.
-    pub fn key(&self) -> Option<i64> {
+    pub fn ordering_key(&self) -> Option<i64> {
         self.key
     }
 
@@ -130,7 +130,7 @@ impl fmt::Debug for Update {
 
 /// The field of an `Update` object that carries its content.
 ///
-/// The ordering key ([`Update::key`]) is taken, per kind:
+/// The ordering key ([`Update::ordering_key`]) is taken, per kind:
 /// - the chat (`.chat.id`) for messages of every kind (`message`, `edited_message`,
 ///   `channel_post`, `edited_channel_post`, `business_message`, `edited_business_message`),
 ///   member changes, join requests, reactions, boosts and `deleted_business_messages`;
@@ -502,7 +502,10 @@ mod tests {
             r#"{"update_id":7,"message":{"message_id":1,"chat":{"id":-100,"type":"group"},"text":"hi"}}"#,
         )
         .unwrap();
-        assert_eq!((u.id(), u.kind(), u.key()), (7, &UpdateKind::Message, Some(-100)));
+        assert_eq!(
+            (u.id(), u.kind(), u.ordering_key()),
+            (7, &UpdateKind::Message, Some(-100))
+        );
     }
 
     #[test]
@@ -510,14 +513,14 @@ mod tests {
         let u = Update::from_json(r#"{"brand_new":{"x":[1,2,{"chat":{"id":5}}]},"update_id":9}"#).unwrap();
         assert_eq!(u.id(), 9);
         assert_eq!(u.kind(), &UpdateKind::Other("brand_new".into()));
-        assert_eq!(u.key(), None);
+        assert_eq!(u.ordering_key(), None);
     }
 
     #[test]
     fn callback_without_message_is_keyed_by_user_and_zero_is_a_key() {
         let u =
             Update::from_json(r#"{"update_id":1,"callback_query":{"id":"x","from":{"id":0},"message":null}}"#).unwrap();
-        assert_eq!(u.key(), Some(0));
+        assert_eq!(u.ordering_key(), Some(0));
     }
 
     #[test]
@@ -525,7 +528,7 @@ mod tests {
         let u =
             Update::from_json(r#"{"update_id":1,"poll_answer":{"user":{"id":136817688},"voter_chat":{"id":-1005}}}"#)
                 .unwrap();
-        assert_eq!(u.key(), Some(-1005));
+        assert_eq!(u.ordering_key(), Some(-1005));
     }
 
     #[test]
@@ -541,6 +544,6 @@ mod tests {
     #[test]
     fn escaped_field_names_are_understood() {
         let u = Update::from_json(r#"{"update_\u0069d":4,"m\u0065ssage":{"chat":{"id":2}}}"#).unwrap();
-        assert_eq!((u.id(), u.key()), (4, Some(2)));
+        assert_eq!((u.id(), u.ordering_key()), (4, Some(2)));
     }
 }

@@ -21,7 +21,7 @@ fn update_with_a_number_beyond_f64_keeps_its_id_and_key_and_value_is_a_typed_err
     let text = input("update_envelope-number-beyond-f64.json");
     let u = Update::from_json(&text).unwrap();
     assert_eq!(
-        (u.id(), u.kind().as_str(), u.key()),
+        (u.id(), u.kind().as_str(), u.ordering_key()),
         (517935623, "channel_post", Some(-1))
     );
     let err = u.value().unwrap_err();

@@ -45,7 +45,7 @@ fn a_deeply_nested_field_inside_an_update_is_skipped_without_recursion() {
         panic!("expected a batch");
     };
     assert_eq!(batch.updates.iter().map(Update::id).collect::<Vec<_>>(), [1, 2, 3]);
-    assert_eq!(batch.updates[1].key(), Some(1));
+    assert_eq!(batch.updates[1].ordering_key(), Some(1));
     assert!(batch.failures.is_empty());
 }
 
@@ -59,7 +59,7 @@ fn a_huge_text_field_decodes_without_copies_per_field() {
         panic!("a large but valid update must decode");
     };
     let u = &batch.updates[0];
-    assert_eq!((u.id(), u.key()), (9, Some(-5)));
+    assert_eq!((u.id(), u.ordering_key()), (9, Some(-5)));
     assert!(u.size() > 4 << 20);
 }
 
@@ -99,5 +99,5 @@ fn duplicate_and_odd_fields_do_not_confuse_the_envelope() {
     assert!(Update::from_json(r#"{"update_id":5,"update_id":6}"#).is_err());
     let u =
         Update::from_json(r#"{"update_id":5,"message":{"chat":{"id":7}},"edited_message":{"chat":{"id":9}}}"#).unwrap();
-    assert_eq!(u.key(), Some(7), "the first kind wins");
+    assert_eq!(u.ordering_key(), Some(7), "the first kind wins");
 }

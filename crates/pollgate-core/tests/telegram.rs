@@ -326,7 +326,7 @@ async fn a_long_poll_returns_when_updates_arrive() {
     s.push_updates([serde_json::json!({"message": {"message_id": 1, "chat": {"id": 5, "type": "private"}, "date": 0, "text": "hi"}})]);
     let batch = poll.await.unwrap().unwrap();
     assert_eq!(batch.updates.len(), 1);
-    assert_eq!(batch.updates[0].key(), Some(5));
+    assert_eq!(batch.updates[0].ordering_key(), Some(5));
 }
 
 /// The error and info events of this crate, as `LEVEL field=value ...` lines.

@@ -33,6 +33,7 @@ pub struct LocalRedis {
 
 /// How a [`LocalRedis`] keeps its data.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+#[non_exhaustive]
 pub enum Persistence {
     /// Nothing on disk (the default).
     #[default]

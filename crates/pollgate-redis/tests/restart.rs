@@ -93,7 +93,7 @@ async fn sharded_workers_ride_out_a_redis_restart_and_finish_the_backlog_in_orde
             let seen = Arc::clone(&seen);
             async move {
                 tokio::time::sleep(Duration::from_millis(5)).await;
-                seen.lock().push((u.key().unwrap(), u.id()));
+                seen.lock().push((u.ordering_key().unwrap(), u.id()));
                 Ok::<(), std::io::Error>(())
             }
         })

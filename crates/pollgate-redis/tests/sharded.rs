@@ -80,7 +80,7 @@ fn worker(
             tokio::time::sleep(hold).await;
             runs.lock().push(Run {
                 worker: index,
-                chat: u.key().unwrap(),
+                chat: u.ordering_key().unwrap(),
                 id: u.id(),
                 start,
                 end: began.elapsed(),

@@ -16,6 +16,7 @@ use crate::runtime::Runtime;
 /// When an update is acknowledged; `docs/architecture.md` ("Delivery modes and Telegram's
 /// offset") compares the two modes.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+#[non_exhaustive]
 pub enum Delivery {
     /// Acknowledged as soon as it is fetched (Telegram: offset = last fetched + 1), as the
     /// common Bot API libraries do. Fetches pipeline freely; a crash loses the updates that
@@ -227,10 +228,10 @@ impl<T: Transport, H: Handler> RuntimeBuilder<T, H> {
     /// A bot whose handlers are often slow, that wants new updates seen within 300 ms:
     /// ```
     /// use std::time::Duration;
-    /// use pollgate_core::{MemoryTransport, Update};
+    /// use pollgate_core::{InMemoryTransport, Update};
     /// use pollgate_runtime::{Delivery, Runtime};
     ///
-    /// let runtime = Runtime::builder(MemoryTransport::new(), |_u: Update| async { Ok::<(), std::io::Error>(()) })
+    /// let runtime = Runtime::builder(InMemoryTransport::new(), |_u: Update| async { Ok::<(), std::io::Error>(()) })
     ///     .delivery(Delivery::AtLeastOnce)
     ///     .repoll_interval(Duration::from_millis(300))
     ///     .build();
@@ -327,12 +328,12 @@ impl<T: Transport, H: Handler> RuntimeBuilder<T, H> {
     /// ```no_run
     /// use std::time::Duration;
     ///
-    /// use pollgate_core::{MemoryTransport, Update};
+    /// use pollgate_core::{InMemoryTransport, Update};
     /// use pollgate_runtime::{Delivery, Runtime};
     ///
     /// # async fn demo() {
     /// // A stuck downstream call must not hold the at-least-once offset for long.
-    /// let runtime = Runtime::builder(MemoryTransport::new(), |_update: Update| async {
+    /// let runtime = Runtime::builder(InMemoryTransport::new(), |_update: Update| async {
     ///     std::future::pending::<()>().await; // a call that never answers
     ///     Ok::<(), std::io::Error>(())
     /// })

@@ -205,7 +205,7 @@ async fn fetch_room<H>(ctx: &Ctx<H>, window: usize) -> Option<usize> {
         // Updates parked behind their keys, waiting for a retry or held back by the pacer
         // hold reservations.
         let room_queue = if ctx.keys.is_some() || ctx.config.retry.retries() || ctx.config.pacer.is_some() {
-            ctx.config.max_queued.saturating_sub(ctx.gate.load().queued)
+            ctx.config.max_queued.saturating_sub(ctx.gate.load().reserved)
         } else {
             usize::MAX
         };
@@ -292,7 +292,7 @@ async fn wait_for_news<H>(
 async fn admit<H: Handler>(ctx: &Arc<Ctx<H>>, update: Update) {
     let cost = ctx.config.cost.of(&update);
     let start_at = ctx.start_at(&update);
-    if let (Some(keys), Some(key)) = (&ctx.keys, update.key()) {
+    if let (Some(keys), Some(key)) = (&ctx.keys, update.ordering_key()) {
         let mut parked = Some(update);
         // A parked update holds its JSON, not yet its handler's working set: it reserves
         // its size, and its cost only when it comes up (as a waiting retry does).
@@ -332,7 +332,9 @@ async fn pace_or_acquire<H: Handler>(ctx: &Arc<Ctx<H>>, update: Update, cost: u6
         // `max_queued` may go on.
         ctx.progress.notify_one();
         match acquired {
-            Some(permit) if ctx.keys.is_some() && update.key().is_some() => task::run(ctx, update, permit).await,
+            Some(permit) if ctx.keys.is_some() && update.ordering_key().is_some() => {
+                task::run(ctx, update, permit).await
+            }
             Some(permit) => {
                 let mut permit = Some(permit);
                 if ctx.revoke(&update, &mut permit) {
@@ -343,7 +345,7 @@ async fn pace_or_acquire<H: Handler>(ctx: &Arc<Ctx<H>>, update: Update, cost: u6
             }
             None => {
                 ctx.give_up(&update);
-                ctx.abandon_key(update.key());
+                ctx.abandon_key(update.ordering_key());
             }
         }
     });
@@ -355,11 +357,11 @@ async fn acquire_and_spawn<H: Handler>(ctx: &Arc<Ctx<H>>, update: Update, cost: 
     let permit = match ctx.gate.try_acquire(cost) {
         Ok(permit) => Some(permit),
         Err(TryAcquireError::Closed) => None,
-        Err(TryAcquireError::NoCapacity) => ctx.gate.acquire(cost).await.ok(),
+        Err(_) => ctx.gate.acquire(cost).await.ok(),
     };
     match permit {
         Some(permit) => {
-            if ctx.keys.is_some() && update.key().is_some() {
+            if ctx.keys.is_some() && update.ordering_key().is_some() {
                 ctx.tracker.spawn(task::run(Arc::clone(ctx), update, permit));
             } else {
                 let mut permit = Some(permit);
@@ -372,7 +374,7 @@ async fn acquire_and_spawn<H: Handler>(ctx: &Arc<Ctx<H>>, update: Update, cost: 
         }
         None => {
             ctx.give_up(&update);
-            ctx.abandon_key(update.key());
+            ctx.abandon_key(update.ordering_key());
         }
     }
 }

@@ -36,7 +36,7 @@
 //! # async fn demo() -> Result<(), Box<dyn std::error::Error>> {
 //! let transport = TelegramTransport::builder(std::env::var("TELEGRAM_BOT_TOKEN")?).build()?;
 //! let runtime = Runtime::builder(transport, |update: Update| async move {
-//!     println!("update {} from chat {:?}", update.id(), update.key());
+//!     println!("update {} from chat {:?}", update.id(), update.ordering_key());
 //!     Ok::<(), std::io::Error>(())
 //! })
 //! .policy(ByteBudget::new(256 << 20))

@@ -87,11 +87,11 @@ mod tests {
             }));
         }
         assert!(q.claim_or_park(2, || unreachable!()), "other keys are not blocked");
-        assert_eq!(gate.load().queued, 2);
+        assert_eq!(gate.load().reserved, 2);
         assert_eq!(q.next(1).map(|x| x.update.id()), Some(2));
         assert_eq!(q.next(1).map(|x| x.update.id()), Some(3));
         assert!(q.next(1).is_none());
         assert!(q.claim_or_park(1, || unreachable!()), "idle again");
-        assert_eq!(gate.load().queued, 0);
+        assert_eq!(gate.load().reserved, 0);
     }
 }

@@ -61,7 +61,7 @@ use tokio::time::Instant;
 /// fn one_a_second_per_chat() -> impl Pacer {
 ///     let next: Mutex<HashMap<i64, Instant>> = Mutex::default();
 ///     move |update: &Update| {
-///         let chat = update.key()?;
+///         let chat = update.ordering_key()?;
 ///         let now = Instant::now();
 ///         let mut next = next.lock();
 ///         let at = next.get(&chat).copied().filter(|&t| t > now).unwrap_or(now);

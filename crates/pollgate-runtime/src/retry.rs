@@ -52,12 +52,12 @@ use pollgate_core::Backoff;
 /// ```
 /// use std::time::Duration;
 ///
-/// use pollgate_core::{MemoryTransport, Update};
+/// use pollgate_core::{InMemoryTransport, Update};
 /// use pollgate_runtime::{Delivery, Retry, Runtime};
 ///
 /// let retry = Retry::attempts(3).initial_backoff(Duration::from_millis(200));
 /// assert_eq!(retry.max_attempts(), 3);
-/// let runtime = Runtime::builder(MemoryTransport::new(), |_u: Update| async { Ok::<(), std::io::Error>(()) })
+/// let runtime = Runtime::builder(InMemoryTransport::new(), |_u: Update| async { Ok::<(), std::io::Error>(()) })
 ///     .delivery(Delivery::AtLeastOnce)
 ///     .retry(retry)
 ///     .build();

@@ -18,11 +18,12 @@ pub struct Stats {
     pub in_flight: usize,
     /// Most handlers that ran at once so far.
     pub max_in_flight: usize,
-    /// Updates waiting behind their ordering key.
-    pub queued: usize,
+    /// Updates in memory that hold a reservation and no slot: parked behind their
+    /// ordering key, held by the pacer, or waiting for a retry.
+    pub reserved: usize,
     /// What the policy enforces now.
     pub limit: Limit,
-    /// Declared bytes in use: running and queued updates.
+    /// Declared bytes in use: running and reserved updates.
     pub bytes: u64,
     /// Updates admitted to run.
     pub admitted: u64,
@@ -145,7 +146,7 @@ impl StatsHandle {
         Stats {
             in_flight: g.in_flight,
             max_in_flight: g.max_in_flight,
-            queued: g.queued,
+            reserved: g.reserved,
             limit: g.limit,
             bytes: g.bytes,
             admitted: g.admitted,
@@ -185,7 +186,7 @@ pub(crate) async fn report_every(every: Duration, stats: StatsHandle) {
         info!(
             target: "pollgate::summary",
             in_flight = s.in_flight,
-            queued = s.queued,
+            reserved = s.reserved,
             bytes = s.bytes,
             limit_slots = ?s.limit.slots,
             limit_bytes = ?s.limit.bytes,

@@ -145,9 +145,9 @@ impl<H: Handler> Execute<H> {
     /// Starts attempt number `attempt` (1-based) at the update: it moves into its
     /// handler's future now (a copy is kept when another attempt is allowed).
     pub(crate) fn new(ctx: Arc<Ctx<H>>, update: Update, permit: Permit, attempt: u32) -> Execute<H> {
-        let (id, key) = (update.id(), update.key());
+        let (id, key) = (update.id(), update.ordering_key());
         let retry = (attempt < ctx.config.retry.max_attempts()).then(|| Box::new(update.clone()));
-        let span = debug_span!("update", update_id = id, key = ?update.key(), cost = permit.cost());
+        let span = debug_span!("update", update_id = id, key = ?update.ordering_key(), cost = permit.cost());
         let span = (!span.is_disabled()).then(|| Box::new(span));
         let started =
             (ctx.policy_times || ctx.config.handler_timeout.is_some() || tracing::enabled!(tracing::Level::DEBUG))
@@ -395,7 +395,7 @@ impl<H: Handler> Future for RunOne<H> {
 /// time.
 pub(crate) async fn run<H: Handler>(ctx: Arc<Ctx<H>>, mut update: Update, mut permit: Permit) {
     loop {
-        let (id, key, receipt) = (update.id(), update.key(), update.receipt().cloned());
+        let (id, key, receipt) = (update.id(), update.ordering_key(), update.receipt().cloned());
         // Taken back by the transport (its lease lost): not started, and the next of the
         // key is looked at the same way.
         let mut held = Some(permit);

@@ -15,7 +15,7 @@ use std::time::Duration;
 use common::{timed_handler, update};
 use parking_lot::Mutex;
 use pollgate_admission::{AdmissionPolicy, Barrier, ByteBudget, Fixed, Limit, LimitSignal, Load};
-use pollgate_core::{Ack, AckModel, Batch, FetchRequest, MemoryTransport, Transport, Update};
+use pollgate_core::{Ack, AckModel, Batch, FetchRequest, InMemoryTransport, Transport, Update};
 use pollgate_runtime::{CancellationToken, Delivery, Runtime};
 
 /// An in-memory transport that cancels `trip` once it was asked more than `cap` times:
@@ -23,7 +23,7 @@ use pollgate_runtime::{CancellationToken, Delivery, Runtime};
 /// rather than spinning for ever with paused time unable to advance.
 #[derive(Debug)]
 struct Capped {
-    inner: Arc<MemoryTransport>,
+    inner: Arc<InMemoryTransport>,
     cap: usize,
     trip: CancellationToken,
 }
@@ -75,7 +75,7 @@ impl Ids {
 /// update 2's bytes; update 4 arrives later and must still be fetched and handled.
 #[tokio::test(start_paused = true)]
 async fn ordered_dispatcher_resumes_when_a_parked_update_gets_its_permit_late() {
-    let transport = Arc::new(MemoryTransport::with_updates([
+    let transport = Arc::new(InMemoryTransport::with_updates([
         update(1, 1),
         update(2, 2),
         update(3, 1),
@@ -101,7 +101,7 @@ async fn ordered_dispatcher_resumes_when_a_parked_update_gets_its_permit_late() 
     tokio::time::sleep(Duration::from_millis(50)).await;
     // Update 3 waits in the gate behind update 2's 70 bytes: still queued.
     assert_eq!(
-        stats.snapshot().queued,
+        stats.snapshot().reserved,
         1,
         "update 3 is parked, then waits for a permit"
     );
@@ -124,7 +124,7 @@ async fn ordered_dispatcher_resumes_when_a_parked_update_gets_its_permit_late() 
 /// are still seen within it.
 #[tokio::test(start_paused = true)]
 async fn at_least_once_does_not_busy_poll_while_a_handler_is_slow() {
-    let inner = Arc::new(MemoryTransport::with_updates((1..=10).map(|id| update(id, id))));
+    let inner = Arc::new(InMemoryTransport::with_updates((1..=10).map(|id| update(id, id))));
     let trip = CancellationToken::new();
     let transport = Capped {
         inner: Arc::clone(&inner),
@@ -198,7 +198,7 @@ impl AdmissionPolicy for Counting {
 /// lowered to 7: it must sleep until a handler finishes.
 #[tokio::test(start_paused = true)]
 async fn coalescing_does_not_spin_when_the_limit_drops_to_zero() {
-    let transport = Arc::new(MemoryTransport::with_updates((1..=7).map(|id| update(id, id))));
+    let transport = Arc::new(InMemoryTransport::with_updates((1..=7).map(|id| update(id, id))));
     let trip = CancellationToken::new();
     let policy = Arc::new(Counting {
         inner: Fixed::new(8),
@@ -258,7 +258,7 @@ impl AdmissionPolicy for BatchLog {
 /// second fetch brings back 51 repeats with 49 new updates.
 #[tokio::test(start_paused = true)]
 async fn barrier_counts_only_new_updates_into_its_batch() {
-    let transport = Arc::new(MemoryTransport::with_updates((1..=400).map(|id| update(id, id))));
+    let transport = Arc::new(InMemoryTransport::with_updates((1..=400).map(|id| update(id, id))));
     let policy = Arc::new(BatchLog {
         inner: Barrier::new(150),
         batches: Mutex::default(),
@@ -304,7 +304,7 @@ async fn barrier_counts_only_new_updates_into_its_batch() {
 /// reporter running. Everything that holds the policy must let go of it.
 #[tokio::test(start_paused = true)]
 async fn dropping_the_run_future_stops_handlers_and_helpers() {
-    let transport = Arc::new(MemoryTransport::with_updates((1..=20).map(|id| update(id, id))));
+    let transport = Arc::new(InMemoryTransport::with_updates((1..=20).map(|id| update(id, id))));
     let policy: Arc<dyn AdmissionPolicy> = Arc::new(Fixed::new(8));
     let started = Arc::new(AtomicUsize::new(0));
     let s = Arc::clone(&started);
@@ -354,7 +354,7 @@ impl AdmissionPolicy for Unlimited {
 /// `tests/policy_answers.rs` checks arbitrary answers; this is the one that broke.
 #[tokio::test(start_paused = true)]
 async fn a_policy_answering_usize_max_is_taken_without_overflow() {
-    let transport = Arc::new(MemoryTransport::with_updates((1..=300).map(|id| update(id, id))));
+    let transport = Arc::new(InMemoryTransport::with_updates((1..=300).map(|id| update(id, id))));
     let (done, handler) = recording_handler(|_| Duration::from_millis(10));
     let runtime = Runtime::builder(Arc::clone(&transport), handler)
         .policy(Unlimited)

@@ -17,7 +17,7 @@ use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::Duration;
 
 use pollgate_admission::{AdmissionPolicy, ByteBudget, Fixed};
-use pollgate_core::{Ack, AckModel, Batch, FetchRequest, MemoryTransport, Transport, Update};
+use pollgate_core::{Ack, AckModel, Batch, FetchRequest, InMemoryTransport, Transport, Update};
 use pollgate_runtime::{Delivery, Runtime};
 use tokio::time::Instant;
 
@@ -36,7 +36,7 @@ use tokio::time::Instant;
 async fn a_closed_gate_ends_the_run_even_with_a_full_window_of_given_up_updates() {
     let mut outcomes = Vec::new();
     for n in [99_i64, 100] {
-        let transport = Arc::new(MemoryTransport::new());
+        let transport = Arc::new(InMemoryTransport::new());
         let (_done, handler) = timed_handler(Instant::now(), |_| Duration::ZERO);
         let runtime = Runtime::builder(Arc::clone(&transport), handler)
             .policy(Fixed::new(100))
@@ -79,7 +79,7 @@ async fn a_closed_gate_ends_the_run_even_with_a_full_window_of_given_up_updates(
 #[test]
 #[should_panic(expected = "repoll_interval must be above zero")]
 fn a_zero_repoll_interval_is_refused() {
-    let transport = MemoryTransport::new();
+    let transport = InMemoryTransport::new();
     let _ =
         Runtime::builder(transport, |_u: Update| async { Ok::<(), Infallible>(()) }).repoll_interval(Duration::ZERO);
 }
@@ -90,13 +90,13 @@ fn a_zero_repoll_interval_is_refused() {
 // is caught up".
 // ---------------------------------------------------------------------------------------
 
-/// A `MemoryTransport` seen through `TelegramTransport::get_updates`' BodyTooLarge
+/// A `InMemoryTransport` seen through `TelegramTransport::get_updates`' BodyTooLarge
 /// handling: a response of more than `max_items` updates is refused and the limit halved
 /// (`(limit.min(100) / 2).max(1)`) until it fits. Uniform update sizes, so "the body
 /// fits" is "at most `max_items` updates".
 #[derive(Debug)]
 struct BodyCapped {
-    inner: Arc<MemoryTransport>,
+    inner: Arc<InMemoryTransport>,
     max_items: usize,
     refused: AtomicUsize,
 }
@@ -143,7 +143,7 @@ async fn a_response_cut_short_by_the_transport_is_not_taken_for_caught_up() {
     let mut handled_51 = Vec::new();
     for max_items in [1000, 60] {
         let start = Instant::now();
-        let inner = Arc::new(MemoryTransport::with_updates((1..=200).map(|id| update(id, id))));
+        let inner = Arc::new(InMemoryTransport::with_updates((1..=200).map(|id| update(id, id))));
         let transport = BodyCapped {
             inner: Arc::clone(&inner),
             max_items,
@@ -186,7 +186,7 @@ async fn a_response_cut_short_by_the_transport_is_not_taken_for_caught_up() {
 #[tokio::test(start_paused = true)]
 async fn a_transport_whose_short_requests_hold_only_repeats_is_not_busy_polled() {
     let start = Instant::now();
-    let inner = Arc::new(MemoryTransport::with_updates((1..=200).map(|id| update(id, id))));
+    let inner = Arc::new(InMemoryTransport::with_updates((1..=200).map(|id| update(id, id))));
     let transport = BodyCapped {
         inner: Arc::clone(&inner),
         max_items: 40,
@@ -260,7 +260,7 @@ async fn a_telegram_response_over_the_body_cap_is_not_taken_for_caught_up() {
 /// confirmed past: lost.
 #[tokio::test(start_paused = true)]
 async fn a_closed_gate_stops_the_long_poll_in_eager_mode() {
-    let transport = Arc::new(MemoryTransport::new());
+    let transport = Arc::new(InMemoryTransport::new());
     let (done, handler) = timed_handler(Instant::now(), |_| Duration::ZERO);
     let runtime = Runtime::builder(Arc::clone(&transport), handler)
         .policy(Fixed::new(100))
@@ -312,7 +312,7 @@ impl AdmissionPolicy for Refusals {
 
 #[tokio::test(start_paused = true)]
 async fn at_least_once_never_fetches_more_new_updates_than_admitted_holds() {
-    let transport = Arc::new(MemoryTransport::with_updates((1..=600).map(|id| update(id, id))));
+    let transport = Arc::new(InMemoryTransport::with_updates((1..=600).map(|id| update(id, id))));
     let policy = Arc::new(Refusals {
         inner: Fixed::new(10),
         refused: AtomicUsize::new(0),
@@ -355,7 +355,7 @@ async fn dropping_run_returns_every_permit_and_reservation_holds() {
     // rest park behind their chat; update 21 (a new chat) makes the dispatcher wait in
     // `acquire`.
     let updates = (1..=40).map(|id| update(id, if id <= 20 { (id - 1) % 3 + 1 } else { id }));
-    let transport = Arc::new(MemoryTransport::with_updates(updates));
+    let transport = Arc::new(InMemoryTransport::with_updates(updates));
     let policy: Arc<dyn AdmissionPolicy> = Arc::new(ByteBudget::new(30).expected_cost(1));
     let (_done, handler) = timed_handler(Instant::now(), |_| Duration::from_secs(3600));
     let runtime = Runtime::builder(Arc::clone(&transport), handler)
@@ -369,7 +369,7 @@ async fn dropping_run_returns_every_permit_and_reservation_holds() {
     tokio::time::sleep(Duration::from_millis(50)).await;
     let before = gate.stats();
     assert!(
-        before.in_flight == 3 && before.queued == 17 && before.waiters == 1,
+        before.in_flight == 3 && before.reserved == 17 && before.waiting == 1,
         "{before:?}"
     );
     run.abort();
@@ -378,7 +378,7 @@ async fn dropping_run_returns_every_permit_and_reservation_holds() {
     let after = gate.stats();
     drop(gate);
     assert_eq!(
-        (after.in_flight, after.queued, after.bytes, after.waiters),
+        (after.in_flight, after.reserved, after.bytes, after.waiting),
         (0, 0, 0, 0),
         "{after:?}"
     );

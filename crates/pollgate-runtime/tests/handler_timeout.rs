@@ -10,7 +10,7 @@ use std::time::Duration;
 
 use parking_lot::Mutex;
 use pollgate_admission::{AdmissionPolicy, Completion, Load, Outcome};
-use pollgate_core::{MemoryTransport, Update};
+use pollgate_core::{InMemoryTransport, Update};
 use pollgate_runtime::{Delivery, Runtime};
 use tokio::time::Instant;
 
@@ -101,7 +101,7 @@ fn handler(
 
 #[tokio::test(start_paused = true)]
 async fn a_handler_past_the_timeout_is_cancelled_and_its_permit_admits_the_next_update() {
-    let transport = Arc::new(MemoryTransport::with_updates([update(1, 1), update(2, 2)]));
+    let transport = Arc::new(InMemoryTransport::with_updates([update(1, 1), update(2, 2)]));
     let policy = Recording::new(1);
     let seen = Arc::new(Mutex::new(Seen::default()));
     let runtime = Runtime::builder(Arc::clone(&transport), handler(&[1], &seen, &policy))
@@ -168,7 +168,7 @@ async fn a_handler_past_the_timeout_is_cancelled_and_its_permit_admits_the_next_
 #[tokio::test(start_paused = true)]
 async fn ordered_the_next_update_of_the_key_runs_after_the_timeout() {
     // Updates 1 and 2 share chat 7; 3 is another chat.
-    let transport = Arc::new(MemoryTransport::with_updates([
+    let transport = Arc::new(InMemoryTransport::with_updates([
         update(1, 7),
         update(2, 7),
         update(3, 8),
@@ -190,7 +190,7 @@ async fn ordered_the_next_update_of_the_key_runs_after_the_timeout() {
     tokio::time::sleep(TIMEOUT - Duration::from_millis(100)).await;
     assert_eq!(seen.lock().returned, vec![3], "the other chat is not held up");
     assert!(!seen.lock().started.contains_key(&2), "update 2 waits behind update 1");
-    assert_eq!(stats.snapshot().queued, 1);
+    assert_eq!(stats.snapshot().reserved, 1);
 
     tokio::time::sleep(Duration::from_millis(200)).await;
     let started_2 = seen
@@ -202,7 +202,7 @@ async fn ordered_the_next_update_of_the_key_runs_after_the_timeout() {
     assert!(started_2 >= t0 + TIMEOUT);
     assert_eq!(seen.lock().returned, vec![3, 2]);
     let s = stats.snapshot();
-    assert_eq!((s.timed_out, s.completed, s.queued), (1, 2, 0));
+    assert_eq!((s.timed_out, s.completed, s.reserved), (1, 2, 0));
     assert!(policy.completions().contains(&(1, Outcome::Overload)));
 
     shutdown.cancel();
@@ -214,7 +214,7 @@ async fn ordered_the_next_update_of_the_key_runs_after_the_timeout() {
 
 #[tokio::test(start_paused = true)]
 async fn a_handler_that_ends_before_the_timeout_is_an_ordinary_success() {
-    let transport = Arc::new(MemoryTransport::with_updates([update(1, 1)]));
+    let transport = Arc::new(InMemoryTransport::with_updates([update(1, 1)]));
     let policy = Recording::new(1);
     let handler = |_u: Update| async {
         // Waits (so the timer is armed), and ends just before it fires.
@@ -246,6 +246,8 @@ async fn a_handler_that_ends_before_the_timeout_is_an_ordinary_success() {
 #[test]
 #[should_panic(expected = "handler_timeout must be greater than zero")]
 fn a_zero_handler_timeout_is_refused() {
-    let _ = Runtime::builder(MemoryTransport::new(), |_u: Update| async { Ok::<(), Infallible>(()) })
-        .handler_timeout(Duration::ZERO);
+    let _ = Runtime::builder(InMemoryTransport::new(), |_u: Update| async {
+        Ok::<(), Infallible>(())
+    })
+    .handler_timeout(Duration::ZERO);
 }

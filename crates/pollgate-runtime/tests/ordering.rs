@@ -12,7 +12,7 @@ use std::time::Duration;
 use common::{Probe, run_until, server_with, telegram};
 use parking_lot::Mutex;
 use pollgate_admission::{ByteBudget, Fixed, all_of};
-use pollgate_core::{MemoryTransport, Update};
+use pollgate_core::{InMemoryTransport, Update};
 use pollgate_runtime::Runtime;
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -33,7 +33,7 @@ async fn same_key_runs_one_at_a_time_in_id_order_over_http() {
         probe.max_in_flight.load(Ordering::SeqCst) > 1,
         "different keys must run concurrently"
     );
-    assert_eq!(summary.stats.queued, 0);
+    assert_eq!(summary.stats.reserved, 0);
 }
 
 fn update(id: i64, chat: i64) -> Update {
@@ -47,7 +47,7 @@ fn update(id: i64, chat: i64) -> Update {
 /// `slow_key_time` and every other handler 10 ms.
 async fn completions_by_key(slow_key_time: Duration, window: Duration) -> HashMap<i64, usize> {
     const KEYS: i64 = 100;
-    let transport = Arc::new(MemoryTransport::with_updates(
+    let transport = Arc::new(InMemoryTransport::with_updates(
         (1..=20_000).map(|id| update(id, id % KEYS)),
     ));
     let done: Arc<Mutex<HashMap<i64, usize>>> = Arc::default();
@@ -55,7 +55,7 @@ async fn completions_by_key(slow_key_time: Duration, window: Duration) -> HashMa
     let handler = move |u: Update| {
         let d = Arc::clone(&d);
         async move {
-            let key = u.key().unwrap();
+            let key = u.ordering_key().unwrap();
             let t = if key == 0 {
                 slow_key_time
             } else {
@@ -127,7 +127,7 @@ async fn a_parked_update_reserves_its_json_size_not_its_cost() {
     };
     let summary = common::run_until_paused(runtime, || stats.snapshot().finished() == 4).await;
     let mid = probe.await.unwrap();
-    assert_eq!((mid.in_flight, mid.queued), (2, 2), "{mid:?}");
+    assert_eq!((mid.in_flight, mid.reserved), (2, 2), "{mid:?}");
     assert_eq!(
         mid.bytes,
         (8 << 10) + json,

@@ -39,7 +39,7 @@ fn one_a_second_per_chat() -> (Arc<Mutex<Vec<i64>>>, impl pollgate_runtime::Pace
     let log = Arc::clone(&asked);
     let pacer = move |u: &Update| {
         log.lock().push(u.id());
-        let chat = u.key()?;
+        let chat = u.ordering_key()?;
         let now = Instant::now();
         let mut next = next.lock();
         let at = next.get(&chat).copied().filter(|&t| t > now).unwrap_or(now);
@@ -79,7 +79,7 @@ async fn a_paced_update_holds_no_slot_while_it_waits_and_others_run_meanwhile() 
     let summary = run_until_paused(runtime, || stats.snapshot().finished() == 3).await;
     let mid = probe.await.unwrap();
     assert_eq!(
-        (mid.in_flight, mid.queued),
+        (mid.in_flight, mid.reserved),
         (0, 1),
         "while it waits: no slot, its cost reserved: {mid:?}"
     );
@@ -152,7 +152,7 @@ async fn paced_updates_count_against_max_queued_and_fetching_pauses() {
     };
     let summary = run_until_paused(runtime, || stats.snapshot().finished() == 10).await;
     let (mid, limits) = probe.await.unwrap();
-    assert_eq!((mid.fetched, mid.queued, mid.in_flight), (3, 3, 0), "{mid:?}");
+    assert_eq!((mid.fetched, mid.reserved, mid.in_flight), (3, 3, 0), "{mid:?}");
     assert_eq!(limits, [3], "one fetch, of what may wait, then nothing until they go");
     assert_eq!(summary.stats.finished(), 10);
     assert_eq!(done.lock().len(), 10);

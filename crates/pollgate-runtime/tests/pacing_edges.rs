@@ -19,7 +19,7 @@ use tokio::time::Instant;
 fn one_a_second_per_chat() -> impl pollgate_runtime::Pacer {
     let next: Mutex<HashMap<i64, Instant>> = Mutex::default();
     move |u: &Update| {
-        let chat = u.key()?;
+        let chat = u.ordering_key()?;
         let now = Instant::now();
         let mut next = next.lock();
         let at = next.get(&chat).copied().filter(|&t| t > now).unwrap_or(now);

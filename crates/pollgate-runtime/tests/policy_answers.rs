@@ -10,7 +10,7 @@ use std::time::Duration;
 
 use parking_lot::Mutex;
 use pollgate_admission::{AdmissionPolicy, Load};
-use pollgate_core::{MemoryTransport, Update};
+use pollgate_core::{InMemoryTransport, Update};
 use pollgate_runtime::{Delivery, Runtime};
 use proptest::prelude::*;
 
@@ -81,7 +81,7 @@ proptest! {
             .build()
             .unwrap();
         let (handled, requests) = rt.block_on(async move {
-            let transport = Arc::new(MemoryTransport::with_updates((1..=n).map(|id| update(id, id % 5))));
+            let transport = Arc::new(InMemoryTransport::with_updates((1..=n).map(|id| update(id, id % 5))));
             let handled: Arc<Mutex<Vec<i64>>> = Arc::default();
             let h = Arc::clone(&handled);
             let handler = move |u: Update| {

@@ -170,7 +170,7 @@ async fn a_waiting_retry_holds_a_reservation_not_a_slot() {
     tokio::time::sleep(Duration::from_secs(3)).await;
     let s = stats.snapshot();
     assert_eq!(s.in_flight, 0, "the waiting retry holds no slot");
-    assert_eq!(s.queued, 1, "but is counted as waiting in memory");
+    assert_eq!(s.reserved, 1, "but is counted as waiting in memory");
     assert_eq!(starts_of(&attempts, 2).len(), 1, "id 2 ran with the only slot");
     assert_eq!(starts_of(&attempts, 1).len(), 1, "id 1 is still waiting (pending)");
     assert_eq!(s.finished(), 1);
@@ -178,7 +178,7 @@ async fn a_waiting_retry_holds_a_reservation_not_a_slot() {
     tokio::time::sleep(Duration::from_secs(8)).await;
     let s = stats.snapshot();
     assert_eq!(starts_of(&attempts, 1).len(), 2, "id 1 ran again after its backoff");
-    assert_eq!((s.queued, s.finished()), (0, 2));
+    assert_eq!((s.reserved, s.finished()), (0, 2));
     stop.cancel();
     run.await.unwrap().unwrap();
 }
@@ -244,9 +244,9 @@ async fn updates_waiting_for_a_retry_pause_fetching_at_max_queued() {
     let s = stats.snapshot();
     // Fetching pauses once max_queued wait; the handlers running then may still fail and
     // join them: at most max_queued + the policy's 2 slots.
-    assert!((3..=5).contains(&s.queued), "{} wait for their retry", s.queued);
-    assert_eq!(s.fetched, s.queued as u64, "nothing else was fetched");
-    assert_eq!(attempts.lock().len(), s.queued);
+    assert!((3..=5).contains(&s.reserved), "{} wait for their retry", s.reserved);
+    assert_eq!(s.fetched, s.reserved as u64, "nothing else was fetched");
+    assert_eq!(attempts.lock().len(), s.reserved);
     tokio::time::sleep(Duration::from_secs(600)).await;
     assert_eq!(stats.snapshot().fetched, s.fetched, "fetching stays paused");
     let limits = queue.state.lock().limits.clone();

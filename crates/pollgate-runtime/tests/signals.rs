@@ -8,7 +8,7 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::{Duration, Instant};
 
-use pollgate_core::{MemoryTransport, Update};
+use pollgate_core::{InMemoryTransport, Update};
 use pollgate_runtime::{Delivery, Runtime, Summary};
 use rustix::process::{Signal, getpid, kill_process};
 
@@ -19,7 +19,7 @@ fn update(id: i64) -> Update {
 /// Runs one update whose handler takes `work`, sends `signals` once it started (100 ms
 /// apart), and returns the summary and how long the run took after the first signal.
 async fn run_and_signal(work: Duration, signals: &[Signal]) -> (Summary, Duration, usize) {
-    let transport = Arc::new(MemoryTransport::with_updates([update(1)]));
+    let transport = Arc::new(InMemoryTransport::with_updates([update(1)]));
     let (started, returned) = (Arc::new(AtomicUsize::new(0)), Arc::new(AtomicUsize::new(0)));
     let handler = {
         let (started, returned) = (Arc::clone(&started), Arc::clone(&returned));

@@ -10,7 +10,7 @@ use std::time::Duration;
 
 use parking_lot::Mutex;
 use pollgate_admission::Fixed;
-use pollgate_core::{Ack, AckModel, Batch, FetchRequest, MemoryTransport, Transport, Update};
+use pollgate_core::{Ack, AckModel, Batch, FetchRequest, InMemoryTransport, Transport, Update};
 use pollgate_runtime::{Delivery, Runtime};
 
 fn update(id: i64, chat: i64) -> Update {
@@ -37,7 +37,7 @@ impl Drop for PanicsOnDrop {
 /// past it (the whole run then stalls once the window fills).
 #[tokio::test(start_paused = true)]
 async fn a_timed_out_handler_whose_drop_panics_still_frees_its_key_and_the_offset() {
-    let transport = Arc::new(MemoryTransport::with_updates([update(1, 7), update(2, 7)]));
+    let transport = Arc::new(InMemoryTransport::with_updates([update(1, 7), update(2, 7)]));
     let ran = Arc::new(Mutex::new(Vec::new()));
     let handler = {
         let ran = Arc::clone(&ran);
@@ -91,7 +91,7 @@ async fn a_timed_out_handler_whose_drop_panics_still_frees_its_key_and_the_offse
 /// is counted as panicked, once, and its key goes on.
 #[tokio::test(start_paused = true)]
 async fn a_panic_at_the_timeout_instant_counts_once() {
-    let transport = Arc::new(MemoryTransport::with_updates([update(1, 7), update(2, 7)]));
+    let transport = Arc::new(InMemoryTransport::with_updates([update(1, 7), update(2, 7)]));
     let handler = |u: Update| async move {
         if u.id() == 1 {
             tokio::time::sleep(Duration::from_secs(5)).await;
@@ -121,9 +121,9 @@ async fn a_panic_at_the_timeout_instant_counts_once() {
     assert_eq!(summary.confirmed_offset, Some(3));
 }
 
-/// MemoryTransport whose final `flush` never answers (the server went away at shutdown).
+/// InMemoryTransport whose final `flush` never answers (the server went away at shutdown).
 #[derive(Debug)]
-struct HangingFlush(MemoryTransport, AtomicBool);
+struct HangingFlush(InMemoryTransport, AtomicBool);
 
 impl Transport for HangingFlush {
     type Error = Infallible;
@@ -151,7 +151,7 @@ impl Transport for HangingFlush {
 async fn a_second_signal_cuts_a_hanging_final_confirmation_short() {
     use rustix::process::{Signal, getpid, kill_process};
     let transport = Arc::new(HangingFlush(
-        MemoryTransport::with_updates([update(1, 1)]),
+        InMemoryTransport::with_updates([update(1, 1)]),
         AtomicBool::new(false),
     ));
     let deadline = Duration::from_secs(60);

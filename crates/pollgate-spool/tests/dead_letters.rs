@@ -37,7 +37,7 @@ fn handler(
         Box::pin(async move {
             let attempt = {
                 let mut s = seen.lock();
-                s.starts.push((u.key().unwrap_or(0), u.id()));
+                s.starts.push((u.ordering_key().unwrap_or(0), u.id()));
                 let n = s.attempts.entry(u.id()).or_default();
                 *n += 1;
                 *n

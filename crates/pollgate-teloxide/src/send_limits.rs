@@ -194,7 +194,7 @@ impl SendLimiter {
     /// let limits = Arc::new(SendLimiter::telegram());
     /// let runtime = Runtime::builder(transport, handler)
     ///     .ordered(true)
-    ///     .pacer(limits.pacer(Update::key))
+    ///     .pacer(limits.pacer(Update::ordering_key))
     ///     .build();
     /// # }
     /// ```

@@ -20,7 +20,7 @@ fn instants(l: &SendLimiter) -> usize {
     format!("{l:?}").matches("Instant").count()
 }
 
-/// A booking whose update sends nothing (the `pacer` doc's `sends_to` is `Update::key`:
+/// A booking whose update sends nothing (the `pacer` doc's `sends_to` is `Update::ordering_key`:
 /// every message books, a handler that answers only some of them) must not stay for ever:
 /// a sweep runs only once the limiter knows many chats, so `book` gives a chat's stale
 /// bookings back itself.

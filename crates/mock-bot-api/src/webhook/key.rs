@@ -10,7 +10,7 @@ use serde_json::Value;
 /// boosts), `message.chat.id` (`callback_query`), `voter_chat.id` (`poll_answer` by a
 /// chat), `from.id` (`inline_query`, `callback_query` without message, …), `user.id`
 /// (`poll_answer`, `business_connection`). `poll` has none. This is the rule of pollgate's
-/// `Update::key`, so the mock's per-chat order is the one a pollgate consumer keeps.
+/// `Update::ordering_key`, so the mock's per-chat order is the one a pollgate consumer keeps.
 pub(super) fn ordering_key(update: &str) -> Option<i64> {
     let Ok(Value::Object(fields)) = serde_json::from_str::<Value>(update) else {
         return None;

@@ -12,7 +12,7 @@
 //! - At most `max_connections` requests in flight at once.
 //! - Per ordering key one at a time, in id order: an update is not sent while an earlier
 //!   update with its key is in flight or waiting for a retry; updates of other keys go on.
-//!   The key is the update's chat, else its user (the rule of pollgate's `Update::key`; see
+//!   The key is the update's chat, else its user (the rule of pollgate's `Update::ordering_key`; see
 //!   [`key::ordering_key`]). Updates without a key are not held back by anything.
 //! - At most `2 * max_connections` keys are worked on at once (the real server's
 //!   `max_loaded_updates_`): the backlog is taken in id order, and an update of another key

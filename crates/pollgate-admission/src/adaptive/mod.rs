@@ -70,7 +70,7 @@ use parking_lot::Mutex;
 pub use aimd::Aimd;
 pub use gradient2::Gradient2;
 
-use crate::policy::{AdmissionPolicy, Completion, Limit, LimitSignal, Listeners, Load, Outcome};
+use crate::policy::{AdmissionPolicy, Completion, Limit, LimitSignal, LimitSignals, Load, Outcome};
 
 /// One finished update, as a limit algorithm sees it.
 #[non_exhaustive]
@@ -128,7 +128,7 @@ pub trait LimitAlgorithm: Send + fmt::Debug + 'static {
 pub struct Adaptive<A> {
     algorithm: Mutex<A>,
     limit: AtomicUsize,
-    listeners: Listeners,
+    listeners: LimitSignals,
 }
 
 impl<A: LimitAlgorithm> Adaptive<A> {
@@ -138,7 +138,7 @@ impl<A: LimitAlgorithm> Adaptive<A> {
         Adaptive {
             algorithm: Mutex::new(algorithm),
             limit: AtomicUsize::new(initial),
-            listeners: Listeners::default(),
+            listeners: LimitSignals::default(),
         }
     }
 

@@ -208,7 +208,7 @@ impl RssAdaptiveBuilder {
             estimate,
             controller: Mutex::new(controller),
             last_sample: Mutex::new(None),
-            listeners: Listeners::default(),
+            listeners: LimitSignals::default(),
             release: self
                 .release
                 .map(|(interval, hook)| ReleaseHook::new(interval, (self.target / 100).max(1), hook)),

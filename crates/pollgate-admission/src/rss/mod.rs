@@ -143,7 +143,7 @@ use release::{Hook, ReleaseHook};
 
 use self::sampler::Sampler;
 use crate::byte_budget::{CostEstimate, admits_within, fetch_within};
-use crate::policy::{AdmissionPolicy, Completion, Limit, LimitSignal, Listeners, Load, MemorySample};
+use crate::policy::{AdmissionPolicy, Completion, Limit, LimitSignal, LimitSignals, Load, MemorySample};
 
 const MIB: u64 = 1 << 20;
 
@@ -248,7 +248,7 @@ pub(crate) struct Core {
     estimate: CostEstimate,
     controller: Mutex<BudgetController>,
     last_sample: Mutex<Option<MemorySample>>,
-    listeners: Listeners,
+    listeners: LimitSignals,
     release: Option<ReleaseHook>,
 }
 

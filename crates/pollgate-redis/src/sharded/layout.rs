@@ -22,7 +22,7 @@ use super::*;
 /// ```
 pub fn shard_of(update: &Update, shards: u32) -> u32 {
     assert!(shards > 0, "shard_of: at least one shard");
-    let x = match update.key() {
+    let x = match update.ordering_key() {
         Some(key) => key as u64,
         None => (update.id() as u64) ^ 0x5bd1_e995_5bd1_e995,
     };

@@ -104,7 +104,7 @@ impl Probe {
         if now > self.limit {
             self.over_limit.fetch_add(1, Ordering::SeqCst);
         }
-        if let Some(key) = u.key() {
+        if let Some(key) = u.ordering_key() {
             let mut last = self.last_per_key.lock();
             if last.get(&key).is_some_and(|&prev| prev >= u.id()) {
                 self.order_violations.fetch_add(1, Ordering::SeqCst);
@@ -126,7 +126,7 @@ impl Probe {
         if self.crashed.load(Ordering::SeqCst) {
             return false;
         }
-        if let Some(key) = u.key() {
+        if let Some(key) = u.ordering_key() {
             *self.running_keys.lock().entry(key).or_default() -= 1;
         }
         handled.push(u.id());

@@ -1,6 +1,6 @@
 //! An in-memory transport with `getUpdates` semantics, for tests, examples and benchmarks.
 //!
-//! [`MemoryTransport`] holds a backlog of updates and serves it as Telegram would: a
+//! [`InMemoryTransport`] holds a backlog of updates and serves it as Telegram would: a
 //! fetch returns at most `limit` updates from the acknowledged offset on, and an
 //! acknowledgement drops everything below it. When nothing is pending, a fetch waits
 //! for new updates up to its timeout (on the tokio clock, so paused-time tests run
@@ -16,7 +16,7 @@ use crate::update::Update;
 
 /// A cumulative, Telegram-like transport over an in-memory backlog.
 #[derive(Debug, Default)]
-pub struct MemoryTransport {
+pub struct InMemoryTransport {
     state: Mutex<State>,
     arrived: Notify,
 }
@@ -30,15 +30,15 @@ struct State {
     flushes: u64,
 }
 
-impl MemoryTransport {
+impl InMemoryTransport {
     /// An empty transport.
-    pub fn new() -> MemoryTransport {
-        MemoryTransport::default()
+    pub fn new() -> InMemoryTransport {
+        InMemoryTransport::default()
     }
 
     /// A transport whose backlog is `updates` (they must be in increasing id order).
-    pub fn with_updates(updates: impl IntoIterator<Item = Update>) -> MemoryTransport {
-        let t = MemoryTransport::new();
+    pub fn with_updates(updates: impl IntoIterator<Item = Update>) -> InMemoryTransport {
+        let t = InMemoryTransport::new();
         t.push(updates);
         t
     }
@@ -88,7 +88,7 @@ impl MemoryTransport {
     }
 }
 
-impl Transport for MemoryTransport {
+impl Transport for InMemoryTransport {
     type Error = Infallible;
 
     fn ack_model(&self) -> AckModel {
