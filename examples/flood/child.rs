@@ -272,7 +272,10 @@ impl Drive {
         };
         match result {
             Ok(Ok(summary)) => Ok((summary, drain, signalled)),
-            Ok(Err(RunError::Transport { source, .. })) => Err(format!("transport failed: {source}")),
+            Ok(Err(RunError::Transport { source, .. })) => Err(format!(
+                "transport failed: {}",
+                pollgate::transport::ErrorChain(&source)
+            )),
             Ok(Err(e)) => Err(e.to_string()),
             Err(e) => Err(format!("the runtime task failed: {e}")),
         }

@@ -296,7 +296,12 @@ mod tests {
             panic!("{decoded:?}");
         };
         let failure = &batch.failures[0];
-        let shown = format!("{} {:?} {}", failure.error, failure.error, failure.raw);
+        let shown = format!(
+            "{} {:?} {}",
+            crate::ErrorChain(&failure.error),
+            failure.error,
+            failure.raw
+        );
         assert!(!shown.contains("7:AAE") && !shown.contains("secret"), "{shown}");
         assert!(shown.contains(r#"invalid type: string "<redacted>""#), "{shown}");
         assert!(
@@ -309,7 +314,11 @@ mod tests {
         else {
             unreachable!("decoded above");
         };
-        assert!(plain.failures[0].error.to_string().contains(token.expose()));
+        assert!(
+            crate::ErrorChain(&plain.failures[0].error)
+                .to_string()
+                .contains(token.expose())
+        );
     }
 
     #[test]

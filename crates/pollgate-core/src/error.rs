@@ -81,7 +81,7 @@ impl fmt::Debug for BodyExcerpt {
 pub enum TelegramError {
     /// The request did not complete: connection refused or reset, DNS, TLS, timeout,
     /// dropped connection. The URL (which holds the token) is stripped from the source.
-    #[error("network error: {0}")]
+    #[error("network error")]
     Network(#[source] reqwest::Error),
     /// The server answered with a non-success status and a body that is not a Bot API
     /// error object (an HTML page from a proxy, for instance).
@@ -145,7 +145,7 @@ pub enum TelegramError {
     /// The response is not a valid Bot API response (bad JSON, an HTML page with status
     /// 200, a missing `result`). A parser message that quoted the token was rebuilt with
     /// the token removed (its text keeps the position; `line()`/`column()` read 0).
-    #[error("invalid response ({source}); body: {body}")]
+    #[error("invalid response; body: {body}")]
     InvalidJson {
         /// The parser's error.
         #[source]
@@ -159,8 +159,18 @@ pub enum TelegramError {
         /// The cap in bytes.
         limit: usize,
     },
+    /// The API base URL does not make a valid request URL (a configuration error, found
+    /// when the transport is built). Final.
+    #[error("invalid API base URL {api_url:?}")]
+    InvalidApiUrl {
+        /// The base URL as configured (with the token removed, should it contain it).
+        api_url: String,
+        /// Why it does not parse.
+        #[source]
+        source: url::ParseError,
+    },
     /// Transient errors went on for more than the configured number of retries.
-    #[error("gave up after {attempts} attempts; last error: {last}")]
+    #[error("gave up after {attempts} attempts")]
     RetriesExhausted {
         /// Attempts made.
         attempts: u32,
@@ -171,15 +181,19 @@ pub enum TelegramError {
 }
 
 impl TelegramError {
-    /// Whether the error is final: retrying the same request cannot succeed.
-    pub fn is_fatal(&self) -> bool {
+    /// Whether retrying the same request later could succeed (the network, the server's
+    /// 5xx and 429, a conflict, a bad or oversized body). `false` for what no retry fixes:
+    /// the token rejected, a wrong URL, a webhook in the way, other 4xx answers, and the
+    /// retries already exhausted. The transport retries exactly the transient ones.
+    pub fn is_transient(&self) -> bool {
         match self {
             TelegramError::Unauthorized { .. }
             | TelegramError::NotFound { .. }
             | TelegramError::WebhookActive { .. }
-            | TelegramError::RetriesExhausted { .. } => true,
-            TelegramError::Api { error_code, .. } => (400..500).contains(error_code),
-            _ => false,
+            | TelegramError::InvalidApiUrl { .. }
+            | TelegramError::RetriesExhausted { .. } => false,
+            TelegramError::Api { error_code, .. } => !(400..500).contains(error_code),
+            _ => true,
         }
     }
 
@@ -207,6 +221,7 @@ impl TelegramError {
             TelegramError::Api { .. } => "api",
             TelegramError::InvalidJson { .. } => "invalid_json",
             TelegramError::BodyTooLarge { .. } => "body_too_large",
+            TelegramError::InvalidApiUrl { .. } => "invalid_api_url",
             TelegramError::RetriesExhausted { .. } => "retries_exhausted",
         }
     }
@@ -251,7 +266,7 @@ mod tests {
         let e = TelegramError::WebhookActive {
             host: Some("bot.example.com".into()),
         };
-        assert!(e.is_fatal());
+        assert!(!e.is_transient());
         assert_eq!(e.kind(), "webhook_active");
         let text = e.to_string();
         assert!(text.contains("(to bot.example.com)"), "{text}");

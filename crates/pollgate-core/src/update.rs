@@ -283,7 +283,7 @@ impl fmt::Display for UpdateKind {
 pub enum EnvelopeError {
     /// The JSON is malformed, is not an object, or a field the key is read from has the
     /// wrong type.
-    #[error("undecodable update{}: {source}", .update_id.map(|id| format!(" {id}")).unwrap_or_default())]
+    #[error("undecodable update{}", .update_id.map(|id| format!(" {id}")).unwrap_or_default())]
     Invalid {
         /// The `update_id`, when it could still be read.
         update_id: Option<i64>,

@@ -222,7 +222,7 @@ async fn unauthorized_is_final_and_not_retried() {
     s.inject(Fault::Unauthorized);
     let err = t.fetch(ALL).await.unwrap_err();
     assert!(matches!(err, TelegramError::Unauthorized { .. }), "{err:?}");
-    assert!(err.is_fatal());
+    assert!(!err.is_transient());
     assert!(sleep.waits().is_empty());
 }
 
@@ -410,7 +410,7 @@ async fn a_webhook_stops_the_first_fetch_with_a_final_error_before_any_get_updat
         matches!(&err, TelegramError::WebhookActive { host: Some(h) } if h == "hooks.example.com"),
         "{err:?}"
     );
-    assert!(err.is_fatal());
+    assert!(!err.is_transient());
     assert!(err.to_string().contains("deleteWebhook"), "{err}");
     assert_no_secret(&s, &error_chain(&err));
     assert_eq!(s.stats().get_updates_calls, 0, "getUpdates was never called");
@@ -506,4 +506,41 @@ async fn a_webhook_set_while_polling_is_a_conflict_retried_and_logged_with_what_
     for line in &lines {
         assert_no_secret(&s, line);
     }
+}
+
+/// A base URL that does not parse is a configuration error found at build time (it was
+/// reported as a 404 `NotFound`), final, and its message does not carry the token.
+#[test]
+fn an_invalid_api_url_is_a_configuration_error() {
+    let token = "123456:AAEsecretsecretsecretsecretsecret";
+    let e = TelegramTransport::builder(token)
+        .api_url("http://[not a host")
+        .build()
+        .unwrap_err();
+    assert!(matches!(e, TelegramError::InvalidApiUrl { .. }), "{e:?}");
+    assert!(!e.is_transient());
+    assert_eq!(e.kind(), "invalid_api_url");
+    let shown = format!("{} {:?}", pollgate_core::ErrorChain(&e), e);
+    assert!(!shown.contains("AAEsecret"), "{shown}");
+}
+
+/// Each error's message is its own sentence; the cause comes through `source()` only, so a
+/// report that walks the chain prints each cause once.
+#[test]
+fn a_message_does_not_repeat_its_source() {
+    let last = TelegramError::Conflict {
+        description: "terminated by other getUpdates request".into(),
+    };
+    let e = TelegramError::RetriesExhausted {
+        attempts: 3,
+        last: Box::new(last),
+    };
+    assert_eq!(e.to_string(), "gave up after 3 attempts");
+    let chain = pollgate_core::ErrorChain(&e).to_string();
+    assert_eq!(
+        chain.matches("terminated by other getUpdates request").count(),
+        1,
+        "{chain}"
+    );
+    assert!(e.source().is_some());
 }

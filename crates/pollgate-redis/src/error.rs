@@ -13,7 +13,7 @@
 #[non_exhaustive]
 pub enum RedisTransportError {
     /// Redis could not be reached or kept failing transiently; retries are exhausted.
-    #[error("redis unavailable after {attempts} attempts ({command}): {source}")]
+    #[error("redis unavailable after {attempts} attempts ({command})")]
     Unavailable {
         /// The command that failed.
         command: &'static str,
@@ -25,7 +25,7 @@ pub enum RedisTransportError {
     },
     /// Redis refused a command for a reason no retry fixes (for example `WRONGTYPE`: the
     /// key holds something other than a stream, or `NOAUTH`).
-    #[error("redis refused {command}: {source}")]
+    #[error("redis refused {command}")]
     Refused {
         /// The command that failed.
         command: &'static str,

@@ -397,7 +397,8 @@ async fn a_dead_letter_that_cannot_be_written_leaves_the_entry_pending() {
         timeout: Duration::ZERO,
     };
     let e = t.fetch(req).await.unwrap_err();
-    assert!(e.to_string().contains("WRONGTYPE"), "{e}");
+    let chain = pollgate_core::ErrorChain(&e).to_string();
+    assert!(chain.contains("WRONGTYPE"), "{chain}");
     assert_eq!(t.stats().dead_lettered, 0);
     assert_eq!(
         pending(&url, &stream, "workers").await,

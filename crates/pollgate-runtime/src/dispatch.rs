@@ -171,7 +171,7 @@ fn register_mixed<H>(ctx: &Ctx<H>, batch: pollgate_core::Batch, returned: usize)
     record_fetched(ctx, fresh.len(), returned - fresh.len() - skipped.len());
     for f in skipped {
         Counters::bump(&ctx.counters.undecodable);
-        error!(update_id = f.update_id, id_inferred = f.id_inferred, error = %f.error, raw = %f.raw, "undecodable update skipped");
+        error!(update_id = f.update_id, id_inferred = f.id_inferred, error = %pollgate_core::ErrorChain(&f.error), raw = %f.raw, "undecodable update skipped");
     }
     fresh
 }

@@ -230,9 +230,9 @@ pub struct Summary {
 /// Why [`Runtime::run`] stopped without being asked to.
 #[derive(Debug, thiserror::Error)]
 #[non_exhaustive]
-pub enum RunError<E: std::error::Error + 'static> {
+pub enum RunError<E> {
     /// The transport returned a final error (bad token, retries exhausted, ...).
-    #[error("transport failed: {source}")]
+    #[error("the transport failed")]
     Transport {
         /// The transport's error.
         #[source]

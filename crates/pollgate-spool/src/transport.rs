@@ -266,7 +266,7 @@ impl Shared {
     }
 
     fn fail(&self, error: SpoolError) {
-        error!(error = %error, "spool filler stopped");
+        error!(error = %pollgate_core::ErrorChain(&error), "spool filler stopped");
         self.state.lock().error = Some(error);
         self.arrived.notify_one();
     }

@@ -111,7 +111,10 @@ pub(crate) fn classify(error: BoxError) -> TeloxideError {
                 break;
             }
             Some(RequestError::Network(e)) => {
-                pushed_back = Some(Overloaded::new(format!("Telegram unreachable: {e}")));
+                pushed_back = Some(Overloaded::new(format!(
+                    "Telegram unreachable: {}",
+                    pollgate_core::ErrorChain(e)
+                )));
                 break;
             }
             _ => cause = e.source(),

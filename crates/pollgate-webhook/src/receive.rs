@@ -75,7 +75,7 @@ pub(crate) async fn receive(State(shared): State<Arc<Shared>>, headers: HeaderMa
             // Telegram sent it, so retrying would bring the same bytes back: report it and
             // answer 200, as polling acknowledges past an undecodable update.
             Counters::bump(&counters.undecodable);
-            error!(error = %e, "undecodable update from the webhook; acknowledged so Telegram does not resend it");
+            error!(error = %pollgate_core::ErrorChain(&e), "undecodable update from the webhook; acknowledged so Telegram does not resend it");
             return StatusCode::OK.into_response();
         }
         Ok(Err(e)) => {

@@ -141,8 +141,8 @@ impl TelegramTransportBuilder {
     /// Builds the transport. No request is sent until the first fetch.
     ///
     /// # Errors
-    /// [`TelegramError::Network`] when the HTTP client cannot be built, or when the URL is
-    /// invalid ([`TelegramError::NotFound`]).
+    /// [`TelegramError::Network`] when the HTTP client cannot be built;
+    /// [`TelegramError::InvalidApiUrl`] when the API base URL does not make a valid URL.
     pub fn build(self) -> Result<TelegramTransport, TelegramError> {
         let client = match self.client {
             Some(c) => c,
@@ -154,8 +154,9 @@ impl TelegramTransportBuilder {
         };
         let url = |method: &str| {
             let url = format!("{}/bot{}/{method}", self.api_url, self.token.expose());
-            reqwest::Url::parse(&url).map_err(|e| TelegramError::NotFound {
-                description: self.token.redact(&format!("invalid API URL {:?}: {e}", self.api_url)),
+            reqwest::Url::parse(&url).map_err(|source| TelegramError::InvalidApiUrl {
+                api_url: self.token.redact(&self.api_url),
+                source,
             })
         };
         let urls = MethodUrls {

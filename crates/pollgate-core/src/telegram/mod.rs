@@ -35,7 +35,7 @@ use tracing::{error, warn};
 
 use crate::backoff::{Backoff, Sleep};
 use crate::decode::{GetUpdatesResponse, MethodResponse, decode_method};
-use crate::error::{BodyExcerpt, TelegramError};
+use crate::error::{BodyExcerpt, ErrorChain, TelegramError};
 use crate::token::BotToken;
 use crate::transport::{Ack, AckModel, Batch, FetchRequest, Transport};
 
@@ -199,8 +199,8 @@ impl TelegramTransport {
         failures: &mut u32,
         max_retries: Option<u32>,
     ) -> Result<(), TelegramError> {
-        if e.is_fatal() {
-            error!(error = %e, method, "request failed for good");
+        if !e.is_transient() {
+            error!(error = %ErrorChain(&e), method, "request failed for good");
             return Err(e);
         }
         *failures += 1;
@@ -220,14 +220,14 @@ impl TelegramTransport {
         };
         if matches!(e, TelegramError::Conflict { .. }) {
             error!(
-                error = %e,
+                error = %ErrorChain(&e),
                 method,
                 attempt = *failures,
                 ?delay,
                 "another getUpdates consumer is running with this token (or a webhook was set meanwhile): stop the other instance; retrying"
             );
         } else {
-            warn!(error = %e, kind = e.kind(), method, attempt = *failures, ?delay, "request failed; retrying");
+            warn!(error = %ErrorChain(&e), kind = e.kind(), method, attempt = *failures, ?delay, "request failed; retrying");
         }
         self.sleep.sleep(delay).await;
         Ok(())

@@ -192,7 +192,7 @@ impl TelegramTransport {
         let host = webhook_host(&info.url, &self.token);
         if !self.delete_webhook {
             let e = TelegramError::WebhookActive { host };
-            error!(error = %e, "getUpdates cannot start");
+            error!(error = %crate::ErrorChain(&e), "getUpdates cannot start");
             return Err(e);
         }
         let params = DeleteWebhookParams {

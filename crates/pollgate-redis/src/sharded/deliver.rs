@@ -291,7 +291,7 @@ impl Inner {
                 }
                 self.stats.retries.fetch_add(1, Ordering::Relaxed);
                 let delay = s.backoff.delay(failures);
-                warn!(error = %e, attempt = failures, ?delay, "XREADGROUP failed; recovering the shards' pending entries, then reading again");
+                warn!(error = %pollgate_core::ErrorChain(&e), attempt = failures, ?delay, "XREADGROUP failed; recovering the shards' pending entries, then reading again");
                 tokio::time::sleep(delay).await;
                 return Ok(());
             }

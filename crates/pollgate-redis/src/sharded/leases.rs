@@ -12,7 +12,7 @@ pub(super) async fn lease_task(inner: Weak<Inner>, every: Duration) {
         tick.tick().await;
         let Some(inner) = inner.upgrade() else { return };
         if let Err(e) = inner.lease_round().await {
-            warn!(error = %e, "lease round failed; retrying at the next tick");
+            warn!(error = %pollgate_core::ErrorChain(&e), "lease round failed; retrying at the next tick");
         }
     }
 }
