@@ -15,7 +15,8 @@ use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::Duration;
 
 use criterion::{BatchSize, Criterion, Throughput, criterion_group};
-use pollgate::{Fixed, InMemoryTransport, Runtime, Update};
+use pollgate::transport::InMemoryTransport;
+use pollgate::{Fixed, Runtime, Update};
 use tokio::sync::{Notify, Semaphore};
 
 const N: usize = 10_000;

@@ -20,9 +20,6 @@
 //! sent); also `max_in_tree`, the most updates in the handler tree at once, and
 //! `stale_bookings` (`SendLimiter::stale_bookings`).
 
-#[path = "custom_policy.rs"]
-#[allow(dead_code)] // only `TokenBucket` is used here
-mod custom_policy;
 #[path = "shared/logging.rs"]
 mod logging;
 #[path = "shared/policy_spec.rs"]
@@ -32,6 +29,8 @@ mod proc_mem;
 #[path = "shared/size.rs"]
 #[allow(dead_code)] // the parser only
 mod size;
+#[path = "shared/token_bucket.rs"]
+mod token_bucket;
 
 use std::collections::HashMap;
 use std::sync::Arc;
@@ -242,7 +241,7 @@ fn policy(spec: PolicySpec) -> Arc<dyn AdmissionPolicy> {
         PolicySpec::Auto => Arc::new(RssAdaptive::auto().build()),
         PolicySpec::Custom { budget, rate } => Arc::new(all_of(
             ByteBudget::new(budget),
-            custom_policy::TokenBucket::new(rate, (rate / 10.0).max(1.0)),
+            token_bucket::TokenBucket::new(rate, (rate / 10.0).max(1.0)),
         )),
     }
 }

@@ -25,7 +25,7 @@ python3 - "$n" "$dir" <<'PY'
 import json, sys
 n, d = int(sys.argv[1]), sys.argv[2]
 M = 2**64
-def unit(i, salt):  # examples/flood/workload.rs: unit()
+def unit(i, salt):  # examples/shared/workload.rs: unit()
     return (((i ^ salt) * 0x9E3779B97F4A7C15) % M >> 11) / 2**53
 FLAKY, POISON = 0x5851F42D4C957F2D, 0x14057B7EF767814F
 ids = range(1, n + 1)  # the embedded server's ids

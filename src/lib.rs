@@ -42,5 +42,5 @@ pub use pollgate_admission::{
     Adaptive, AdmissionPolicy, Aimd, Barrier, ByteBudget, Fixed, Gate, Gradient2, Limit, Load, MemoryProbe, Outcome,
     RssAdaptive, all_of,
 };
-pub use pollgate_core::{InMemoryTransport, TelegramError, TelegramTransport, Transport, Update, UpdateKind};
+pub use pollgate_core::{TelegramError, TelegramTransport, Transport, Update, UpdateKind};
 pub use pollgate_runtime::{CancellationToken, Delivery, Handler, Pacer, Retry, RunError, Runtime, Stats, Summary};

@@ -15,11 +15,11 @@ use pollgate::{
 use pollgate_spool::SpoolTransport;
 
 use crate::cli::{Args, DeliveryArg, PolicySpec, TransportArg};
-use crate::custom_policy::TokenBucket;
 use crate::policy_spec::Unbounded;
 use crate::proc_mem::rss_and_peak;
 use crate::process::{emit, on_stdin_close, run_main};
 use crate::report::RunResult;
+use crate::token_bucket::TokenBucket;
 use crate::workload::{Recorder, Workload, handle};
 
 /// Runs the child; returns the process exit code.

@@ -13,9 +13,6 @@
 
 mod child;
 mod cli;
-#[path = "../custom_policy.rs"]
-#[allow(dead_code)] // only `TokenBucket` is used here
-mod custom_policy;
 #[path = "../shared/logging.rs"]
 mod logging;
 mod parent;
@@ -30,6 +27,9 @@ mod report;
 #[path = "../shared/size.rs"]
 mod size;
 mod stop;
+#[path = "../shared/token_bucket.rs"]
+mod token_bucket;
+#[path = "../shared/workload.rs"]
 mod workload;
 
 use std::process::ExitCode;

@@ -13,9 +13,11 @@
 //! per worker (handled, peak RSS vs. budget) and in total (unique, lost, duplicates,
 //! dead-lettered, drain time). `docs/scale-out.md` explains the topology.
 
-#[path = "../bridge.rs"]
+#[path = "../shared/bridge.rs"]
 mod bridge;
 mod cli;
+#[path = "../shared/logging.rs"]
+mod logging;
 mod parent;
 #[path = "../shared/proc_mem.rs"]
 mod proc_mem;
@@ -24,7 +26,7 @@ mod process;
 #[path = "../shared/size.rs"]
 mod size;
 mod worker;
-#[path = "../flood/workload.rs"]
+#[path = "../shared/workload.rs"]
 #[allow(dead_code)] // the ordering checks are flood's
 mod workload;
 
@@ -33,7 +35,7 @@ use std::process::ExitCode;
 use clap::{CommandFactory, Parser};
 
 fn main() -> ExitCode {
-    bridge::logging::init_tracing("warn"); // examples/shared/logging.rs
+    logging::init_tracing("warn"); // examples/shared/logging.rs
     let mut argv: Vec<String> = std::env::args().collect();
     let code = match argv.get(1).map(String::as_str) {
         Some("__worker") => {

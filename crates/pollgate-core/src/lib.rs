@@ -20,6 +20,7 @@
 mod backoff;
 mod decode;
 mod error;
+#[cfg(feature = "test-util")]
 mod in_memory;
 mod telegram;
 mod token;
@@ -29,6 +30,7 @@ mod update;
 pub use backoff::{Backoff, Sleep, SleepFuture, TokioSleep};
 pub use decode::GetUpdatesResponse;
 pub use error::{BODY_EXCERPT_BYTES, BodyExcerpt, ErrorChain, TelegramError};
+#[cfg(feature = "test-util")]
 pub use in_memory::InMemoryTransport;
 pub use telegram::{
     DEFAULT_API_URL, DEFAULT_MAX_BODY_BYTES, MAX_LIMIT, SetWebhook, TelegramStats, TelegramTransport,

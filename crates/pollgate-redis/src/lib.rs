@@ -34,6 +34,7 @@ mod commands;
 mod connect;
 mod durable;
 mod error;
+#[cfg(feature = "test-util")]
 mod local;
 mod producer;
 mod reply;
@@ -42,6 +43,7 @@ mod sharded;
 mod transport;
 
 pub use error::RedisTransportError;
+#[cfg(feature = "test-util")]
 pub use local::{LocalRedis, Persistence, REDIS_URL_ENV, RedisServer};
 pub use producer::{StreamProducer, StreamProducerBuilder};
 pub use retry::DEFAULT_MAX_OUTAGE;
