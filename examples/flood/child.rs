@@ -36,6 +36,9 @@ pub(crate) fn main(args: Args) -> u8 {
 
 async fn run(args: Args) -> Result<RunResult, String> {
     let spec = args.policies[0];
+    if let Some(addr) = args.metrics_addr {
+        serve_metrics(addr, &spec.to_string())?;
+    }
     let work = args.work_bytes();
     let workload = Workload {
         bytes: work as usize,
@@ -97,6 +100,7 @@ async fn run(args: Args) -> Result<RunResult, String> {
         ordered: args.ordered,
         recorder: Arc::clone(&recorder),
         target: args.updates as u64,
+        metrics: args.metrics_addr.is_some(),
     };
     let mut spool_peak_bytes = None;
     let mut spool_dead_lettered = None;
@@ -202,6 +206,22 @@ struct Drive {
     ordered: bool,
     recorder: Arc<Recorder>,
     target: u64,
+    metrics: bool,
+}
+
+/// Installs the Prometheus exporter: the text format at `http://{addr}/metrics`, histograms
+/// with buckets (not summaries), each series labelled with the policy.
+fn serve_metrics(addr: std::net::SocketAddr, policy: &str) -> Result<(), String> {
+    use metrics_exporter_prometheus::{Matcher, PrometheusBuilder};
+    const SECONDS: &[f64] = &[
+        0.000_1, 0.000_5, 0.001, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 60.0,
+    ];
+    PrometheusBuilder::new()
+        .with_http_listener(addr)
+        .add_global_label("policy", policy)
+        .set_buckets_for_metric(Matcher::Suffix("_seconds".into()), SECONDS)
+        .and_then(|b| b.install())
+        .map_err(|e| format!("cannot serve metrics on {addr}: {e}"))
 }
 
 impl Drive {
@@ -215,6 +235,7 @@ impl Drive {
             ordered,
             recorder,
             target,
+            metrics,
         } = self;
         let rec = Arc::clone(&recorder);
         let runtime = Runtime::builder(transport, move |u| handle(Arc::clone(&rec), u))
@@ -224,8 +245,15 @@ impl Drive {
             .ordered(ordered)
             .retry(retry)
             .poll_timeout(Duration::from_secs(1))
-            .shutdown_on_signals()
-            .build();
+            .shutdown_on_signals();
+        let runtime = if metrics {
+            runtime
+                .export_metrics(Duration::from_millis(500))
+                .backlog_interval(Duration::from_secs(2))
+        } else {
+            runtime
+        };
+        let runtime = runtime.build();
         let stats = runtime.stats();
         let shutdown = runtime.shutdown_token();
 

@@ -87,6 +87,11 @@ pub(crate) struct Args {
     /// after --updates handled or 5 s without a request.
     #[arg(long, value_name = "ADDR")]
     pub(crate) webhook_listen: Option<std::net::SocketAddr>,
+    /// Serve the runtime's metrics in Prometheus' text format at http://ADDR/metrics while
+    /// each run goes (runs are one after the other, so each serves in turn); every series
+    /// carries a `policy` label.
+    #[arg(long = "metrics-addr", value_name = "ADDR")]
+    pub(crate) metrics_addr: Option<std::net::SocketAddr>,
     /// Seed of the generated backlog.
     #[arg(long, default_value_t = 1, hide = true)]
     pub(crate) seed: u64,

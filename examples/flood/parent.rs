@@ -168,6 +168,9 @@ async fn run_child(
     if args.ordered {
         cmd.arg("--ordered");
     }
+    if let Some(addr) = args.metrics_addr {
+        cmd.args(["--metrics-addr", &addr.to_string()]);
+    }
     if let Some(ledger) = &args.ledger {
         cmd.arg("--ledger").arg(ledger);
     }

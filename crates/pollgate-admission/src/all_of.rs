@@ -110,6 +110,10 @@ impl<A: AdmissionPolicy, B: AdmissionPolicy> AdmissionPolicy for AllOf<A, B> {
         self.first.memory_sample().or_else(|| self.second.memory_sample())
     }
 
+    fn memory_target(&self) -> Option<u64> {
+        self.first.memory_target().or_else(|| self.second.memory_target())
+    }
+
     fn measures_latency(&self) -> bool {
         self.first.measures_latency() || self.second.measures_latency()
     }

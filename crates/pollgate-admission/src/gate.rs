@@ -88,6 +88,7 @@ pub struct Gate {
 
 /// Counters and limits of a gate at one instant.
 #[derive(Clone, Copy, Debug, Default)]
+#[non_exhaustive]
 pub struct GateStats {
     /// What the policy enforces now.
     pub limit: Limit,
@@ -107,6 +108,8 @@ pub struct GateStats {
     pub max_in_flight: usize,
     /// The policy's latest memory sample, if it takes any.
     pub memory: Option<MemorySample>,
+    /// The resident memory the policy steers toward, if it steers memory.
+    pub memory_target: Option<u64>,
 }
 
 impl Gate {
@@ -344,10 +347,12 @@ impl Gate {
             completed: state.completed,
             max_in_flight: state.max_in_flight,
             memory: None,
+            memory_target: None,
         };
         drop(state);
         stats.limit = self.shared.policy.limit();
         stats.memory = self.shared.policy.memory_sample();
+        stats.memory_target = self.shared.policy.memory_target();
         stats
     }
 }

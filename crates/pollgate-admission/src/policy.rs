@@ -271,6 +271,12 @@ pub trait AdmissionPolicy: Send + Sync + fmt::Debug + 'static {
         None
     }
 
+    /// The resident memory this policy steers toward, in bytes, if it steers memory (for
+    /// statistics and metrics: [`RssAdaptive::target`](crate::RssAdaptive::target)).
+    fn memory_target(&self) -> Option<u64> {
+        None
+    }
+
     /// Whether [`on_complete`](Self::on_complete) uses [`Completion::latency`] of permits
     /// dropped without [`finish`](crate::Permit::finish) (default `true`).
     ///
@@ -319,6 +325,9 @@ macro_rules! forward_policy {
             }
             fn memory_sample(&self) -> Option<MemorySample> {
                 (**self).memory_sample()
+            }
+            fn memory_target(&self) -> Option<u64> {
+                (**self).memory_target()
             }
             fn measures_latency(&self) -> bool {
                 (**self).measures_latency()

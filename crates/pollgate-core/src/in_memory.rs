@@ -95,6 +95,11 @@ impl Transport for InMemoryTransport {
         AckModel::Cumulative { window: 100 }
     }
 
+    /// What was pushed and not yet fetched.
+    async fn backlog(&self) -> Option<u64> {
+        Some(self.pending() as u64)
+    }
+
     async fn fetch(&self, request: FetchRequest) -> Result<Batch, Infallible> {
         self.state.lock().requests.push(request);
         let deadline = tokio::time::Instant::now() + request.timeout;

@@ -205,6 +205,25 @@ pub trait Transport: Send + Sync + 'static {
     fn revocations(&self) -> Option<Arc<dyn Revocations>> {
         None
     }
+
+    /// How many times this transport retried after a transient failure since it was
+    /// built, by kind (`("network", 3)`, `("rate_limited", 1)`, ...): cumulative counts
+    /// with stable kind names, which the runtime exports as
+    /// `pollgate_transport_retries_total{kind}` (default: none).
+    fn retries(&self) -> Vec<(&'static str, u64)> {
+        Vec::new()
+    }
+
+    /// How many updates wait on the server, not yet delivered to this consumer, if the
+    /// transport can tell (Telegram: `getWebhookInfo`'s `pending_update_count`). Asked at
+    /// an interval when the runtime exports metrics, as `pollgate_backlog_updates`; one
+    /// request, no retries: `None` when it fails or the transport cannot tell (default).
+    ///
+    /// # Cancel safety
+    /// Must be cancel safe: it only reads.
+    fn backlog(&self) -> impl Future<Output = Option<u64>> + Send {
+        std::future::ready(None)
+    }
 }
 
 /// Tells whether a delivered update was taken back; see [`Transport::revocations`].
@@ -264,5 +283,13 @@ impl<T: Transport> Transport for Arc<T> {
 
     fn revocations(&self) -> Option<Arc<dyn Revocations>> {
         (**self).revocations()
+    }
+
+    fn retries(&self) -> Vec<(&'static str, u64)> {
+        (**self).retries()
+    }
+
+    fn backlog(&self) -> impl Future<Output = Option<u64>> + Send {
+        (**self).backlog()
     }
 }

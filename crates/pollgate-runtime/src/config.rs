@@ -79,6 +79,8 @@ pub(crate) struct Config {
     #[cfg(feature = "signal")]
     pub(crate) on_signals: bool,
     pub(crate) summary_every: Option<Duration>,
+    pub(crate) metrics_every: Option<Duration>,
+    pub(crate) backlog_every: Duration,
 }
 
 /// Builds a [`Runtime`]: see [`Runtime::builder`].
@@ -124,6 +126,8 @@ impl<T: Transport, H: Handler> RuntimeBuilder<T, H> {
                 #[cfg(feature = "signal")]
                 on_signals: false,
                 summary_every: None,
+                metrics_every: None,
+                backlog_every: crate::metrics::DEFAULT_BACKLOG_INTERVAL,
             },
         }
     }
@@ -373,6 +377,28 @@ impl<T: Transport, H: Handler> RuntimeBuilder<T, H> {
     /// Logs a summary event (target `pollgate::summary`) this often (default never).
     pub fn summary_every(mut self, every: Duration) -> Self {
         self.config.summary_every = Some(every);
+        self
+    }
+
+    /// Exports the runtime's gauges and counters through the [`metrics`](::metrics) facade
+    /// this often, and records the handler-duration and admission-wait histograms (default
+    /// off). Install the exporter's recorder before building. See the
+    /// [`metrics`](crate::metrics) module for the names.
+    ///
+    /// # Panics
+    /// If `every` is zero.
+    pub fn export_metrics(mut self, every: Duration) -> Self {
+        assert!(!every.is_zero(), "the metrics interval must be positive");
+        self.config.metrics_every = Some(every);
+        self
+    }
+
+    /// With [`export_metrics`](Self::export_metrics), how often to ask the transport for
+    /// the backlog on the server ([`Transport::backlog`](pollgate_core::Transport::backlog):
+    /// a `getWebhookInfo` request for Telegram); default
+    /// [`DEFAULT_BACKLOG_INTERVAL`](crate::metrics::DEFAULT_BACKLOG_INTERVAL).
+    pub fn backlog_interval(mut self, every: Duration) -> Self {
+        self.config.backlog_every = every;
         self
     }
 

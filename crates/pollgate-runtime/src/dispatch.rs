@@ -355,9 +355,21 @@ async fn acquire_and_spawn<H: Handler>(ctx: &Arc<Ctx<H>>, update: Update, cost: 
     // The common case needs no waiting: take the synchronous path first. At the drain
     // deadline the gate is closed, and a waiting acquire then fails.
     let permit = match ctx.gate.try_acquire(cost) {
-        Ok(permit) => Some(permit),
+        Ok(permit) => {
+            if let Some(h) = &ctx.histograms {
+                h.admission_wait.record(std::time::Duration::ZERO);
+            }
+            Some(permit)
+        }
         Err(TryAcquireError::Closed) => None,
-        Err(_) => ctx.gate.acquire(cost).await.ok(),
+        Err(_) => {
+            let asked = Instant::now();
+            let permit = ctx.gate.acquire(cost).await.ok();
+            if let (Some(h), Some(_)) = (&ctx.histograms, &permit) {
+                h.admission_wait.record(asked.elapsed());
+            }
+            permit
+        }
     };
     match permit {
         Some(permit) => {

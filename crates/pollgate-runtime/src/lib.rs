@@ -55,6 +55,7 @@ mod acks;
 mod config;
 mod dispatch;
 mod handler;
+pub mod metrics;
 mod ordering;
 pub mod pace;
 mod retry;

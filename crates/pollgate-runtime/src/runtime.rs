@@ -81,6 +81,8 @@ pub(crate) struct Ctx<H> {
     /// Whether the policy wants handler latencies (else the clock is read only when
     /// tracing wants it).
     pub(crate) policy_times: bool,
+    /// The histograms, when metrics are exported.
+    pub(crate) histograms: Option<crate::metrics::Histograms>,
     /// Ids of updates given up: aborted at the deadline or never admitted. Bounded by
     /// what was in flight or queued when the run was aborted.
     pub(crate) given_up: Mutex<Vec<i64>>,
@@ -276,6 +278,7 @@ impl<T: Transport, H: Handler> Runtime<T, H> {
         let cumulative = matches!(transport.ack_model(), pollgate_core::AckModel::Cumulative { .. });
         let track_completions = config.delivery == crate::Delivery::AtLeastOnce || !cumulative;
         let policy_times = policy.measures_latency();
+        let histograms = config.metrics_every.map(|_| crate::metrics::Histograms::register());
         let ctx = Ctx {
             handler,
             gate: Gate::with_shared(policy),
@@ -292,6 +295,7 @@ impl<T: Transport, H: Handler> Runtime<T, H> {
             policy_times,
             given_up: Mutex::new(Vec::new()),
             revocations: transport.revocations(),
+            histograms,
         };
         Runtime {
             transport,
@@ -374,7 +378,12 @@ impl<T: Transport, H: Handler> Runtime<T, H> {
             done.cancel();
             failure
         };
-        let (failure, ack_failure) = tokio::join!(work, ack_loop(&transport, &ctx, &done, &stop));
+        let exporting = async {
+            if let Some(every) = ctx.config.metrics_every {
+                crate::metrics::export_loop(&transport, &ctx, every, ctx.config.backlog_every, &done).await;
+            }
+        };
+        let (failure, ack_failure, ()) = tokio::join!(work, ack_loop(&transport, &ctx, &done, &stop), exporting);
         let failure = failure.or(ack_failure);
         drop(watchdog);
         drop(reporter);

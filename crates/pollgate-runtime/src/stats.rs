@@ -21,6 +21,8 @@ pub struct Stats {
     /// Updates in memory that hold a reservation and no slot: parked behind their
     /// ordering key, held by the pacer, or waiting for a retry.
     pub reserved: usize,
+    /// Updates waiting in the gate's queue for a permit.
+    pub waiting: usize,
     /// What the policy enforces now.
     pub limit: Limit,
     /// Declared bytes in use: running and reserved updates.
@@ -62,6 +64,8 @@ pub struct Stats {
     pub acked_offset: Option<i64>,
     /// The latest memory sample known to the policy.
     pub memory: Option<MemorySample>,
+    /// The resident memory the policy steers toward, if it steers memory.
+    pub memory_target: Option<u64>,
 }
 
 impl Stats {
@@ -147,6 +151,8 @@ impl StatsHandle {
             in_flight: g.in_flight,
             max_in_flight: g.max_in_flight,
             reserved: g.reserved,
+            waiting: g.waiting,
+            memory_target: g.memory_target,
             limit: g.limit,
             bytes: g.bytes,
             admitted: g.admitted,

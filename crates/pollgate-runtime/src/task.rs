@@ -147,11 +147,13 @@ impl<H: Handler> Execute<H> {
     pub(crate) fn new(ctx: Arc<Ctx<H>>, update: Update, permit: Permit, attempt: u32) -> Execute<H> {
         let (id, key) = (update.id(), update.ordering_key());
         let retry = (attempt < ctx.config.retry.max_attempts()).then(|| Box::new(update.clone()));
-        let span = debug_span!("update", update_id = id, key = ?update.ordering_key(), cost = permit.cost());
+        let span = debug_span!(target: "pollgate::update", "update", update_id = id, key = ?update.ordering_key(), cost = permit.cost());
         let span = (!span.is_disabled()).then(|| Box::new(span));
-        let started =
-            (ctx.policy_times || ctx.config.handler_timeout.is_some() || tracing::enabled!(tracing::Level::DEBUG))
-                .then(Instant::now);
+        let started = (ctx.policy_times
+            || ctx.histograms.is_some()
+            || ctx.config.handler_timeout.is_some()
+            || tracing::enabled!(tracing::Level::DEBUG))
+        .then(Instant::now);
         let created = {
             let _entered = span.as_deref().map(Span::enter);
             std::panic::catch_unwind(AssertUnwindSafe(|| ctx.handler.handle(update)))
@@ -253,6 +255,9 @@ fn report<H: Handler>(
 ) -> Verdict {
     let latency = started.map(|t| t.elapsed()).unwrap_or_default();
     let latency_ms = latency.as_secs_f64() * 1e3;
+    if let Some(h) = &ctx.histograms {
+        h.handler_duration.record(latency);
+    }
     let release = |permit: Permit, outcome, retry_after| {
         permit.report(
             Completion::new(0, outcome, latency)

@@ -407,6 +407,16 @@ async fn fill<T: Transport>(shared: Arc<Shared>, source: Arc<T>) {
 impl<T: Transport> Transport for SpoolTransport<T> {
     type Error = SpoolError;
 
+    /// The source's retries: the filler is what talks to the server.
+    fn retries(&self) -> Vec<(&'static str, u64)> {
+        self.source.retries()
+    }
+
+    /// What waits on the source's server (what the spool holds is not counted).
+    fn backlog(&self) -> impl std::future::Future<Output = Option<u64>> + Send {
+        self.source.backlog()
+    }
+
     fn ack_model(&self) -> AckModel {
         AckModel::Individual {
             window: self.shared.limits.window,

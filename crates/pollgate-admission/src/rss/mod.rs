@@ -235,6 +235,10 @@ impl AdmissionPolicy for RssAdaptive {
         self.last_sample()
     }
 
+    fn memory_target(&self) -> Option<u64> {
+        Some(self.target())
+    }
+
     fn attach(&self, signal: LimitSignal) {
         self.core.listeners.add(signal);
     }

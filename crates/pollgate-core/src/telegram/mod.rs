@@ -392,6 +392,23 @@ impl Transport for TelegramTransport {
         AckModel::Cumulative { window: MAX_LIMIT }
     }
 
+    fn retries(&self) -> Vec<(&'static str, u64)> {
+        let s = self.stats();
+        vec![
+            ("network", s.retries_network),
+            ("server_error", s.retries_server_error),
+            ("rate_limited", s.retries_rate_limited),
+            ("conflict", s.retries_conflict),
+            ("invalid_response", s.retries_invalid),
+            ("other", s.retries_other),
+        ]
+    }
+
+    /// `getWebhookInfo`'s `pending_update_count` (one request, no retries).
+    async fn backlog(&self) -> Option<u64> {
+        self.pending_update_count().await
+    }
+
     /// Fetches with `getUpdates`; the first call checks for a webhook first
     /// ([`TelegramError::WebhookActive`]).
     ///

@@ -25,12 +25,15 @@ use super::TelegramTransport;
 use crate::error::TelegramError;
 use crate::token::BotToken;
 
-/// The part of `getWebhookInfo`'s `WebhookInfo` this check reads.
+/// The part of `getWebhookInfo`'s `WebhookInfo` this check (and the backlog gauge) reads.
 #[derive(Deserialize)]
 struct WebhookInfo {
     /// The webhook's URL; empty when none is set.
     #[serde(default)]
     url: String,
+    /// Updates waiting on the server (with or without a webhook).
+    #[serde(default)]
+    pending_update_count: Option<u64>,
 }
 
 #[derive(Serialize)]
@@ -179,6 +182,21 @@ impl TelegramTransport {
             .get_or_try_init(|| self.check_webhook())
             .await
             .map(drop)
+    }
+
+    /// `getWebhookInfo`'s `pending_update_count`: the updates that wait on the server.
+    /// One request, no retries (a gauge that misses a reading loses nothing).
+    pub(super) async fn pending_update_count(&self) -> Option<u64> {
+        match self
+            .call_once::<WebhookInfo>(&self.urls.get_webhook_info, &NoParams {})
+            .await
+        {
+            Ok(info) => info.pending_update_count,
+            Err(e) => {
+                tracing::debug!(error = %crate::ErrorChain(&e), "getWebhookInfo failed; no backlog reading");
+                None
+            }
+        }
     }
 
     async fn check_webhook(&self) -> Result<(), TelegramError> {

@@ -346,6 +346,10 @@ impl Revocations for Revoked {
 impl Transport for ShardedStreamTransport {
     type Error = RedisTransportError;
 
+    fn retries(&self) -> Vec<(&'static str, u64)> {
+        vec![("redis", self.stats().retries)]
+    }
+
     fn ack_model(&self) -> AckModel {
         AckModel::Individual {
             window: self.inner.settings.window,

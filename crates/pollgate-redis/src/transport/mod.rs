@@ -297,6 +297,10 @@ impl Inner {
 impl Transport for RedisStreamTransport {
     type Error = RedisTransportError;
 
+    fn retries(&self) -> Vec<(&'static str, u64)> {
+        vec![("redis", self.stats().retries)]
+    }
+
     fn ack_model(&self) -> AckModel {
         AckModel::Individual {
             window: self.inner.settings.window,
