@@ -89,7 +89,7 @@ impl Fixed {
     }
 
     /// How many permits may run at once now (the trait's [`limit`](AdmissionPolicy::limit)
-    /// reports the same as a [`Limit`](crate::Limit)).
+    /// reports the same as a [`Limit`]).
     pub fn slots(&self) -> usize {
         self.limit.load(Ordering::Acquire)
     }

@@ -3,13 +3,13 @@
 //!
 //! # Why this way
 //!
-//! The runtime already counts everything an operator needs ([`Stats`](crate::Stats)); the
+//! The runtime already counts everything an operator needs ([`Stats`]); the
 //! exporter turns those counts into metrics every [`export_metrics`] interval, rather than
 //! touching the recorder on every update: an idle bot costs one timer per interval, a busy
 //! one costs the same. Only the two latency distributions are recorded as they happen
 //! (a histogram cannot be rebuilt from counts): the handler's duration and the wait for
 //! admission. The backlog on the server is asked of the transport
-//! ([`Transport::backlog`](pollgate_core::Transport::backlog)) at its own, slower
+//! ([`Transport::backlog`]) at its own, slower
 //! interval, since it costs a request.
 //!
 //! Install the recorder (the exporter) before building the runtime: the histograms'

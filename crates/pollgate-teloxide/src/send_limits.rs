@@ -206,7 +206,7 @@ impl SendLimiter {
         move |update: &Update| sends_to(update).map(|chat| limiter.book(chat))
     }
 
-    /// Booked slots given back because their send came later than [`ON_TIME`] after
+    /// Booked slots given back because their send came later than 25 ms after
     /// them (the update started late: its previous update of the chat ran long, or the
     /// process was busy); each such send took a new slot, and waited for it. A count
     /// that grows with the sends means the pacer's bookings are not being used.

@@ -199,7 +199,8 @@ struct Inner {
     stats: Counters,
 }
 
-/// Reads the shard streams this worker holds leases on; see the [module docs](self).
+/// Reads the shard streams this worker holds leases on. How shards, leases and fencing work:
+/// `docs/scale-out.md`, "Per-chat order across workers".
 ///
 /// One runtime at a time; the runtime's final [`flush`](Transport::flush) releases the
 /// leases (after which another worker takes them at once rather than after their TTL).

@@ -3,7 +3,7 @@
 use super::*;
 
 /// Appends updates to the shard streams of a prefix (`XADD {prefix}:shard:N`), each to
-/// its chat's shard ([`shard_of`]), for a bridge; see the [module docs](self).
+/// its chat's shard ([`shard_of`]), for a bridge. How shards, leases and fencing work: `docs/scale-out.md`, "Per-chat order across workers".
 ///
 /// # Examples
 ///
