@@ -15,6 +15,20 @@ use crate::runtime::Runtime;
 
 /// When an update is acknowledged; `docs/architecture.md` ("Delivery modes and Telegram's
 /// offset") compares the two modes.
+///
+/// # Examples
+///
+/// ```
+/// use pollgate_core::{InMemoryTransport, Update};
+/// use pollgate_runtime::{Delivery, Runtime};
+///
+/// assert_eq!(Delivery::default(), Delivery::Eager);
+/// // Confirm an update to the server only once its handler finished:
+/// let runtime = Runtime::builder(InMemoryTransport::new(), |_u: Update| async { Ok::<(), std::io::Error>(()) })
+///     .delivery(Delivery::AtLeastOnce)
+///     .build();
+/// # drop(runtime);
+/// ```
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
 #[non_exhaustive]
 pub enum Delivery {
@@ -84,6 +98,28 @@ pub(crate) struct Config {
 }
 
 /// Builds a [`Runtime`]: see [`Runtime::builder`].
+///
+/// # Examples
+///
+/// ```
+/// use std::time::Duration;
+///
+/// use pollgate_admission::ByteBudget;
+/// use pollgate_core::{InMemoryTransport, Update};
+/// use pollgate_runtime::{Delivery, Retry, Runtime};
+///
+/// let transport = InMemoryTransport::new();
+/// let runtime = Runtime::builder(transport, |_update: Update| async { Ok::<(), std::io::Error>(()) })
+///     .policy(ByteBudget::new(64 << 20)) // 64 MiB of handlers at once
+///     .cost_fn(|update| 4 * update.raw().len() as u64 + (256 << 10))
+///     .delivery(Delivery::AtLeastOnce)
+///     .ordered(true) // one update per chat at a time, in order
+///     .retry(Retry::attempts(3))
+///     .handler_timeout(Duration::from_secs(30))
+///     .drain_deadline(Duration::from_secs(20))
+///     .build();
+/// assert_eq!(runtime.stats().snapshot().in_flight, 0);
+/// ```
 #[must_use]
 pub struct RuntimeBuilder<T, H> {
     pub(crate) transport: T,

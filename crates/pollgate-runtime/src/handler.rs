@@ -17,6 +17,43 @@ use pollgate_core::Update;
 pub type BoxError = Box<dyn std::error::Error + Send + Sync + 'static>;
 
 /// Handles one update.
+///
+/// # Examples
+///
+/// A closure is a handler; a type implements the trait to keep state (here, a counter
+/// shared with the caller) and to name its future:
+///
+/// ```
+/// use std::future::{Ready, ready};
+/// use std::sync::Arc;
+/// use std::sync::atomic::{AtomicU64, Ordering};
+///
+/// use pollgate_core::Update;
+/// use pollgate_runtime::Handler;
+///
+/// struct Count(Arc<AtomicU64>);
+///
+/// impl Handler for Count {
+///     type Error = std::convert::Infallible;
+///     type Future = Ready<Result<(), Self::Error>>;
+///
+///     fn handle(&self, _update: Update) -> Self::Future {
+///         self.0.fetch_add(1, Ordering::Relaxed);
+///         ready(Ok(()))
+///     }
+/// }
+///
+/// let seen = Arc::new(AtomicU64::new(0));
+/// let handler = Count(Arc::clone(&seen));
+/// let update = Update::from_json(r#"{"update_id": 1}"#).unwrap();
+/// # let rt = tokio::runtime::Builder::new_current_thread().build().unwrap();
+/// rt.block_on(handler.handle(update)).unwrap();
+/// assert_eq!(seen.load(Ordering::Relaxed), 1);
+///
+/// // A closure works as it is:
+/// let echo = |update: Update| async move { Ok::<(), std::io::Error>(println!("{}", update.id())) };
+/// rt.block_on(echo.handle(Update::from_json(r#"{"update_id": 2}"#).unwrap())).unwrap();
+/// ```
 pub trait Handler: Send + Sync + 'static {
     /// The handler's error.
     type Error: Into<BoxError> + Send + 'static;

@@ -40,6 +40,36 @@ use crate::shutdown;
 use crate::stats::{Counters, Stats, StatsHandle};
 
 /// Composes a [`Transport`], an admission policy and a [`Handler`]; see the crate docs.
+///
+/// # Examples
+///
+/// Drain what an in-memory transport holds, then stop and read the [`Summary`]:
+///
+/// ```
+/// use std::time::Duration;
+///
+/// use pollgate_admission::Fixed;
+/// use pollgate_core::{InMemoryTransport, Update};
+/// use pollgate_runtime::Runtime;
+///
+/// # #[tokio::main(flavor = "current_thread", start_paused = true)]
+/// # async fn main() -> Result<(), Box<dyn std::error::Error>> {
+/// let updates = (1..=10).map(|id| Update::from_json(&format!(r#"{{"update_id":{id}}}"#)).unwrap());
+/// let runtime = Runtime::builder(InMemoryTransport::with_updates(updates), |_u: Update| async {
+///     Ok::<(), std::io::Error>(())
+/// })
+/// .policy(Fixed::new(4))
+/// .build();
+/// let shutdown = runtime.shutdown_token();
+/// let run = tokio::spawn(runtime.run());
+/// tokio::time::sleep(Duration::from_secs(1)).await;
+/// shutdown.cancel(); // stop fetching, drain, confirm
+/// let summary = run.await??;
+/// assert_eq!(summary.stats.finished(), 10);
+/// assert_eq!(summary.confirmed_offset, Some(11), "the next id to fetch");
+/// assert!(summary.drained && summary.unfinished.is_empty());
+/// # Ok(()) }
+/// ```
 pub struct Runtime<T, H> {
     transport: T,
     ctx: Arc<Ctx<H>>,
@@ -210,7 +240,7 @@ impl<H> Ctx<H> {
     }
 }
 
-/// What a run did, returned by [`Runtime::run`].
+/// What a run did, returned by [`Runtime::run`]; the example on [`Runtime`] reads one.
 #[derive(Clone, Debug)]
 #[non_exhaustive]
 pub struct Summary {
@@ -230,6 +260,26 @@ pub struct Summary {
 }
 
 /// Why [`Runtime::run`] stopped without being asked to.
+///
+/// # Examples
+///
+/// ```no_run
+/// use pollgate_core::{ErrorChain, TelegramTransport, Update};
+/// use pollgate_runtime::{RunError, Runtime};
+///
+/// # async fn demo() -> Result<(), Box<dyn std::error::Error>> {
+/// let transport = TelegramTransport::builder(std::env::var("TELEGRAM_BOT_TOKEN")?).build()?;
+/// let runtime = Runtime::builder(transport, |_u: Update| async { Ok::<(), std::io::Error>(()) }).build();
+/// match runtime.run().await {
+///     Ok(summary) => println!("handled {}", summary.stats.finished()),
+///     Err(RunError::Transport { source, summary }) => {
+///         // A rejected token, or retries exhausted: what was admitted was still drained.
+///         eprintln!("stopped: {} ({} handled)", ErrorChain(&source), summary.stats.finished());
+///     }
+///     Err(e) => eprintln!("stopped: {}", ErrorChain(&e)),
+/// }
+/// # Ok(()) }
+/// ```
 #[derive(Debug, thiserror::Error)]
 #[non_exhaustive]
 pub enum RunError<E> {
@@ -246,6 +296,17 @@ pub enum RunError<E> {
 
 /// Why the final confirmation of a run ([`Summary::flush_error`]) failed. Updates it did
 /// not confirm are delivered again after a restart (at-least-once).
+///
+/// # Examples
+///
+/// ```
+/// use std::time::Duration;
+///
+/// use pollgate_runtime::FlushError;
+///
+/// let e = FlushError::TimedOut(Duration::from_secs(20));
+/// assert_eq!(e.to_string(), "the final acknowledgement did not finish within 20s (the drain deadline)");
+/// ```
 #[derive(Clone, Debug, thiserror::Error)]
 #[non_exhaustive]
 pub enum FlushError {

@@ -135,6 +135,35 @@ impl Counters {
 }
 
 /// A cheap, cloneable handle to read a runtime's [`Stats`] while it runs and after.
+///
+/// # Examples
+///
+/// ```
+/// use std::time::Duration;
+///
+/// use pollgate_admission::Fixed;
+/// use pollgate_core::{InMemoryTransport, Update};
+/// use pollgate_runtime::Runtime;
+///
+/// # #[tokio::main(flavor = "current_thread", start_paused = true)]
+/// # async fn main() {
+/// let updates = (1..=3).map(|id| Update::from_json(&format!(r#"{{"update_id":{id}}}"#)).unwrap());
+/// let runtime = Runtime::builder(InMemoryTransport::with_updates(updates), |_u: Update| async {
+///     tokio::time::sleep(Duration::from_secs(1)).await;
+///     Ok::<(), std::io::Error>(())
+/// })
+/// .policy(Fixed::new(2))
+/// .build();
+/// let (stats, shutdown) = (runtime.stats(), runtime.shutdown_token());
+/// let run = tokio::spawn(runtime.run());
+/// tokio::time::sleep(Duration::from_millis(500)).await;
+/// assert_eq!(stats.snapshot().in_flight, 2, "two slots, both taken");
+/// tokio::time::sleep(Duration::from_secs(2)).await;
+/// shutdown.cancel();
+/// run.await.unwrap().unwrap();
+/// assert_eq!(stats.snapshot().completed, 3);
+/// # }
+/// ```
 #[derive(Clone, Debug)]
 pub struct StatsHandle {
     pub(crate) counters: Arc<Counters>,
