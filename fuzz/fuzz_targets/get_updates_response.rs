@@ -12,7 +12,7 @@ fuzz_target!(|data: &[u8]| {
     let Ok(text) = std::str::from_utf8(data) else {
         return;
     };
-    let Ok(GetUpdatesResponse::Updates(batch)) = GetUpdatesResponse::decode(Arc::from(text), Some(1)) else {
+    let Ok(GetUpdatesResponse::Updates(batch)) = GetUpdatesResponse::decode(&text, Some(1)) else {
         return;
     };
     let elements = serde_json::from_str::<serde_json::Value>(text)

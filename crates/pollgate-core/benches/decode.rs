@@ -8,7 +8,6 @@
 #![allow(missing_docs)]
 
 use std::hint::black_box;
-use std::sync::Arc;
 
 use criterion::{Criterion, Throughput, criterion_group, criterion_main};
 use pollgate_core::GetUpdatesResponse;
@@ -45,7 +44,7 @@ fn decode(c: &mut Criterion) {
     group.throughput(Throughput::Elements(100));
     group.bench_function("pollgate_envelope", |b| {
         b.iter(|| {
-            let r = GetUpdatesResponse::decode(Arc::from(black_box(body.as_str())), None).unwrap();
+            let r = GetUpdatesResponse::decode(black_box(body.as_str()), None).unwrap();
             black_box(r)
         })
     });

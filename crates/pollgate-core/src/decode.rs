@@ -1,10 +1,11 @@
 //! Decoding a `getUpdates` response without allocating per field.
 //!
-//! The body is read once into an `Arc<str>`. The envelope (`ok`, `result`, `error_code`,
-//! ...) is parsed with `result` as a list of borrowed [`RawValue`]s, so the parser only
-//! validates and skips the updates; then each update is probed for its id, kind and key
-//! ([`crate::Update`]) and keeps a range of the shared body. One response costs one
-//! `Vec` of updates, not a tree of maps and strings as `serde_json::Value` would.
+//! The envelope (`ok`, `result`, `error_code`, ...) is parsed with `result` as a list of
+//! borrowed [`RawValue`]s, so the parser only validates and skips the updates; then each
+//! update is probed for its id, kind and key ([`crate::Update`]) and copied out of the
+//! body, so that no update keeps the others alive. One response costs one `Vec` of
+//! updates and one allocation per update, not a tree of maps and strings as
+//! `serde_json::Value` would.
 //!
 //! A response that does not decode as a whole is an error (the transport retries it);
 //! an update that does not decode on its own is a [`DecodeFailure`] in the batch (the
@@ -15,7 +16,6 @@
 //! bodies, decoded whole by [`decode_method`].
 
 use std::borrow::Cow;
-use std::sync::Arc;
 use std::time::Duration;
 
 use serde::Deserialize;
@@ -71,18 +71,18 @@ impl GetUpdatesResponse {
     /// # Errors
     /// The parser's error when the body is not a Bot API response (invalid JSON, not an
     /// object, `ok: true` without a `result` array).
-    pub fn decode(body: Arc<str>, first_id_hint: Option<i64>) -> Result<GetUpdatesResponse, serde_json::Error> {
+    pub fn decode(body: &str, first_id_hint: Option<i64>) -> Result<GetUpdatesResponse, serde_json::Error> {
         GetUpdatesResponse::decode_redacted(body, first_id_hint, None)
     }
 
     /// [`GetUpdatesResponse::decode`], removing `token` from what a [`DecodeFailure`]
     /// keeps of the server's text: its excerpt and its parser message.
     pub(crate) fn decode_redacted(
-        body: Arc<str>,
+        body: &str,
         first_id_hint: Option<i64>,
         token: Option<&BotToken>,
     ) -> Result<GetUpdatesResponse, serde_json::Error> {
-        let envelope: Envelope<'_> = serde_json::from_str(&body)?;
+        let envelope: Envelope<'_> = serde_json::from_str(body)?;
         if !envelope.ok {
             return Ok(GetUpdatesResponse::Error {
                 error_code: envelope.error_code.unwrap_or(0),
@@ -93,7 +93,6 @@ impl GetUpdatesResponse {
         let raws = envelope
             .result
             .ok_or_else(|| <serde_json::Error as serde::de::Error>::missing_field("result"))?;
-        let base = body.as_ptr() as usize;
         let mut batch = Batch {
             updates: Vec::with_capacity(raws.len()),
             failures: Vec::new(),
@@ -104,8 +103,7 @@ impl GetUpdatesResponse {
         let mut ids: Vec<Option<i64>> = Vec::with_capacity(raws.len());
         for (pos, raw) in raws.iter().enumerate() {
             let text = raw.get();
-            let start = text.as_ptr() as usize - base;
-            match Update::from_body(Arc::clone(&body), start, start + text.len()) {
+            match Update::from_json(text) {
                 Ok(update) => {
                     ids.push(Some(update.id()));
                     batch.updates.push(update);
@@ -223,7 +221,7 @@ mod tests {
     use super::*;
 
     fn decode(body: &str) -> Batch {
-        match GetUpdatesResponse::decode(Arc::from(body), Some(100)).unwrap() {
+        match GetUpdatesResponse::decode(body, Some(100)).unwrap() {
             GetUpdatesResponse::Updates(b) => b,
             other => panic!("{other:?}"),
         }
@@ -262,7 +260,7 @@ mod tests {
     #[test]
     fn api_errors_and_invalid_bodies() {
         let r = GetUpdatesResponse::decode(
-            Arc::from(r#"{"ok":false,"error_code":429,"description":"Too Many Requests: retry after 3","parameters":{"retry_after":3}}"#),
+            r#"{"ok":false,"error_code":429,"description":"Too Many Requests: retry after 3","parameters":{"retry_after":3}}"#,
             None,
         )
         .unwrap();
@@ -277,7 +275,7 @@ mod tests {
             "[]",
             r#"{"ok":true,"result":{}}"#,
         ] {
-            assert!(GetUpdatesResponse::decode(Arc::from(bad), None).is_err(), "{bad}");
+            assert!(GetUpdatesResponse::decode(bad, None).is_err(), "{bad}");
         }
     }
 
@@ -291,7 +289,7 @@ mod tests {
         let update = format!(r#"{head}{pad}","chat":{{"id":"{}"}}}}}}"#, token.expose());
         assert_eq!(update.find(token.expose()), Some(FAILURE_EXCERPT_BYTES - 10));
         let body = format!(r#"{{"ok":true,"result":[{update}]}}"#);
-        let decoded = GetUpdatesResponse::decode_redacted(Arc::from(body.as_str()), None, Some(&token)).unwrap();
+        let decoded = GetUpdatesResponse::decode_redacted(body.as_str(), None, Some(&token)).unwrap();
         let GetUpdatesResponse::Updates(batch) = decoded else {
             panic!("{decoded:?}");
         };
@@ -310,8 +308,7 @@ mod tests {
             failure.raw
         );
         // Without a token (the public decoder), the text is kept as the server sent it.
-        let GetUpdatesResponse::Updates(plain) = GetUpdatesResponse::decode(Arc::from(body.as_str()), None).unwrap()
-        else {
+        let GetUpdatesResponse::Updates(plain) = GetUpdatesResponse::decode(body.as_str(), None).unwrap() else {
             unreachable!("decoded above");
         };
         assert!(

@@ -6,8 +6,11 @@
 //! those in one pass over the update's bytes, without allocating per field, and keeps the
 //! raw JSON so the handler can parse it into whatever types it likes, on demand.
 //!
-//! The raw JSON is not copied out of the response: every `Update` of one `getUpdates`
-//! response shares the response body (`Arc<str>`) and remembers its own range in it.
+//! Each `Update` owns its JSON (one `Arc<str>`, shared by its clones): it is copied out of
+//! the response as the response is decoded, so what a handler holds is its own update and
+//! nothing more. Sharing the response body instead saved that copy but let one slow
+//! handler keep its whole batch alive (100 updates, up to the 8 MiB body cap) long after
+//! the other 99 finished; `docs/benchmarks.md` ("Update bodies") has the measurement.
 
 use std::fmt;
 use std::sync::Arc;
@@ -18,13 +21,11 @@ use serde::de::{self, DeserializeSeed, Deserializer, IgnoredAny, MapAccess, Visi
 /// One update as delivered by the transport: raw JSON plus `update_id`, kind and
 /// ordering key, extracted without a second parse.
 ///
-/// Cloning is cheap (a reference count); the JSON text is shared with the response body
-/// it came from.
+/// Cloning is cheap (a reference count); the JSON text is the update's own, not the
+/// response body's.
 #[derive(Clone)]
 pub struct Update {
-    body: Arc<str>,
-    start: usize,
-    end: usize,
+    json: Arc<str>,
     id: i64,
     kind: UpdateKind,
     key: Option<i64>,
@@ -41,17 +42,9 @@ impl Update {
     /// [`EnvelopeError`] when the text is not a JSON object with an integer `update_id`, or
     /// when the field the ordering key is read from has the wrong type.
     pub fn from_json(json: &str) -> Result<Update, EnvelopeError> {
-        let body: Arc<str> = Arc::from(json);
-        Update::from_body(body, 0, json.len())
-    }
-
-    /// Decodes the update at `start..end` of a shared response body.
-    pub(crate) fn from_body(body: Arc<str>, start: usize, end: usize) -> Result<Update, EnvelopeError> {
-        let probe = Probe::decode(&body[start..end])?;
+        let probe = Probe::decode(json)?;
         Ok(Update {
-            body,
-            start,
-            end,
+            json: Arc::from(json),
             id: probe.id,
             kind: probe.kind,
             key: probe.key,
@@ -77,12 +70,12 @@ impl Update {
 
     /// Size of the update's JSON text in bytes: the basis of the default memory cost.
     pub fn size(&self) -> usize {
-        self.end - self.start
+        self.json.len()
     }
 
     /// The update's JSON text, exactly as the server sent it.
     pub fn raw(&self) -> &str {
-        &self.body[self.start..self.end]
+        &self.json
     }
 
     /// Parses the update into a typed value (borrowing from the raw text where `T` does).

@@ -5,7 +5,6 @@
 
 use std::collections::BTreeMap;
 use std::path::Path;
-use std::sync::Arc;
 
 use pollgate_core::{GetUpdatesResponse, Update};
 use serde::Deserialize;
@@ -64,7 +63,7 @@ fn a_response_of_every_fixture_decodes_in_one_pass_and_keeps_exact_texts() {
     all.sort_by_key(|(_, e)| e.update_id);
     let texts: Vec<&str> = all.iter().map(|(t, _)| t.trim()).collect();
     let body = format!("{{\"ok\":true,\"result\":[{}]}}", texts.join(",\n"));
-    let GetUpdatesResponse::Updates(batch) = GetUpdatesResponse::decode(Arc::from(body), None).unwrap() else {
+    let GetUpdatesResponse::Updates(batch) = GetUpdatesResponse::decode(&body, None).unwrap() else {
         panic!("not an update list");
     };
     assert!(batch.failures.is_empty(), "{:?}", batch.failures);

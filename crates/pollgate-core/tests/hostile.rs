@@ -1,12 +1,10 @@
 //! Broken or hostile responses: the decoder must answer with a typed error or a reported
 //! undecodable update, never a crash, a hang or unbounded work.
 
-use std::sync::Arc;
-
 use pollgate_core::{GetUpdatesResponse, Update};
 
 fn decode(body: String) -> Result<GetUpdatesResponse, serde_json::Error> {
-    GetUpdatesResponse::decode(Arc::from(body), Some(1))
+    GetUpdatesResponse::decode(&body, Some(1))
 }
 
 #[test]

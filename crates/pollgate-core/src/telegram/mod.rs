@@ -248,19 +248,17 @@ impl TelegramTransport {
         let http_timeout = Duration::from_secs(params.timeout) + self.http_margin;
         let (status, text) = self.post(&self.urls.get_updates, &params, http_timeout).await?;
         let decoded =
-            GetUpdatesResponse::decode_redacted(Arc::from(text.as_str()), offset, Some(&self.token)).map(|response| {
-                match response {
-                    GetUpdatesResponse::Updates(batch) => MethodResponse::Ok(batch),
-                    GetUpdatesResponse::Error {
-                        error_code,
-                        description,
-                        retry_after,
-                    } => MethodResponse::Error {
-                        error_code,
-                        description,
-                        retry_after,
-                    },
-                }
+            GetUpdatesResponse::decode_redacted(&text, offset, Some(&self.token)).map(|response| match response {
+                GetUpdatesResponse::Updates(batch) => MethodResponse::Ok(batch),
+                GetUpdatesResponse::Error {
+                    error_code,
+                    description,
+                    retry_after,
+                } => MethodResponse::Error {
+                    error_code,
+                    description,
+                    retry_after,
+                },
             });
         self.answer(status, &text, decoded)
     }
