@@ -20,6 +20,17 @@ use std::time::Duration;
 use crate::update::{EnvelopeError, Update};
 
 /// How acknowledgements work for a transport.
+///
+/// # Examples
+///
+/// ```
+/// use pollgate_core::{AckModel, TelegramTransport, Transport};
+///
+/// let telegram = TelegramTransport::builder("123456:ABC-your-token").build()?;
+/// assert_eq!(telegram.ack_model(), AckModel::Cumulative { window: 100 });
+/// assert_eq!(telegram.ack_model().window(), 100);
+/// # Ok::<(), pollgate_core::TelegramError>(())
+/// ```
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 #[non_exhaustive]
 pub enum AckModel {
@@ -48,6 +59,22 @@ impl AckModel {
 }
 
 /// One fetch: at most `limit` updates, waiting up to `timeout` when none are available.
+///
+/// The runtime sets `limit` to what its admission policy can admit now, so the rest of a
+/// backlog stays on the server.
+///
+/// # Examples
+///
+/// ```
+/// use std::time::Duration;
+/// use pollgate_core::FetchRequest;
+///
+/// // A long poll for at most what 12 free slots can start.
+/// let request = FetchRequest { limit: 12, timeout: Duration::from_secs(30) };
+/// // A short poll: answer at once, even with nothing.
+/// let drain = FetchRequest { timeout: Duration::ZERO, ..request };
+/// assert_eq!((drain.limit, drain.timeout), (12, Duration::ZERO));
+/// ```
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct FetchRequest {
     /// The most updates to return; the transport clamps it to what it supports
@@ -59,6 +86,25 @@ pub struct FetchRequest {
 }
 
 /// What the runtime acknowledges, in the form both transport families understand.
+///
+/// # Examples
+///
+/// A cumulative transport reads `below`, one with individual acks reads `receipts`:
+///
+/// ```
+/// use std::sync::Arc;
+/// use pollgate_core::{Ack, HandlerFailure};
+///
+/// // Telegram: every update below 43 is done.
+/// let cumulative = Ack { below: Some(43), receipts: &[], failed: &[] };
+/// assert!(cumulative.receipts.is_empty());
+///
+/// // A queue: these two entries are done, and the second failed every attempt.
+/// let receipts: [Arc<str>; 2] = ["1700000000000-0".into(), "1700000000000-1".into()];
+/// let failed = [HandlerFailure::new(8, receipts[1].clone(), 3, "timed out")];
+/// let individual = Ack { below: None, receipts: &receipts, failed: &failed };
+/// assert_eq!(individual.failed[0].receipt, individual.receipts[1]);
+/// ```
 #[derive(Clone, Copy, Debug)]
 pub struct Ack<'a> {
     /// Every update with an id below this one is finished (or given up): the cumulative
@@ -113,6 +159,18 @@ impl HandlerFailure {
 }
 
 /// The result of one fetch.
+///
+/// # Examples
+///
+/// ```
+/// use pollgate_core::{Batch, Update};
+///
+/// let updates = [7, 8].map(|id| Update::from_json(&format!(r#"{{"update_id":{id}}}"#)).unwrap());
+/// let batch = Batch { updates: updates.into(), ..Batch::default() };
+/// assert_eq!((batch.len(), batch.last_id()), (2, Some(8)));
+/// assert!(Batch::default().is_empty());
+/// assert_eq!(Batch::default().last_id(), None);
+/// ```
 #[derive(Debug, Default)]
 pub struct Batch {
     /// Decoded updates, in delivery order.
@@ -164,6 +222,62 @@ pub struct DecodeFailure {
 ///
 /// Methods take `&self` so a transport can acknowledge while a fetch is in flight; the
 /// runtime never runs two fetches at once.
+///
+/// # Examples
+///
+/// A minimal cumulative transport over updates in memory, served as `getUpdates` serves
+/// them: from the confirmed offset on, at most `limit` at a time.
+///
+/// ```
+/// use std::convert::Infallible;
+/// use std::sync::Mutex;
+/// use std::time::Duration;
+///
+/// use pollgate_core::{Ack, AckModel, Batch, FetchRequest, Transport, Update};
+///
+/// struct Backlog {
+///     updates: Vec<Update>,
+///     offset: Mutex<i64>,
+/// }
+///
+/// impl Transport for Backlog {
+///     type Error = Infallible;
+///
+///     fn ack_model(&self) -> AckModel {
+///         AckModel::Cumulative { window: 100 }
+///     }
+///
+///     async fn fetch(&self, request: FetchRequest) -> Result<Batch, Infallible> {
+///         let offset = *self.offset.lock().unwrap();
+///         let pending = self.updates.iter().filter(|u| u.id() >= offset);
+///         let updates = pending.take(request.limit).cloned().collect();
+///         Ok(Batch { updates, ..Batch::default() })
+///     }
+///
+///     async fn ack(&self, ack: Ack<'_>) -> Result<(), Infallible> {
+///         if let Some(below) = ack.below {
+///             let mut offset = self.offset.lock().unwrap();
+///             *offset = (*offset).max(below); // forward only: a repeated ack is harmless
+///         }
+///         Ok(())
+///     }
+///
+///     async fn flush(&self) -> Result<(), Infallible> {
+///         Ok(()) // nothing to make durable in memory
+///     }
+/// }
+///
+/// # #[tokio::main(flavor = "current_thread")]
+/// # async fn main() {
+/// let updates = (1..=5).map(|id| Update::from_json(&format!(r#"{{"update_id":{id}}}"#)).unwrap());
+/// let transport = Backlog { updates: updates.collect(), offset: Mutex::new(0) };
+/// let request = FetchRequest { limit: 2, timeout: Duration::ZERO };
+/// assert_eq!(transport.fetch(request).await.unwrap().last_id(), Some(2));
+/// transport.ack(Ack { below: Some(3), receipts: &[], failed: &[] }).await.unwrap();
+/// let next = transport.fetch(request).await.unwrap();
+/// assert_eq!(next.updates[0].id(), 3, "what was confirmed is not delivered again");
+/// # }
+/// ```
 pub trait Transport: Send + Sync + 'static {
     /// The transport's error. Every error returned is final: retries happen inside.
     type Error: std::error::Error + Send + Sync + 'static;
@@ -187,6 +301,16 @@ pub trait Transport: Send + Sync + 'static {
     ///
     /// # Errors
     /// When the acknowledgement could not be recorded.
+    ///
+    /// # Cancel safety
+    /// The runtime drops an `ack` future when it stops (it then sends the same receipts,
+    /// and an offset at least as high, in its final acknowledgement) and when a shutdown's
+    /// drain deadline passes (it then gives up: what was not acknowledged is delivered
+    /// again). So an implementation must expect to be dropped at any await point, having
+    /// applied all of `ack`, part of it or none, and must keep two promises: it never
+    /// acknowledges anything `ack` does not name (dropped or not), and acknowledging the
+    /// same offset or receipt again is harmless. A dropped acknowledgement then costs at
+    /// most a redelivery, never an update.
     fn ack(&self, ack: Ack<'_>) -> impl Future<Output = Result<(), Self::Error>> + Send;
 
     /// Makes every recorded acknowledgement durable (Telegram: one final
@@ -194,6 +318,13 @@ pub trait Transport: Send + Sync + 'static {
     ///
     /// # Errors
     /// When the server could not be reached.
+    ///
+    /// # Cancel safety
+    /// The runtime bounds the flush with its drain deadline and drops it when that
+    /// passes. Dropped, a flush may have made all, part or none of the recorded
+    /// acknowledgements durable; what it did not is delivered again after a restart
+    /// (at-least-once). It must never confirm more than was acknowledged, however far it
+    /// got.
     fn flush(&self) -> impl Future<Output = Result<(), Self::Error>> + Send;
 
     /// Updates this transport delivered and has since taken back, if it ever does
@@ -214,8 +345,9 @@ pub trait Transport: Send + Sync + 'static {
         Vec::new()
     }
 
-    /// How many updates wait on the server, not yet delivered to this consumer, if the
-    /// transport can tell (Telegram: `getWebhookInfo`'s `pending_update_count`). Asked at
+    /// How many updates wait on the server, if the transport can tell (Telegram:
+    /// `getWebhookInfo`'s `pending_update_count`, which counts what is not yet confirmed,
+    /// so updates fetched and still running are included). Asked at
     /// an interval when the runtime exports metrics, as `pollgate_backlog_updates`; one
     /// request, no retries: `None` when it fails or the transport cannot tell (default).
     ///

@@ -433,7 +433,11 @@ impl<T: Transport, H: Handler> RuntimeBuilder<T, H> {
     /// the backlog on the server ([`Transport::backlog`](pollgate_core::Transport::backlog):
     /// a `getWebhookInfo` request for Telegram); default
     /// [`DEFAULT_BACKLOG_INTERVAL`](crate::metrics::DEFAULT_BACKLOG_INTERVAL).
+    ///
+    /// # Panics
+    /// If `every` is zero.
     pub fn backlog_interval(mut self, every: Duration) -> Self {
+        assert!(!every.is_zero(), "the backlog interval must be positive");
         self.config.backlog_every = every;
         self
     }

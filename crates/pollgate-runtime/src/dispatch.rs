@@ -323,7 +323,7 @@ async fn pace_or_acquire<H: Handler>(ctx: &Arc<Ctx<H>>, update: Update, cost: u6
     let ctx = Arc::clone(ctx);
     ctx.tracker.clone().spawn(async move {
         let acquired = if ctx.hold_until(&update, start_at).await {
-            ctx.gate.acquire_reserved(reservation).await.ok()
+            ctx.acquire_reserved(reservation).await
         } else {
             drop(reservation);
             None

@@ -29,8 +29,12 @@
 //! use pollgate_runtime::Runtime;
 //!
 //! # async fn demo() -> Result<(), Box<dyn std::error::Error>> {
-//! // Install an exporter first, e.g. metrics-exporter-prometheus:
-//! // PrometheusBuilder::new().with_http_listener(([0, 0, 0, 0], 9000)).install()?;
+//! // Install an exporter first, e.g. metrics-exporter-prometheus (with buckets, or its
+//! // histograms render as summaries):
+//! // PrometheusBuilder::new()
+//! //     .with_http_listener(([0, 0, 0, 0], 9000))
+//! //     .set_buckets_for_metric(Matcher::Suffix("_seconds".into()), &[0.001, 0.01, 0.1, 1.0, 10.0])?
+//! //     .install()?;
 //! let transport = TelegramTransport::builder(std::env::var("TELEGRAM_BOT_TOKEN")?).build()?;
 //! let runtime = Runtime::builder(transport, |_update| async { Ok::<(), std::io::Error>(()) })
 //!     .export_metrics(Duration::from_secs(1))
@@ -67,7 +71,9 @@ pub const DECLARED_BYTES: &str = "pollgate_declared_bytes";
 pub const RESIDENT_MEMORY_BYTES: &str = "pollgate_resident_memory_bytes";
 /// Gauge: the resident memory the policy steers toward.
 pub const MEMORY_TARGET_BYTES: &str = "pollgate_memory_target_bytes";
-/// Gauge: updates waiting on the server, not yet fetched ([`Transport::backlog`]).
+/// Gauge: updates waiting on the server ([`Transport::backlog`]; Telegram counts what is
+/// not yet confirmed, so in at-least-once mode it includes updates running now). Keeps
+/// its last reading while the transport cannot tell.
 pub const BACKLOG_UPDATES: &str = "pollgate_backlog_updates";
 /// Counter: fetch requests sent.
 pub const FETCHES: &str = "pollgate_fetches_total";
@@ -89,6 +95,10 @@ pub const UNDECODABLE: &str = "pollgate_updates_undecodable_total";
 pub const PACED: &str = "pollgate_updates_paced_total";
 /// Counter: updates the transport took back before they started.
 pub const REVOKED: &str = "pollgate_updates_revoked_total";
+/// Counter: handlers dropped at the drain deadline (they did not finish).
+pub const ABORTED: &str = "pollgate_updates_aborted_total";
+/// Counter: updates the transport delivered again (fetched before, not confirmed).
+pub const REDELIVERED: &str = "pollgate_updates_redelivered_total";
 /// Counter: the transport's retries after transient failures, by `kind`
 /// ([`Transport::retries`]).
 pub const TRANSPORT_RETRIES: &str = "pollgate_transport_retries_total";
@@ -150,6 +160,8 @@ struct Exported {
     undecodable: Counter,
     paced: Counter,
     revoked: Counter,
+    aborted: Counter,
+    redelivered: Counter,
 }
 
 impl Exported {
@@ -189,6 +201,8 @@ impl Exported {
         describe_counter!(UNDECODABLE, "Updates that could not be decoded and were skipped.");
         describe_counter!(PACED, "Updates held back by the pacer before they started.");
         describe_counter!(REVOKED, "Updates the transport took back before they started.");
+        describe_counter!(ABORTED, "Handlers dropped at the drain deadline.");
+        describe_counter!(REDELIVERED, "Updates the transport delivered again.");
         describe_counter!(
             TRANSPORT_RETRIES,
             "The transport's retries after transient failures, by kind."
@@ -215,6 +229,8 @@ impl Exported {
             undecodable: metrics::counter!(UNDECODABLE),
             paced: metrics::counter!(PACED),
             revoked: metrics::counter!(REVOKED),
+            aborted: metrics::counter!(ABORTED),
+            redelivered: metrics::counter!(REDELIVERED),
         }
     }
 
@@ -239,6 +255,8 @@ impl Exported {
         self.undecodable.absolute(s.undecodable);
         self.paced.absolute(s.paced);
         self.revoked.absolute(s.revoked);
+        self.aborted.absolute(s.aborted);
+        self.redelivered.absolute(s.redelivered);
     }
 }
 
@@ -295,8 +313,9 @@ pub(crate) async fn export_loop<T: Transport, H>(
         export(&mut exported);
         if Instant::now() >= next_backlog {
             next_backlog = Instant::now() + backlog_every;
+            // A slow answer must not hold back the other metrics: it gets one interval.
             let backlog = tokio::select! {
-                b = transport.backlog() => b,
+                b = tokio::time::timeout(every.max(Duration::from_secs(1)), transport.backlog()) => b.ok().flatten(),
                 () = done.cancelled() => break,
             };
             exported.backlog.set(backlog.map(|n| n as f64));

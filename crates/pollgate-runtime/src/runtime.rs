@@ -121,6 +121,20 @@ pub(crate) struct Ctx<H> {
 }
 
 impl<H> Ctx<H> {
+    /// Turns a reservation into a permit (`None`: the gate closed), recording the wait in
+    /// the admission-wait histogram when metrics are exported.
+    pub(crate) async fn acquire_reserved(
+        &self,
+        reservation: pollgate_admission::Reservation,
+    ) -> Option<pollgate_admission::Permit> {
+        let asked = self.histograms.as_ref().map(|_| Instant::now());
+        let permit = self.gate.acquire_reserved(reservation).await.ok();
+        if let (Some(h), Some(asked), Some(_)) = (&self.histograms, asked, &permit) {
+            h.admission_wait.record(asked.elapsed());
+        }
+        permit
+    }
+
     /// A handle on the counters and the gate.
     pub(crate) fn stats_handle(&self) -> StatsHandle {
         StatsHandle {

@@ -427,7 +427,7 @@ pub(crate) async fn run<H: Handler>(ctx: Arc<Ctx<H>>, mut update: Update, mut pe
         let cost = ctx.gate.reserve(ctx.config.cost.of(&update));
         drop(next.reservation);
         let acquired = if ctx.hold_until(&update, next.start_at).await {
-            ctx.gate.acquire_reserved(cost).await.ok()
+            ctx.acquire_reserved(cost).await
         } else {
             drop(cost);
             None
@@ -486,7 +486,7 @@ async fn retry_after<H: Handler>(
         let acquired = if slept {
             let cost = ctx.gate.reserve(ctx.config.cost.of(&update));
             drop(waiting);
-            ctx.gate.acquire_reserved(cost).await.ok()
+            ctx.acquire_reserved(cost).await
         } else {
             drop(waiting);
             None
