@@ -56,7 +56,7 @@ async fn run(args: Args) -> Result<RunResult, String> {
             TelegramTransport::builder(token.clone())
                 .api_url(api_url.clone())
                 .build()
-                .map_err(|e| format!("cannot build the transport: {e}"))?,
+                .map_err(|e| format!("cannot build the transport: {}", pollgate::transport::ErrorChain(&e)))?,
         ),
         (Some(_), None) => return Err("--child needs --token".into()),
         _ => None,
@@ -119,7 +119,7 @@ async fn run(args: Args) -> Result<RunResult, String> {
                 TelegramTransport::builder(args.token.clone().unwrap_or_default())
                     .api_url(args.api_url.clone().unwrap_or_default())
                     .build()
-                    .map_err(|e| format!("cannot build the transport: {e}"))
+                    .map_err(|e| format!("cannot build the transport: {}", pollgate::transport::ErrorChain(&e)))
             })
             .await?;
             let handle = spool.handle();

@@ -59,7 +59,7 @@ async fn run(args: WorkerArgs) -> Result<(), String> {
                     .lease_ttl(Duration::from_millis(args.lease_ms))
                     .max_block(Duration::from_millis(500))
                     .build()
-                    .map_err(|e| format!("cannot build the transport: {e}"))?,
+                    .map_err(|e| format!("cannot build the transport: {}", pollgate::transport::ErrorChain(&e)))?,
             );
             let t = Arc::clone(&transport);
             let report = move || {
@@ -83,7 +83,7 @@ async fn run(args: WorkerArgs) -> Result<(), String> {
                     .claim_idle(Duration::from_millis(args.claim_idle_ms))
                     .max_block(Duration::from_millis(500))
                     .build()
-                    .map_err(|e| format!("cannot build the transport: {e}"))?,
+                    .map_err(|e| format!("cannot build the transport: {}", pollgate::transport::ErrorChain(&e)))?,
             );
             let t = Arc::clone(&transport);
             let report = move || {
@@ -173,7 +173,7 @@ async fn serve<T: Transport>(
             }
         }
     });
-    let summary = runtime.run().await.map_err(|e| format!("the worker stopped: {e}"))?;
+    let summary = runtime.run().await.map_err(|e| format!("the worker stopped: {}", pollgate::transport::ErrorChain(&e)))?;
     progress.abort();
     let (_, peak) = rss_and_peak();
     let record = recorder.summary();

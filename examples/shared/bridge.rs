@@ -83,7 +83,7 @@ pub(crate) async fn run_bridge(
     let transport = TelegramTransport::builder(token)
         .api_url(&args.api_url)
         .build()
-        .map_err(|e| format!("bridge: {e}"))?;
+        .map_err(|e| format!("bridge: {}", pollgate::transport::ErrorChain(&e)))?;
     if args.shards.is_some() && args.max_len.is_some() {
         return Err(
             "bridge: --max-len does not apply to shard streams (the workers trim them \
@@ -96,14 +96,14 @@ pub(crate) async fn run_bridge(
             ShardedProducer::builder(&args.redis_url, &args.stream)
                 .shards(shards)
                 .build()
-                .map_err(|e| format!("bridge: {e}"))?,
+                .map_err(|e| format!("bridge: {}", pollgate::transport::ErrorChain(&e)))?,
         ),
         None => {
             let mut producer = StreamProducer::builder(&args.redis_url, &args.stream);
             if let Some(n) = args.max_len {
                 producer = producer.max_len_approx(n);
             }
-            Appender::One(producer.build().map_err(|e| format!("bridge: {e}"))?)
+            Appender::One(producer.build().map_err(|e| format!("bridge: {}", pollgate::transport::ErrorChain(&e)))?)
         }
     };
     let producer = Arc::new(producer);
@@ -143,7 +143,7 @@ pub(crate) async fn run_bridge(
             stop.cancel();
         });
     }
-    let summary = runtime.run().await.map_err(|e| format!("bridge: {e}"))?;
+    let summary = runtime.run().await.map_err(|e| format!("bridge: {}", pollgate::transport::ErrorChain(&e)))?;
     if failed.load(Ordering::Acquire) {
         return Err(format!(
             "bridge: an append failed; {} update(s) left unconfirmed on the Bot API server",

@@ -4,17 +4,16 @@ use std::time::Duration;
 
 use redis::aio::{ConnectionManager, ConnectionManagerConfig};
 
-use crate::error::RedisTransportError;
+use crate::error::{ConfigError, RedisTransportError};
 
 /// Opens a client for `url`, with an error that does not repeat the URL (it may hold a
 /// password).
 pub(crate) fn open_client(url: &str) -> Result<redis::Client, RedisTransportError> {
     redis::Client::open(url).map_err(|e| {
-        RedisTransportError::Config(format!(
-            "the Redis URL {} could not be parsed ({:?})",
-            redact_url(url),
-            e.kind()
-        ))
+        RedisTransportError::Config(ConfigError::Url {
+            url: redact_url(url),
+            kind: format!("{:?}", e.kind()),
+        })
     })
 }
 
@@ -29,7 +28,7 @@ pub(crate) fn connection(
         .set_connection_timeout(Some(Duration::from_secs(2)))
         .set_response_timeout(response_timeout);
     ConnectionManager::new_lazy_with_config(client.clone(), config)
-        .map_err(|e| RedisTransportError::Config(format!("could not set up a Redis connection: {e}")))
+        .map_err(|e| RedisTransportError::Config(ConfigError::Connection(e)))
 }
 
 /// `redis://user:secret@host:6379/0` → `redis://user:***@host:6379/0`; a `pass` or

@@ -54,9 +54,33 @@ pub enum RedisTransportError {
         configured: u32,
     },
     /// The transport's configuration is invalid (empty stream or group name, a URL the
-    /// client cannot parse, ...).
-    #[error("invalid configuration: {0}")]
-    Config(String),
+    /// client cannot parse, ...): [`ConfigError`] says what.
+    #[error("invalid configuration")]
+    Config(#[source] ConfigError),
+}
+
+/// What is wrong with a Redis transport's or producer's configuration
+/// ([`RedisTransportError::Config`]).
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum ConfigError {
+    /// A name that must be set is empty (`"stream"`, `"group"`, `"prefix"`).
+    #[error("the {0} name must not be empty")]
+    Empty(&'static str),
+    /// Sharded streams need at least one shard.
+    #[error("there must be at least one shard")]
+    NoShards,
+    /// The client cannot parse the URL. The URL is shown with its password masked.
+    #[error("the Redis URL {url} could not be parsed ({kind})")]
+    Url {
+        /// The URL, password masked.
+        url: String,
+        /// The client's kind of error.
+        kind: String,
+    },
+    /// The client could not set up a connection manager.
+    #[error("could not set up a Redis connection")]
+    Connection(#[source] redis::RedisError),
 }
 
 impl RedisTransportError {

@@ -42,7 +42,7 @@ mod retry;
 mod sharded;
 mod transport;
 
-pub use error::RedisTransportError;
+pub use error::{ConfigError, RedisTransportError};
 #[cfg(feature = "test-util")]
 pub use local::{LocalRedis, Persistence, REDIS_URL_ENV, RedisServer};
 pub use producer::{StreamProducer, StreamProducerBuilder};

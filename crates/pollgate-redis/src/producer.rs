@@ -115,7 +115,7 @@ impl StreamProducerBuilder {
     /// [`RedisTransportError::Config`] for an empty stream name or a bad URL.
     pub fn build(self) -> Result<StreamProducer, RedisTransportError> {
         if self.stream.is_empty() {
-            return Err(RedisTransportError::Config("the stream name must not be empty".into()));
+            return Err(RedisTransportError::Config(crate::ConfigError::Empty("stream")));
         }
         let client = open_client(&self.url)?;
         let conn = connection(&client, Some(Duration::from_secs(5)))?;

@@ -168,13 +168,32 @@ pub(crate) fn pending(v: Value) -> Result<Vec<(String, u64)>, RedisTransportErro
         .collect()
 }
 
+/// Why a stream entry is not an update; its chain is the reason the dead-letter stream
+/// records.
+#[derive(Debug, thiserror::Error)]
+pub(crate) enum EntryError {
+    #[error("the entry has no `{0}` field")]
+    Missing(String),
+    #[error("the `{0}` field is not UTF-8")]
+    NotUtf8(String),
+    #[error("not a Telegram update")]
+    NotAnUpdate(#[source] pollgate_core::EnvelopeError),
+}
+
+impl EntryError {
+    /// The reason as the dead-letter stream records it: the message and its causes.
+    pub(crate) fn reason(&self) -> String {
+        pollgate_core::ErrorChain(self).to_string()
+    }
+}
+
 /// The stream's JSON field of an entry as an update, or why it is not one.
-pub(crate) fn decode(entry: &Entry, field: &str) -> Result<Update, String> {
+pub(crate) fn decode(entry: &Entry, field: &str) -> Result<Update, EntryError> {
     match entry.field(field) {
-        None => Err(format!("the entry has no `{field}` field")),
+        None => Err(EntryError::Missing(field.to_owned())),
         Some(raw) => std::str::from_utf8(raw)
-            .map_err(|_| format!("the `{field}` field is not UTF-8"))
-            .and_then(|json| Update::from_json(json).map_err(|e| format!("not a Telegram update: {e}"))),
+            .map_err(|_| EntryError::NotUtf8(field.to_owned()))
+            .and_then(|json| Update::from_json(json).map_err(EntryError::NotAnUpdate)),
     }
 }
 

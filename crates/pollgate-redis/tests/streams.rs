@@ -271,7 +271,14 @@ async fn poison_entries_land_in_the_dead_letter_stream_with_their_reason() {
     let dead: redis::streams::StreamRangeReply = c.xrange_all(last.dead_letter_stream()).await.unwrap();
     assert_eq!(dead.ids.len(), 3);
     let reasons: Vec<String> = dead.ids.iter().map(|e| e.get("pollgate_reason").unwrap()).collect();
-    assert!(reasons[0].starts_with("not a Telegram update"), "{reasons:?}");
+    assert!(
+        reasons[0].starts_with("not a Telegram update: undecodable update"),
+        "{reasons:?}"
+    );
+    assert!(
+        reasons[0].contains("line 1"),
+        "the parser's reason is kept, through the chain: {reasons:?}"
+    );
     assert!(reasons[1].contains("no `update` field"), "{reasons:?}");
     assert!(reasons[2].contains("delivered 3 times"), "{reasons:?}");
     let original: String = dead.ids[2].get("update").unwrap();

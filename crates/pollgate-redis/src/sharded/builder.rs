@@ -108,10 +108,13 @@ impl ShardedStreamTransportBuilder {
     /// [`RedisTransportError::Config`] for an empty prefix or group, no shards, or a bad
     /// URL.
     pub fn build(self) -> Result<ShardedStreamTransport, RedisTransportError> {
-        if self.prefix.is_empty() || self.group.is_empty() || self.shards == 0 {
-            return Err(RedisTransportError::Config(
-                "the prefix and group must not be empty and there must be at least one shard".into(),
-            ));
+        for (name, value) in [("prefix", &self.prefix), ("group", &self.group)] {
+            if value.is_empty() {
+                return Err(RedisTransportError::Config(crate::ConfigError::Empty(name)));
+            }
+        }
+        if self.shards == 0 {
+            return Err(RedisTransportError::Config(crate::ConfigError::NoShards));
         }
         let client = open_client(&self.url)?;
         let max_block = self.max_block.min(self.lease_ttl / 4);

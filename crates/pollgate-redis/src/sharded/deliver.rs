@@ -134,7 +134,7 @@ impl Inner {
                     };
                     counter.fetch_add(1, Ordering::Relaxed);
                 }
-                Err(reason) => self.dead_letter(shard, token, &entry, &reason, deliveries).await?,
+                Err(e) => self.dead_letter(shard, token, &entry, &e.reason(), deliveries).await?,
             }
         }
         Ok(())

@@ -96,10 +96,11 @@ impl ShardedProducerBuilder {
     /// # Errors
     /// [`RedisTransportError::Config`] for an empty prefix, no shards or a bad URL.
     pub fn build(self) -> Result<ShardedProducer, RedisTransportError> {
-        if self.prefix.is_empty() || self.shards == 0 {
-            return Err(RedisTransportError::Config(
-                "the prefix must not be empty and there must be at least one shard".into(),
-            ));
+        if self.prefix.is_empty() {
+            return Err(RedisTransportError::Config(crate::ConfigError::Empty("prefix")));
+        }
+        if self.shards == 0 {
+            return Err(RedisTransportError::Config(crate::ConfigError::NoShards));
         }
         let client = open_client(&self.url)?;
         let conn = connection(&client, Some(Duration::from_secs(5)))?;

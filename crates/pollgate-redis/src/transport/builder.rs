@@ -137,10 +137,10 @@ impl RedisStreamTransportBuilder {
     /// [`RedisTransportError::Config`] for an empty stream or group name or a URL the
     /// client cannot parse.
     pub fn build(self) -> Result<RedisStreamTransport, RedisTransportError> {
-        if self.stream.is_empty() || self.group.is_empty() {
-            return Err(RedisTransportError::Config(
-                "the stream and group names must not be empty".into(),
-            ));
+        for (name, value) in [("stream", &self.stream), ("group", &self.group)] {
+            if value.is_empty() {
+                return Err(RedisTransportError::Config(crate::ConfigError::Empty(name)));
+            }
         }
         let client = open_client(&self.url)?;
         let reader = connection(&client, Some(self.max_block + Duration::from_secs(5)))?;

@@ -205,7 +205,7 @@ impl Inner {
                     };
                     counter.fetch_add(1, Ordering::Relaxed);
                 }
-                Err(reason) => self.dead_letter(&entry, &reason, deliveries).await?,
+                Err(e) => self.dead_letter(&entry, &e.reason(), deliveries).await?,
             }
         }
         Ok(())
