@@ -34,6 +34,22 @@
 use crate::policy::{AdmissionPolicy, Completion, Limit, LimitSignal, Load, MemorySample};
 
 /// Both policies must admit. See the [module docs](self).
+///
+/// # Examples
+///
+/// The members stay reachable, to tune one at run time:
+///
+/// ```
+/// use std::sync::Arc;
+/// use pollgate_admission::{AdmissionPolicy, AllOf, ByteBudget, Fixed, Gate};
+///
+/// let policy = Arc::new(AllOf::new(Fixed::new(8), ByteBudget::new(1 << 20)));
+/// let gate = Gate::with_shared(policy.clone());
+/// policy.second().set_budget(2 << 20);
+/// assert_eq!(policy.limit().bytes, Some(2 << 20));
+/// assert_eq!(policy.first().slots(), 8);
+/// # drop(gate);
+/// ```
 #[derive(Debug, Clone)]
 pub struct AllOf<A, B> {
     first: A,
@@ -41,6 +57,17 @@ pub struct AllOf<A, B> {
 }
 
 /// Combines two policies: admits only when both do.
+///
+/// # Examples
+///
+/// Three axes at once, by nesting: the [`Limit`] reported is the tightest on each.
+///
+/// ```
+/// use pollgate_admission::{AdmissionPolicy, ByteBudget, Fixed, Limit, all_of};
+///
+/// let policy = all_of(Fixed::new(32), all_of(Fixed::new(16), ByteBudget::new(64 << 20)));
+/// assert_eq!(policy.limit(), Limit::new(Some(16), Some(64 << 20)));
+/// ```
 pub fn all_of<A: AdmissionPolicy, B: AdmissionPolicy>(first: A, second: B) -> AllOf<A, B> {
     AllOf::new(first, second)
 }

@@ -51,6 +51,25 @@ use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use crate::policy::{AdmissionPolicy, Limit, Load};
 
 /// Fetches a new batch only when the previous one is done. See the [module docs](self).
+///
+/// # Examples
+///
+/// A fetch that returns nothing closes a partly filled batch: the backlog is drained, so
+/// the next fetch waits for what was fetched to finish.
+///
+/// ```
+/// use pollgate_admission::{Barrier, Gate};
+///
+/// let gate = Gate::new(Barrier::new(100));
+/// assert_eq!(gate.fetch_limit(), 100);
+/// gate.on_batch(30);
+/// let batch: Vec<_> = (0..30).map(|_| gate.try_acquire(1).unwrap()).collect();
+/// assert_eq!(gate.fetch_limit(), 70, "room left in the open batch");
+/// gate.on_batch(0); // nothing more on the server
+/// assert_eq!(gate.fetch_limit(), 0);
+/// drop(batch);
+/// assert_eq!(gate.fetch_limit(), 100, "the next batch opens");
+/// ```
 #[derive(Debug)]
 pub struct Barrier {
     batch: usize,

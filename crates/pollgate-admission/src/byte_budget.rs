@@ -60,6 +60,26 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use crate::policy::{AdmissionPolicy, Completion, Limit, LimitSignal, LimitSignals, Load};
 
 /// Admits while declared costs fit in a byte budget. See the [module docs](self).
+///
+/// # Examples
+///
+/// The fetch limit follows the costs seen: with no seed, the first admitted cost is the
+/// estimate, and each completion moves it.
+///
+/// ```
+/// use std::sync::Arc;
+/// use pollgate_admission::{ByteBudget, Gate};
+///
+/// let policy = Arc::new(ByteBudget::new(10_000));
+/// let gate = Gate::with_shared(policy.clone());
+/// assert_eq!(policy.estimated_cost(), None);
+/// let permit = gate.try_acquire(1_000).unwrap();
+/// assert_eq!(policy.estimated_cost(), Some(1_000));
+/// assert_eq!(gate.fetch_limit(), 9, "9 000 bytes free, 1 000 each");
+/// policy.set_budget(20_000);
+/// assert_eq!(gate.fetch_limit(), 19);
+/// # drop(permit);
+/// ```
 #[derive(Debug)]
 pub struct ByteBudget {
     budget: AtomicU64,

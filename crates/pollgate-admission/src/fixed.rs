@@ -53,6 +53,25 @@ use std::sync::atomic::{AtomicUsize, Ordering};
 use crate::policy::{AdmissionPolicy, Limit, LimitSignal, LimitSignals, Load};
 
 /// Admits while fewer than a fixed number of permits run. See the [module docs](self).
+///
+/// # Examples
+///
+/// Lowering the limit revokes nothing: it applies as running permits are released.
+///
+/// ```
+/// use std::sync::Arc;
+/// use pollgate_admission::{Fixed, Gate};
+///
+/// let policy = Arc::new(Fixed::new(3));
+/// let gate = Gate::with_shared(policy.clone());
+/// let mut running: Vec<_> = (0..3).map(|_| gate.try_acquire(1).unwrap()).collect();
+/// policy.set_limit(2);
+/// assert_eq!((policy.slots(), gate.load().in_flight), (2, 3));
+/// running.pop();
+/// assert!(gate.try_acquire(1).is_err(), "2 running: at the new limit");
+/// running.pop();
+/// assert!(gate.try_acquire(1).is_ok());
+/// ```
 #[derive(Debug)]
 pub struct Fixed {
     limit: AtomicUsize,

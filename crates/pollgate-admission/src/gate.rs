@@ -87,6 +87,20 @@ pub struct Gate {
 }
 
 /// Counters and limits of a gate at one instant.
+///
+/// # Examples
+///
+/// A policy that steers memory reports its target (and its latest sample) here too:
+///
+/// ```
+/// use pollgate_admission::{Gate, RssAdaptive};
+///
+/// let policy = RssAdaptive::builder(1 << 30).probe(|| Some(100 << 20)).build_manual();
+/// let gate = Gate::new(policy);
+/// let stats = gate.stats();
+/// assert_eq!((stats.memory_target, stats.memory), (Some(1 << 30), None));
+/// assert_eq!(stats.limit.slots, None, "it limits bytes, not slots");
+/// ```
 #[derive(Clone, Copy, Debug, Default)]
 #[non_exhaustive]
 pub struct GateStats {
@@ -121,6 +135,25 @@ impl Gate {
     /// Creates a gate around a policy that other gates may share.
     ///
     /// The policy's [`attach`](AdmissionPolicy::attach) is called with this gate's signal.
+    ///
+    /// # Examples
+    ///
+    /// Two streams of work with their own accounting under one limit, which one call
+    /// changes for both:
+    ///
+    /// ```
+    /// use std::sync::Arc;
+    /// use pollgate_admission::{Fixed, Gate};
+    ///
+    /// let policy = Arc::new(Fixed::new(1));
+    /// let (a, b) = (Gate::with_shared(policy.clone()), Gate::with_shared(policy.clone()));
+    /// let held = a.try_acquire(1).unwrap();
+    /// assert!(b.try_acquire(1).is_ok(), "each gate counts its own permits");
+    /// assert!(a.try_acquire(1).is_err());
+    /// policy.set_limit(2);
+    /// assert!(a.try_acquire(1).is_ok());
+    /// # drop(held);
+    /// ```
     pub fn with_shared(policy: Arc<dyn AdmissionPolicy>) -> Gate {
         let shared = Arc::new(Shared {
             measures_latency: policy.measures_latency(),
@@ -152,6 +185,27 @@ impl Gate {
     /// granted to it, the capacity is returned (and reported as [`Outcome::Cancelled`]).
     ///
     /// [`Outcome::Cancelled`]: crate::Outcome::Cancelled
+    ///
+    /// # Examples
+    ///
+    /// A second acquire waits until the first permit is released:
+    ///
+    /// ```
+    /// use std::time::Duration;
+    /// use pollgate_admission::{Fixed, Gate, Outcome};
+    ///
+    /// # #[tokio::main(flavor = "current_thread", start_paused = true)]
+    /// # async fn main() {
+    /// let gate = Gate::new(Fixed::new(1));
+    /// let first = gate.acquire(1).await.unwrap();
+    /// let waiting = tokio::time::timeout(Duration::from_secs(1), gate.acquire(1)).await;
+    /// assert!(waiting.is_err(), "no slot: still waiting after a second");
+    /// first.finish(Outcome::Success, Duration::from_millis(5));
+    /// let second = gate.acquire(1).await.unwrap();
+    /// assert_eq!(gate.load().in_flight, 1);
+    /// # drop(second);
+    /// # }
+    /// ```
     pub async fn acquire(&self, cost: u64) -> Result<Permit, Closed> {
         Acquire::new(&self.shared, cost, None).await
     }
@@ -164,6 +218,19 @@ impl Gate {
     ///
     /// [`TryAcquireError::Closed`] when the gate is closed; [`TryAcquireError::NoCapacity`]
     /// when the policy refuses or others wait.
+    ///
+    /// # Examples
+    ///
+    /// ```
+    /// use pollgate_admission::{Fixed, Gate, TryAcquireError};
+    ///
+    /// let gate = Gate::new(Fixed::new(1));
+    /// let permit = gate.try_acquire(1).unwrap();
+    /// assert_eq!(gate.try_acquire(1).unwrap_err(), TryAcquireError::NoCapacity);
+    /// gate.close();
+    /// assert_eq!(gate.try_acquire(1).unwrap_err(), TryAcquireError::Closed);
+    /// drop(permit); // still valid after the close; released as usual
+    /// ```
     pub fn try_acquire(&self, cost: u64) -> Result<Permit, TryAcquireError> {
         let mut state = self.shared.state.lock();
         if state.closed {
@@ -184,6 +251,24 @@ impl Gate {
     /// waits and is never refused (the update is already in memory; refusing would not free
     /// it). Turn it into a permit with [`acquire_reserved`](Self::acquire_reserved); dropping
     /// it returns the bytes.
+    ///
+    /// # Examples
+    ///
+    /// An update waiting behind another of its chat holds its bytes, not a slot:
+    ///
+    /// ```
+    /// use pollgate_admission::{ByteBudget, Gate};
+    ///
+    /// let gate = Gate::new(ByteBudget::new(1000));
+    /// let running = gate.try_acquire(600).unwrap();
+    /// let queued = gate.reserve(300);
+    /// let load = gate.load();
+    /// assert_eq!((load.in_flight, load.reserved, load.bytes), (1, 1, 900));
+    /// assert!(gate.try_acquire(200).is_err(), "600 + 300 + 200 is over the budget");
+    /// drop(queued);
+    /// assert_eq!(gate.load().bytes, 600);
+    /// # drop(running);
+    /// ```
     pub fn reserve(&self, cost: u64) -> Reservation {
         let mut state = self.shared.state.lock();
         state.reserved += 1;
@@ -204,12 +289,32 @@ impl Gate {
     ///
     /// # Cancel safety
     ///
-    /// As for [`acquire`](Self::acquire); dropping the future also drops the reservation.
+    /// As for [`acquire`](Self::acquire); dropping the future also drops the reservation,
+    /// so its bytes are returned too (whether it was still queued or already granted).
     ///
     /// # Panics
     ///
     /// If `reservation` was made by another gate (checked when called, in release builds
     /// too): its bytes are counted there, and admitting it here would count them nowhere.
+    ///
+    /// # Examples
+    ///
+    /// The reservation's bytes become the permit's, counted once throughout:
+    ///
+    /// ```
+    /// use pollgate_admission::{Fixed, Gate};
+    ///
+    /// # #[tokio::main(flavor = "current_thread", start_paused = true)]
+    /// # async fn main() {
+    /// let gate = Gate::new(Fixed::new(4));
+    /// let reservation = gate.reserve(512);
+    /// assert_eq!((gate.load().reserved, gate.load().bytes), (1, 512));
+    /// let permit = gate.acquire_reserved(reservation).await.unwrap();
+    /// let load = gate.load();
+    /// assert_eq!((load.in_flight, load.reserved, load.bytes), (1, 0, 512));
+    /// assert_eq!(permit.cost(), 512);
+    /// # }
+    /// ```
     #[track_caller]
     pub fn acquire_reserved(
         &self,
@@ -224,6 +329,18 @@ impl Gate {
     }
 
     /// What the gate holds now.
+    ///
+    /// # Examples
+    ///
+    /// ```
+    /// use pollgate_admission::{Fixed, Gate, Load};
+    ///
+    /// let gate = Gate::new(Fixed::new(4));
+    /// let permit = gate.try_acquire(100).unwrap();
+    /// assert_eq!(gate.load(), Load::new(1, 100));
+    /// drop(permit);
+    /// assert_eq!(gate.load(), Load::default());
+    /// ```
     pub fn load(&self) -> Load {
         self.shared.state.lock().load()
     }
@@ -262,12 +379,58 @@ impl Gate {
     /// # Cancel safety
     ///
     /// Cancel safe: dropping the future just stops waiting.
+    ///
+    /// # Examples
+    ///
+    /// Wait for room for a batch of three, not for the first free slot:
+    ///
+    /// ```
+    /// use std::time::Duration;
+    /// use pollgate_admission::{Fixed, Gate};
+    ///
+    /// # #[tokio::main(flavor = "current_thread", start_paused = true)]
+    /// # async fn main() {
+    /// let gate = Gate::new(Fixed::new(4));
+    /// let mut running: Vec<_> = (0..4).map(|_| gate.try_acquire(1).unwrap()).collect();
+    /// running.pop(); // one slot free: not enough
+    /// let early = tokio::time::timeout(Duration::from_secs(1), gate.fetch_ready_at_least(3));
+    /// assert!(early.await.is_err());
+    /// running.truncate(1);
+    /// assert_eq!(gate.fetch_ready_at_least(3).await, Ok(3));
+    /// # }
+    /// ```
     pub async fn fetch_ready_at_least(&self, min: usize) -> Result<usize, Closed> {
         Watch::new(&self.shared, WatchMode::FetchAtLeast(min.max(1))).await
     }
 
     /// Resolves at the next capacity change: a release, a reservation drop, a cancelled
     /// waiter, a limit signal or [`close`](Self::close). Resolves at once when closed.
+    ///
+    /// A change counts from the first poll on: one that happened between the call and the
+    /// first poll does not wake it.
+    ///
+    /// # Cancel safety
+    ///
+    /// Cancel safe: it takes nothing, and dropping the future just stops waiting (a change
+    /// it would have seen is not kept for the next call).
+    ///
+    /// # Examples
+    ///
+    /// ```
+    /// use std::time::Duration;
+    /// use pollgate_admission::{Fixed, Gate};
+    ///
+    /// # #[tokio::main(flavor = "current_thread", start_paused = true)]
+    /// # async fn main() {
+    /// let gate = Gate::new(Fixed::new(2));
+    /// let permit = gate.try_acquire(1).unwrap();
+    /// let quiet = tokio::time::timeout(Duration::from_secs(1), gate.changed());
+    /// assert!(quiet.await.is_err(), "nothing changed");
+    /// tokio::spawn(async move { drop(permit) });
+    /// gate.changed().await; // the release
+    /// assert_eq!(gate.load().in_flight, 0);
+    /// # }
+    /// ```
     pub async fn changed(&self) {
         let _ = Watch::new(&self.shared, WatchMode::Changed).await;
     }
@@ -315,6 +478,28 @@ impl Gate {
     /// Closes the gate: every waiter and every later `acquire` gets [`Closed`].
     ///
     /// Permits already granted stay valid and release normally; reservations still count.
+    ///
+    /// # Examples
+    ///
+    /// ```
+    /// use pollgate_admission::{Closed, Fixed, Gate};
+    ///
+    /// # #[tokio::main(flavor = "current_thread", start_paused = true)]
+    /// # async fn main() {
+    /// let gate = Gate::new(Fixed::new(1));
+    /// let held = gate.acquire(1).await.unwrap();
+    /// let waiter = tokio::spawn({
+    ///     let gate = gate.clone();
+    ///     async move { gate.acquire(1).await.map(drop) }
+    /// });
+    /// tokio::task::yield_now().await; // the waiter queues
+    /// gate.close();
+    /// assert_eq!(waiter.await.unwrap(), Err(Closed));
+    /// assert!(gate.is_closed());
+    /// assert_eq!(gate.fetch_ready().await, Err(Closed));
+    /// # drop(held);
+    /// # }
+    /// ```
     pub fn close(&self) {
         let mut state = self.shared.state.lock();
         if state.closed {
@@ -335,6 +520,21 @@ impl Gate {
     }
 
     /// A snapshot of counters and limits.
+    ///
+    /// # Examples
+    ///
+    /// ```
+    /// use pollgate_admission::{Fixed, Gate};
+    ///
+    /// let gate = Gate::new(Fixed::new(8));
+    /// let (a, b) = (gate.try_acquire(10).unwrap(), gate.try_acquire(20).unwrap());
+    /// drop(a);
+    /// let stats = gate.stats();
+    /// assert_eq!((stats.admitted, stats.completed, stats.max_in_flight), (2, 1, 2));
+    /// assert_eq!((stats.in_flight, stats.bytes), (1, 20));
+    /// assert_eq!(stats.limit.slots, Some(8));
+    /// # drop(b);
+    /// ```
     pub fn stats(&self) -> GateStats {
         let state = self.shared.state.lock();
         let mut stats = GateStats {

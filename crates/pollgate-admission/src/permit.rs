@@ -17,6 +17,39 @@ use crate::policy::{Completion, Outcome};
 /// Dropping a permit without [`finish`](Self::finish) reports [`Outcome::Cancelled`] with
 /// the time since it was granted (zero when the policy does not
 /// [measure latency](crate::AdmissionPolicy::measures_latency)).
+///
+/// # Examples
+///
+/// The permit travels into the task that does the work, and its capacity comes back
+/// however that task ends:
+///
+/// ```
+/// use std::time::{Duration, Instant};
+/// use pollgate_admission::{Fixed, Gate, Outcome};
+///
+/// # #[tokio::main(flavor = "current_thread")]
+/// # async fn main() {
+/// let gate = Gate::new(Fixed::new(2));
+/// let permit = gate.acquire(1).await.unwrap();
+/// let done = tokio::spawn(async move {
+///     let started = Instant::now();
+///     // ... handle the update ...
+///     permit.finish(Outcome::Success, started.elapsed());
+/// });
+/// let aborted = tokio::spawn({
+///     let permit = gate.acquire(1).await.unwrap();
+///     async move {
+///         let _permit = permit;
+///         tokio::time::sleep(Duration::from_secs(3600)).await;
+///     }
+/// });
+/// assert_eq!(gate.load().in_flight, 2);
+/// done.await.unwrap();
+/// aborted.abort(); // the dropped permit reports `Outcome::Cancelled`
+/// assert!(aborted.await.unwrap_err().is_cancelled());
+/// assert_eq!(gate.load().in_flight, 0);
+/// # }
+/// ```
 #[must_use = "the update is admitted only while the permit is held"]
 pub struct Permit {
     shared: Option<Arc<Shared>>,
@@ -43,6 +76,23 @@ impl Permit {
     /// Reports the outcome to the policy ([`on_complete`]), then releases the capacity.
     ///
     /// [`on_complete`]: crate::AdmissionPolicy::on_complete
+    ///
+    /// # Examples
+    ///
+    /// The outcome is what an adaptive policy learns from: an overload shrinks its limit,
+    /// an error unrelated to load does not.
+    ///
+    /// ```
+    /// use std::time::Duration;
+    /// use pollgate_admission::{Adaptive, Aimd, Gate, Outcome};
+    ///
+    /// let gate = Gate::new(Adaptive::new(Aimd::new(10)));
+    /// let ms = Duration::from_millis(8);
+    /// gate.try_acquire(0).unwrap().finish(Outcome::Error, ms);
+    /// assert_eq!(gate.stats().limit.slots, Some(10));
+    /// gate.try_acquire(0).unwrap().finish(Outcome::Overload, ms);
+    /// assert_eq!(gate.stats().limit.slots, Some(9));
+    /// ```
     pub fn finish(self, outcome: Outcome, latency: Duration) {
         let cost = self.cost;
         self.report(Completion::new(cost, outcome, latency));
@@ -116,6 +166,28 @@ impl fmt::Debug for Permit {
 ///
 /// Made by [`Gate::reserve`](crate::Gate::reserve), consumed by
 /// [`Gate::acquire_reserved`](crate::Gate::acquire_reserved).
+///
+/// # Examples
+///
+/// A runtime with per-chat ordering reserves an update's bytes as soon as it is fetched,
+/// and turns the reservation into a permit when the chat's previous update is done:
+///
+/// ```
+/// use pollgate_admission::{ByteBudget, Gate};
+///
+/// # #[tokio::main(flavor = "current_thread", start_paused = true)]
+/// # async fn main() {
+/// let gate = Gate::new(ByteBudget::new(1000));
+/// let first = gate.acquire(400).await.unwrap(); // running: chat 7's first update
+/// let second = gate.reserve(400); // chat 7's next update, in memory, waiting its turn
+/// assert_eq!(second.cost(), 400);
+/// assert!(gate.try_acquire(400).is_err(), "the reserved bytes count against the budget");
+/// drop(first);
+/// let second = gate.acquire_reserved(second).await.unwrap();
+/// assert_eq!((gate.load().bytes, gate.load().reserved), (400, 0));
+/// # drop(second);
+/// # }
+/// ```
 #[must_use = "the bytes are counted only while the reservation is held"]
 pub struct Reservation {
     shared: Option<Arc<Shared>>,

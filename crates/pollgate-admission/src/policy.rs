@@ -81,6 +81,32 @@ impl Load {
 }
 
 /// How a handler ended, reported to the policy through [`Completion`].
+///
+/// # Examples
+///
+/// Report overload when a downstream sheds load, an error when the update itself was at
+/// fault:
+///
+/// ```
+/// use std::time::Duration;
+/// use pollgate_admission::{Adaptive, Aimd, Gate, Outcome};
+///
+/// fn outcome(status: u16) -> Outcome {
+///     match status {
+///         200..=299 => Outcome::Success,
+///         429 | 503 => Outcome::Overload, // the downstream pushed back
+///         _ => Outcome::Error,            // a bad request: says nothing about load
+///     }
+/// }
+///
+/// let gate = Gate::new(Adaptive::new(Aimd::new(20)));
+/// for status in [400, 404, 500] {
+///     gate.try_acquire(0).unwrap().finish(outcome(status), Duration::from_millis(3));
+/// }
+/// assert_eq!(gate.stats().limit.slots, Some(20), "errors do not shrink the limit");
+/// gate.try_acquire(0).unwrap().finish(outcome(503), Duration::from_millis(3));
+/// assert_eq!(gate.stats().limit.slots, Some(18));
+/// ```
 #[non_exhaustive]
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum Outcome {
@@ -101,6 +127,38 @@ pub enum Outcome {
 ///
 /// `#[non_exhaustive]`: feedback will grow; build one with [`Completion::new`] and the
 /// `with_` methods.
+///
+/// # Examples
+///
+/// A policy reads what it needs of each completion; here, which chats pushed back:
+///
+/// ```
+/// use std::time::Duration;
+///
+/// use parking_lot::Mutex;
+/// use pollgate_admission::{AdmissionPolicy, Completion, Gate, Load, Outcome};
+///
+/// #[derive(Debug, Default)]
+/// struct Hot(Mutex<Vec<(Option<i64>, Option<Duration>)>>);
+///
+/// impl AdmissionPolicy for Hot {
+///     fn fetch_limit(&self, _: &Load) -> usize { usize::MAX }
+///     fn admits(&self, _: &Load, _: u64) -> bool { true }
+///     fn on_complete(&self, done: &Completion) {
+///         if done.outcome == Outcome::Overload {
+///             self.0.lock().push((done.key, done.retry_after));
+///         }
+///     }
+/// }
+///
+/// let policy = std::sync::Arc::new(Hot::default());
+/// let gate = Gate::with_shared(policy.clone());
+/// let pushed_back = Completion::new(0, Outcome::Overload, Duration::from_millis(40))
+///     .with_key(Some(7))
+///     .with_retry_after(Some(Duration::from_secs(2)));
+/// gate.try_acquire(1).unwrap().report(pushed_back);
+/// assert_eq!(*policy.0.lock(), [(Some(7), Some(Duration::from_secs(2)))]);
+/// ```
 #[non_exhaustive]
 #[derive(Clone, Copy, Debug)]
 pub struct Completion {
@@ -167,6 +225,19 @@ impl Completion {
 }
 
 /// One reading of the process's resident memory.
+///
+/// # Examples
+///
+/// A runtime that samples memory itself hands the readings to the policy:
+///
+/// ```
+/// use pollgate_admission::{AdmissionPolicy, MemorySample, RssAdaptive};
+///
+/// let policy = RssAdaptive::builder(1 << 30).probe(|| Some(100 << 20)).build_manual();
+/// let sample = MemorySample { rss_bytes: 200 << 20, at_ms: 5 };
+/// policy.on_memory(sample);
+/// assert_eq!(policy.memory_sample(), Some(sample));
+/// ```
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct MemorySample {
     /// Resident set size in bytes.
@@ -348,6 +419,63 @@ forward_policy!(Box<P>);
 /// A handle a policy uses to tell one gate that its limit went up.
 ///
 /// It holds a weak reference, so a policy keeping signals never keeps a gate alive.
+///
+/// # Examples
+///
+/// A policy whose limit an operator raises at run time keeps its gate's signal and
+/// notifies it, so that a waiter admitted by the new limit starts at once:
+///
+/// ```
+/// use std::sync::Arc;
+/// use std::sync::atomic::{AtomicUsize, Ordering};
+///
+/// use parking_lot::Mutex;
+/// use pollgate_admission::{AdmissionPolicy, Gate, LimitSignal, Load};
+///
+/// #[derive(Debug)]
+/// struct Manual {
+///     limit: AtomicUsize,
+///     signal: Mutex<Option<LimitSignal>>,
+/// }
+///
+/// impl Manual {
+///     fn raise_to(&self, limit: usize) {
+///         self.limit.store(limit, Ordering::Release);
+///         if let Some(signal) = &*self.signal.lock() {
+///             signal.notify();
+///         }
+///     }
+/// }
+///
+/// impl AdmissionPolicy for Manual {
+///     fn fetch_limit(&self, load: &Load) -> usize {
+///         self.limit.load(Ordering::Acquire).saturating_sub(load.in_flight)
+///     }
+///     fn admits(&self, load: &Load, _: u64) -> bool {
+///         load.in_flight < self.limit.load(Ordering::Acquire)
+///     }
+///     fn attach(&self, signal: LimitSignal) {
+///         *self.signal.lock() = Some(signal);
+///     }
+/// }
+///
+/// # #[tokio::main(flavor = "current_thread", start_paused = true)]
+/// # async fn main() {
+/// let policy = Arc::new(Manual { limit: AtomicUsize::new(1), signal: Mutex::new(None) });
+/// let gate = Gate::with_shared(policy.clone());
+/// let first = gate.acquire(1).await.unwrap();
+/// let second = tokio::spawn({
+///     let gate = gate.clone();
+///     async move { gate.acquire(1).await.unwrap() }
+/// });
+/// tokio::task::yield_now().await;
+/// assert_eq!(gate.load().waiting, 1);
+/// policy.raise_to(2); // without the notify, the waiter would sleep until a release
+/// let second = second.await.unwrap();
+/// assert_eq!(gate.load().in_flight, 2);
+/// # drop((first, second));
+/// # }
+/// ```
 #[derive(Clone)]
 pub struct LimitSignal {
     gate: Weak<Shared>,
@@ -397,6 +525,34 @@ impl fmt::Debug for LimitSignal {
 /// [`AdmissionPolicy::attach`] with [`add`](Self::add), and call
 /// [`notify_all`](Self::notify_all) after raising the limit. Signals of dropped gates are
 /// pruned as they are found.
+///
+/// # Examples
+///
+/// A policy attached to several gates reads their total load from its signals:
+///
+/// ```
+/// use std::sync::Arc;
+///
+/// use pollgate_admission::{AdmissionPolicy, Gate, LimitSignal, LimitSignals, Load};
+///
+/// #[derive(Debug, Default)]
+/// struct Watched(LimitSignals);
+///
+/// impl AdmissionPolicy for Watched {
+///     fn fetch_limit(&self, _: &Load) -> usize { 10 }
+///     fn admits(&self, _: &Load, _: u64) -> bool { true }
+///     fn attach(&self, signal: LimitSignal) { self.0.add(signal) }
+/// }
+///
+/// let policy = Arc::new(Watched::default());
+/// let (a, b) = (Gate::with_shared(policy.clone()), Gate::with_shared(policy.clone()));
+/// let (x, y) = (a.try_acquire(100).unwrap(), b.try_acquire(50).unwrap());
+/// assert_eq!((policy.0.len(), policy.0.bytes_in_use()), (2, 150));
+/// drop((x, y, b));
+/// assert_eq!((policy.0.len(), policy.0.bytes_in_use()), (1, 0), "the dropped gate is gone");
+/// policy.0.notify_all(); // after raising a limit: re-checks the live gates' waiters
+/// # drop(a);
+/// ```
 #[derive(Debug, Default)]
 pub struct LimitSignals {
     signals: Mutex<Vec<LimitSignal>>,

@@ -14,6 +14,27 @@ use std::pin::Pin;
 use std::time::Duration;
 
 /// Exponential backoff settings.
+///
+/// # Examples
+///
+/// ```
+/// use std::time::Duration;
+/// use pollgate_core::{Backoff, TelegramTransport};
+///
+/// let backoff = Backoff {
+///     initial: Duration::from_millis(100),
+///     max: Duration::from_secs(5),
+///     max_retries: Some(8), // then the fetch fails with `RetriesExhausted`
+///     ..Backoff::default()
+/// };
+/// assert_eq!(backoff.nominal(1), Duration::from_millis(100));
+/// assert_eq!(backoff.nominal(4), Duration::from_millis(800));
+/// assert_eq!(backoff.nominal(20), Duration::from_secs(5), "capped");
+/// let delay = backoff.delay(4); // jittered into the upper half
+/// assert!(delay >= Duration::from_millis(400) && delay <= Duration::from_millis(800));
+/// let transport = TelegramTransport::builder("123456:ABC-your-token").backoff(backoff).build()?;
+/// # Ok::<(), pollgate_core::TelegramError>(())
+/// ```
 #[derive(Clone, Debug, PartialEq)]
 pub struct Backoff {
     /// Delay before the first retry (before jitter).
@@ -59,12 +80,64 @@ impl Backoff {
 pub type SleepFuture = Pin<Box<dyn Future<Output = ()> + Send>>;
 
 /// How a transport waits between retries. The default is [`TokioSleep`].
+///
+/// # Examples
+///
+/// A test records the delays instead of spending them, here against a port nothing
+/// listens on:
+///
+/// ```
+/// use std::sync::{Arc, Mutex};
+/// use std::time::Duration;
+///
+/// use pollgate_core::{Backoff, FetchRequest, Sleep, SleepFuture, TelegramError, TelegramTransport, Transport};
+///
+/// #[derive(Debug, Default)]
+/// struct Recorder(Arc<Mutex<Vec<Duration>>>);
+///
+/// impl Sleep for Recorder {
+///     fn sleep(&self, duration: Duration) -> SleepFuture {
+///         self.0.lock().unwrap().push(duration);
+///         Box::pin(std::future::ready(()))
+///     }
+/// }
+///
+/// # #[tokio::main(flavor = "current_thread")]
+/// # async fn main() {
+/// let closed = std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap();
+/// let delays = Arc::new(Mutex::new(Vec::new()));
+/// let transport = TelegramTransport::builder("123456:ABC-your-token")
+///     .api_url(format!("http://{closed}"))
+///     .backoff(Backoff { max_retries: Some(2), ..Backoff::default() })
+///     .sleep(Recorder(delays.clone()))
+///     .build()
+///     .unwrap();
+/// let request = FetchRequest { limit: 100, timeout: Duration::ZERO };
+/// let error = transport.fetch(request).await.unwrap_err();
+/// assert!(matches!(error, TelegramError::RetriesExhausted { attempts: 3, .. }), "{error:?}");
+/// assert_eq!(delays.lock().unwrap().len(), 2, "one wait before each retry");
+/// # }
+/// ```
 pub trait Sleep: Send + Sync + fmt::Debug + 'static {
     /// Waits for `duration`.
     fn sleep(&self, duration: Duration) -> SleepFuture;
 }
 
 /// Sleeps on the tokio timer (honours `tokio::time::pause`).
+///
+/// # Examples
+///
+/// ```
+/// use std::time::Duration;
+/// use pollgate_core::{Sleep, TokioSleep};
+///
+/// # #[tokio::main(flavor = "current_thread", start_paused = true)]
+/// # async fn main() {
+/// let start = tokio::time::Instant::now();
+/// TokioSleep.sleep(Duration::from_secs(30)).await; // instant: the clock is paused
+/// assert_eq!(start.elapsed(), Duration::from_secs(30));
+/// # }
+/// ```
 #[derive(Clone, Copy, Debug, Default)]
 pub struct TokioSleep;
 

@@ -30,6 +30,32 @@ use crate::update::{EnvelopeError, Update};
 const FAILURE_EXCERPT_BYTES: usize = 256;
 
 /// A decoded Bot API response to `getUpdates`.
+///
+/// # Examples
+///
+/// For a transport of one's own (a proxy, a recorded session): one broken update does not
+/// spoil the others, it becomes a [`DecodeFailure`] with its id.
+///
+/// ```
+/// use pollgate_core::GetUpdatesResponse;
+///
+/// let body = r#"{"ok":true,"result":[
+///     {"update_id":10,"message":{"chat":{"id":7},"text":"hi"}},
+///     {"update_id":11,"message":{"chat":{"id":"not a number"}}}
+/// ]}"#;
+/// let GetUpdatesResponse::Updates(batch) = GetUpdatesResponse::decode(body, Some(10)).unwrap() else {
+///     panic!("ok: true");
+/// };
+/// assert_eq!(batch.updates[0].ordering_key(), Some(7));
+/// assert_eq!((batch.failures[0].update_id, batch.failures[0].id_inferred), (11, false));
+/// assert_eq!(batch.last_id(), Some(11), "acknowledged past, with the rest");
+///
+/// let limited = r#"{"ok":false,"error_code":429,"description":"Too Many Requests","parameters":{"retry_after":5}}"#;
+/// assert!(matches!(
+///     GetUpdatesResponse::decode(limited, None).unwrap(),
+///     GetUpdatesResponse::Error { error_code: 429, retry_after: Some(_), .. }
+/// ));
+/// ```
 #[derive(Debug)]
 #[non_exhaustive]
 pub enum GetUpdatesResponse {

@@ -26,6 +26,19 @@ use crate::token::BotToken;
 pub const BODY_EXCERPT_BYTES: usize = 512;
 
 /// The start of a response body, kept for debugging, with the token removed.
+///
+/// # Examples
+///
+/// ```
+/// use pollgate_core::{BODY_EXCERPT_BYTES, BodyExcerpt, BotToken};
+///
+/// let token = BotToken::new("42:AAEsecretsecretsecret");
+/// let body = format!("<html>proxy error for /bot{}/getUpdates{}</html>", token.expose(), " ".repeat(1000));
+/// let excerpt = BodyExcerpt::new(body.as_bytes(), &token);
+/// assert!(excerpt.as_str().starts_with("<html>proxy error for /bot<redacted>/getUpdates"));
+/// assert!(excerpt.as_str().len() <= BODY_EXCERPT_BYTES);
+/// assert_eq!(excerpt.total_len(), body.len());
+/// ```
 #[derive(Clone, PartialEq, Eq)]
 pub struct BodyExcerpt {
     text: String,
@@ -76,6 +89,28 @@ impl fmt::Debug for BodyExcerpt {
 }
 
 /// An error of the Telegram transport.
+///
+/// # Examples
+///
+/// What a caller branches on: whether a retry can help, and how long the server asked to
+/// wait.
+///
+/// ```
+/// use std::time::Duration;
+/// use pollgate_core::{TelegramError, TelegramTransport};
+///
+/// let limited = TelegramError::RateLimited {
+///     retry_after: Duration::from_secs(3),
+///     description: "Too Many Requests: retry after 3".into(),
+/// };
+/// assert!(limited.is_transient());
+/// assert_eq!((limited.kind(), limited.retry_after()), ("rate_limited", Some(Duration::from_secs(3))));
+///
+/// // A configuration mistake is final, and found before any request is sent.
+/// let error = TelegramTransport::builder("123456:ABC").api_url("not a url").build().unwrap_err();
+/// assert!(matches!(error, TelegramError::InvalidApiUrl { .. }));
+/// assert!(!error.is_transient());
+/// ```
 #[derive(Debug, thiserror::Error)]
 #[non_exhaustive]
 pub enum TelegramError {

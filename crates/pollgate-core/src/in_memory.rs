@@ -15,6 +15,33 @@ use crate::transport::{Ack, AckModel, Batch, FetchRequest, Transport};
 use crate::update::Update;
 
 /// A cumulative, Telegram-like transport over an in-memory backlog.
+///
+/// Enabled by the `test-util` feature.
+///
+/// # Examples
+///
+/// A test that checks what a consumer asked for, and what it confirmed:
+///
+/// ```
+/// use std::time::Duration;
+/// use pollgate_core::{Ack, FetchRequest, InMemoryTransport, Transport, Update};
+///
+/// # #[tokio::main(flavor = "current_thread", start_paused = true)]
+/// # async fn main() {
+/// let updates = (1..=3).map(|id| Update::from_json(&format!(r#"{{"update_id":{id}}}"#)).unwrap());
+/// let transport = InMemoryTransport::with_updates(updates);
+/// let request = FetchRequest { limit: 2, timeout: Duration::from_secs(30) };
+/// let batch = transport.fetch(request).await.unwrap();
+/// assert_eq!(batch.last_id(), Some(2));
+/// transport.ack(Ack { below: Some(3), receipts: &[], failed: &[] }).await.unwrap();
+/// assert_eq!((transport.offset(), transport.pending()), (Some(3), 1));
+/// assert_eq!(transport.requests(), [request]);
+///
+/// // Nothing pending: a fetch waits its whole timeout (instantly, on paused time).
+/// transport.ack(Ack { below: Some(4), receipts: &[], failed: &[] }).await.unwrap();
+/// assert!(transport.fetch(request).await.unwrap().is_empty());
+/// # }
+/// ```
 #[derive(Debug, Default)]
 pub struct InMemoryTransport {
     state: Mutex<State>,
@@ -95,7 +122,7 @@ impl Transport for InMemoryTransport {
         AckModel::Cumulative { window: 100 }
     }
 
-    /// What was pushed and not yet fetched.
+    /// What was pushed and not yet acknowledged ([`pending`](Self::pending)).
     async fn backlog(&self) -> Option<u64> {
         Some(self.pending() as u64)
     }

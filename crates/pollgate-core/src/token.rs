@@ -8,6 +8,18 @@
 use std::fmt;
 
 /// A Telegram bot token. `Debug` prints `BotToken(123456:<redacted>)`.
+///
+/// # Examples
+///
+/// ```
+/// use pollgate_core::BotToken;
+///
+/// let token = BotToken::new("123456:AAEhBOweik6ad9r_QXMENQjcrGbqCr4K-ha");
+/// assert_eq!(format!("{token:?}"), "BotToken(123456:<redacted>)");
+/// assert_eq!(token.bot_id(), Some(123456));
+/// let line = format!("GET https://api.telegram.org/bot{}/getMe", token.expose());
+/// assert_eq!(token.redact(&line), "GET https://api.telegram.org/bot<redacted>/getMe");
+/// ```
 #[derive(Clone, PartialEq, Eq)]
 pub struct BotToken(Box<str>);
 

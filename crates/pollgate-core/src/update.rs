@@ -23,6 +23,24 @@ use serde::de::{self, DeserializeSeed, Deserializer, IgnoredAny, MapAccess, Visi
 ///
 /// Cloning is cheap (a reference count); the JSON text is the update's own, not the
 /// response body's.
+///
+/// # Examples
+///
+/// What the runtime reads of an update, and how a handler gets at the rest:
+///
+/// ```
+/// use pollgate_core::{Update, UpdateKind};
+///
+/// let json = r#"{"update_id":9001,"message":{"message_id":5,"chat":{"id":-100123,"type":"group"},"text":"hi"}}"#;
+/// let update = Update::from_json(json).unwrap();
+/// assert_eq!(update.id(), 9001); // acknowledgement
+/// assert_eq!(update.kind(), &UpdateKind::Message);
+/// assert_eq!(update.ordering_key(), Some(-100123)); // per-chat order: its chat
+/// assert_eq!(update.size(), json.len()); // the default memory cost
+///
+/// let value = update.value().unwrap(); // or `parse` into your own types
+/// assert_eq!(value["message"]["text"], "hi");
+/// ```
 #[derive(Clone)]
 pub struct Update {
     json: Arc<str>,
@@ -41,6 +59,21 @@ impl Update {
     /// # Errors
     /// [`EnvelopeError`] when the text is not a JSON object with an integer `update_id`, or
     /// when the field the ordering key is read from has the wrong type.
+    ///
+    /// # Examples
+    ///
+    /// ```
+    /// use pollgate_core::Update;
+    ///
+    /// let update = Update::from_json(r#"{"update_id":1,"callback_query":{"id":"q","from":{"id":42}}}"#)?;
+    /// assert_eq!(update.ordering_key(), Some(42), "a button of an inline message: its user");
+    ///
+    /// // A chat id that is not a number: the envelope is broken, its id still known.
+    /// let broken = Update::from_json(r#"{"update_id":2,"message":{"chat":{"id":"x"}}}"#).unwrap_err();
+    /// assert_eq!(broken.update_id(), Some(2));
+    /// assert!(Update::from_json(r#"{"message":{}}"#).is_err(), "no update_id");
+    /// # Ok::<(), pollgate_core::EnvelopeError>(())
+    /// ```
     pub fn from_json(json: &str) -> Result<Update, EnvelopeError> {
         let probe = Probe::decode(json)?;
         Ok(Update {
@@ -82,6 +115,28 @@ impl Update {
     ///
     /// # Errors
     /// The `serde_json` error when the JSON does not fit `T`.
+    ///
+    /// # Examples
+    ///
+    /// Only the fields the handler needs, borrowed from the update's text:
+    ///
+    /// ```
+    /// use pollgate_core::Update;
+    ///
+    /// #[derive(serde::Deserialize)]
+    /// struct Text<'a> {
+    ///     #[serde(borrow)]
+    ///     message: Message<'a>,
+    /// }
+    /// #[derive(serde::Deserialize)]
+    /// struct Message<'a> {
+    ///     text: &'a str,
+    /// }
+    ///
+    /// let update = Update::from_json(r#"{"update_id":1,"message":{"chat":{"id":7},"text":"/start"}}"#).unwrap();
+    /// let parsed: Text<'_> = update.parse().unwrap();
+    /// assert_eq!(parsed.message.text, "/start");
+    /// ```
     pub fn parse<'a, T: Deserialize<'a>>(&'a self) -> Result<T, serde_json::Error> {
         serde_json::from_str(self.raw())
     }
@@ -103,6 +158,20 @@ impl Update {
     }
 
     /// Attaches a delivery receipt (see [`Update::receipt`]).
+    ///
+    /// # Examples
+    ///
+    /// A transport with per-update acknowledgements tags each update it delivers; the
+    /// runtime hands the receipt back in [`Ack::receipts`](crate::Ack::receipts):
+    ///
+    /// ```
+    /// use pollgate_core::Update;
+    ///
+    /// let update = Update::from_json(r#"{"update_id":1}"#).unwrap();
+    /// assert_eq!(update.receipt(), None);
+    /// let update = update.with_receipt("1700000000000-0");
+    /// assert_eq!(update.receipt().map(|r| &**r), Some("1700000000000-0"));
+    /// ```
     #[must_use]
     pub fn with_receipt(mut self, receipt: impl Into<Arc<str>>) -> Update {
         self.receipt = Some(receipt.into());
@@ -133,6 +202,18 @@ impl fmt::Debug for Update {
 /// - `inline_query`, `chosen_inline_result`, `shipping_query`, `pre_checkout_query`,
 ///   `purchased_paid_media`: `.from.id`; `business_connection`: `.user.id`;
 /// - `poll` and kinds this crate does not know: no key.
+///
+/// # Examples
+///
+/// ```
+/// use pollgate_core::{Update, UpdateKind};
+///
+/// let poll = Update::from_json(r#"{"update_id":1,"poll":{"id":"p"}}"#).unwrap();
+/// assert_eq!((poll.kind(), poll.ordering_key()), (&UpdateKind::Poll, None));
+/// let newer = Update::from_json(r#"{"update_id":2,"from_a_later_bot_api":{}}"#).unwrap();
+/// assert_eq!(newer.kind(), &UpdateKind::Other("from_a_later_bot_api".into()));
+/// assert_eq!(UpdateKind::CallbackQuery.to_string(), "callback_query");
+/// ```
 #[non_exhaustive]
 #[derive(Clone, Debug, PartialEq, Eq, Hash)]
 pub enum UpdateKind {
@@ -271,6 +352,17 @@ impl fmt::Display for UpdateKind {
 }
 
 /// Why one update could not be decoded.
+///
+/// # Examples
+///
+/// ```
+/// use pollgate_core::{ErrorChain, Update};
+///
+/// let error = Update::from_json(r#"{"update_id":3,"message":"not an object"}"#).unwrap_err();
+/// assert_eq!(error.update_id(), Some(3)); // enough to acknowledge past it
+/// assert_eq!(error.to_string(), "undecodable update 3");
+/// assert!(ErrorChain(&error).to_string().starts_with("undecodable update 3: "));
+/// ```
 #[derive(Debug, thiserror::Error)]
 #[non_exhaustive]
 pub enum EnvelopeError {

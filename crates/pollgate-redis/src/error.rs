@@ -9,6 +9,24 @@
 
 /// An error of [`RedisStreamTransport`](crate::RedisStreamTransport) or
 /// [`StreamProducer`](crate::StreamProducer).
+///
+/// # Examples
+///
+/// A configuration error is final and says what is wrong, without the URL's password:
+///
+/// ```
+/// use pollgate_core::ErrorChain;
+/// use pollgate_redis::{ConfigError, RedisStreamTransport, RedisTransportError};
+///
+/// let empty = RedisStreamTransport::builder("redis://127.0.0.1:6379", "", "workers").build().unwrap_err();
+/// assert!(matches!(empty, RedisTransportError::Config(ConfigError::Empty("stream"))));
+/// assert!(!empty.is_transient(), "no retry fixes a configuration");
+///
+/// let url = RedisStreamTransport::builder("nonsense://:hunter2@host", "updates", "workers").build().unwrap_err();
+/// let report = ErrorChain(&url).to_string();
+/// assert!(report.starts_with("invalid configuration: the Redis URL"), "{report}");
+/// assert!(!report.contains("hunter2"), "{report}");
+/// ```
 #[derive(Debug, thiserror::Error)]
 #[non_exhaustive]
 pub enum RedisTransportError {

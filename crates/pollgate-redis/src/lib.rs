@@ -21,7 +21,8 @@
 //! - [`ShardedProducer`] and [`ShardedStreamTransport`] keep per-chat order across
 //!   workers: each chat's updates go to one of S shard streams, and each shard has one
 //!   owner at a time, by a lease (see the `sharded` module's docs, and `docs/scale-out.md`).
-//! - [`LocalRedis`] starts a private `redis-server` for tests, examples and benchmarks.
+//! - `LocalRedis` (feature `test-util`) starts a private `redis-server` for tests, examples
+//!   and benchmarks.
 //!
 //! Needs Redis 7.0 or newer (or a compatible server such as Valkey): `XAUTOCLAIM` reporting
 //! deleted entries, exclusive ranges in `XPENDING`. One server or a primary, not a cluster

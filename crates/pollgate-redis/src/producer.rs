@@ -50,6 +50,25 @@ impl fmt::Debug for StreamProducer {
 }
 
 /// Configuration of a [`StreamProducer`]; see [`StreamProducer::builder`].
+///
+/// # Examples
+///
+/// Building connects nothing yet: the first [`add`](StreamProducer::add) does.
+///
+/// ```
+/// use std::time::Duration;
+/// use pollgate_redis::StreamProducer;
+///
+/// # #[tokio::main(flavor = "current_thread")]
+/// # async fn main() -> Result<(), pollgate_redis::RedisTransportError> {
+/// let producer = StreamProducer::builder("redis://127.0.0.1:6379", "bot:updates")
+///     .max_len_approx(1_000_000) // bound Redis' memory, at the cost of the oldest entries
+///     .max_outage(Duration::from_secs(60))
+///     .durability_window(Duration::from_secs(3))
+///     .build()?;
+/// assert_eq!((producer.stream(), producer.added()), ("bot:updates", 0));
+/// # Ok(()) }
+/// ```
 #[derive(Clone)]
 pub struct StreamProducerBuilder {
     url: String,
@@ -148,6 +167,16 @@ impl StreamProducer {
     /// # Errors
     /// When Redis refuses the append, or stays unreachable past the backoff's
     /// `max_retries`.
+    ///
+    /// # Cancel safety
+    ///
+    /// Not cancel safe: dropped after the `XADD` was sent, the update may be in the stream
+    /// without the caller learning its entry id (and without it being remembered for the
+    /// [durability window](StreamProducerBuilder::durability_window)). Treat a dropped
+    /// `add` as not done: append the update again (at worst a duplicate, which at-least-once
+    /// handlers tolerate) and do not confirm it upstream. Dropped during the check that
+    /// follows a connection failure, the check runs again on the next `add`; updates it
+    /// was appending again after a Redis restart may then be appended twice.
     pub async fn add(&self, update: &Update) -> Result<String, RedisTransportError> {
         self.appender
             .append(&self.stream, update_fields(&self.field, update))

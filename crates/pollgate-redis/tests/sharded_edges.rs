@@ -712,3 +712,37 @@ async fn acknowledged_entries_are_never_trimmed_from_the_shard_streams() {
     })
     .await;
 }
+
+/// A flush dropped while it waits out a read that may still be served (the first thing it
+/// awaits) had already stopped the lease task but left the transport marked as started:
+/// the next fetch did not start the lease task again, the leases went unrenewed, and the
+/// worker lost its shards for good. Now a fetch after such a flush starts it again: the
+/// worker keeps its shards across several TTLs and delivers what is appended.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_fetch_after_a_dropped_flush_keeps_the_leases() {
+    let server = server();
+    let url = server.url().to_string();
+    let prefix = unique("dropped-flush");
+    let t = transport(&url, &prefix, 2, "a", 600, 400);
+    assert!(t.fetch(req(10, 0)).await.unwrap().updates.is_empty());
+    assert_eq!(t.shards_held().len(), 2);
+    // A fetch dropped mid-read: its read may still be served until block + slack.
+    let _ = tokio::time::timeout(Duration::from_millis(50), t.fetch(req(10, 400))).await;
+    // A flush dropped while it waits that read out.
+    let _ = tokio::time::timeout(Duration::from_millis(50), t.flush()).await;
+    // Fetching again, for three TTLs.
+    let until = Instant::now() + Duration::from_millis(1800);
+    while Instant::now() < until {
+        let _ = t.fetch(req(10, 100)).await.unwrap();
+    }
+    assert_eq!(t.shards_held().len(), 2, "the lease task runs again: both shards still held");
+    let producer = ShardedProducer::builder(&url, &prefix).shards(2).build().unwrap();
+    producer.add(&update(7, chat_on(1, 2))).await.unwrap();
+    let mut got = Vec::new();
+    let until = Instant::now() + Duration::from_secs(5);
+    while got.is_empty() && Instant::now() < until {
+        got = t.fetch(req(10, 200)).await.unwrap().updates;
+    }
+    assert_eq!(got.iter().map(Update::id).collect::<Vec<_>>(), vec![7]);
+    t.flush().await.unwrap();
+}

@@ -20,6 +20,27 @@ use crate::store::{DeadLetter, SpoolStats, Store, Which};
 use crate::writer::{Writer, WriterGone};
 
 /// Configures a spool. Made by [`SpoolTransport::builder`].
+///
+/// # Examples
+///
+/// ```no_run
+/// use std::time::Duration;
+/// use pollgate_core::TelegramTransport;
+/// use pollgate_spool::SpoolTransport;
+///
+/// # async fn demo() -> Result<(), Box<dyn std::error::Error>> {
+/// let telegram = TelegramTransport::builder(std::env::var("TELEGRAM_BOT_TOKEN")?).build()?;
+/// let bot_id = telegram.token().bot_id().expect("a token starts with the bot's id");
+/// let spool = SpoolTransport::builder("/var/lib/mybot/spool")
+///     .source(bot_id.to_string()) // a restart confirms at once what was spooled
+///     .max_entries(500_000)
+///     .max_bytes(1 << 30)
+///     .cache_bytes(4 << 20)
+///     .fill_timeout(Duration::from_secs(30))
+///     .open(telegram)?;
+/// # let _ = spool;
+/// # Ok(()) }
+/// ```
 #[must_use = "a builder does nothing until opened"]
 #[derive(Clone, Debug)]
 pub struct SpoolBuilder {
@@ -141,6 +162,65 @@ impl SpoolBuilder {
 /// A durable local spool in front of a transport with cumulative acks (Telegram): a
 /// [`Transport`] with individual acks that the runtime drives at full speed under
 /// at-least-once delivery. See the [crate docs](crate).
+///
+/// # Examples
+///
+/// What the runtime does with it: fetch what the filler spooled, acknowledge each update
+/// by its receipt once handled (`telegram` stands for a `TelegramTransport`):
+///
+/// ```
+/// use std::time::Duration;
+/// use pollgate_core::{Ack, FetchRequest, Transport};
+/// use pollgate_spool::SpoolTransport;
+///
+/// # use std::convert::Infallible;
+/// # use std::sync::Mutex;
+/// # use pollgate_core::{AckModel, Batch, Update};
+/// # /// Updates served like `getUpdates`, then long polls that find nothing.
+/// # struct Backlog(Mutex<(Vec<Update>, i64)>);
+/// # impl Backlog {
+/// #     fn new(ids: std::ops::RangeInclusive<i64>) -> Backlog {
+/// #         let json = |id| format!(r#"{{"update_id":{id},"message":{{"chat":{{"id":7}}}}}}"#);
+/// #         Backlog(Mutex::new((ids.map(|id| Update::from_json(&json(id)).unwrap()).collect(), 0)))
+/// #     }
+/// # }
+/// # impl Transport for Backlog {
+/// #     type Error = Infallible;
+/// #     fn ack_model(&self) -> AckModel { AckModel::Cumulative { window: 100 } }
+/// #     async fn fetch(&self, request: FetchRequest) -> Result<Batch, Infallible> {
+/// #         let updates: Vec<Update> = {
+/// #             let state = self.0.lock().unwrap();
+/// #             state.0.iter().filter(|u| u.id() >= state.1).take(request.limit).cloned().collect()
+/// #         };
+/// #         if updates.is_empty() { tokio::time::sleep(request.timeout).await }
+/// #         Ok(Batch { updates, ..Batch::default() })
+/// #     }
+/// #     async fn ack(&self, ack: Ack<'_>) -> Result<(), Infallible> {
+/// #         let mut state = self.0.lock().unwrap();
+/// #         state.1 = state.1.max(ack.below.unwrap_or(0));
+/// #         Ok(())
+/// #     }
+/// #     async fn flush(&self) -> Result<(), Infallible> { Ok(()) }
+/// # }
+/// # #[tokio::main(flavor = "current_thread")]
+/// # async fn main() -> Result<(), Box<dyn std::error::Error>> {
+/// # let telegram = Backlog::new(1..=3);
+/// let dir = std::env::temp_dir().join(format!("pollgate-spool-doc-{}", std::process::id()));
+/// let spool = SpoolTransport::builder(&dir).max_entries(10_000).open(telegram)?;
+/// let handle = spool.handle();
+/// let request = FetchRequest { limit: 100, timeout: Duration::from_secs(10) };
+/// let mut receipts = Vec::new();
+/// while receipts.len() < 3 {
+///     let batch = spool.fetch(request).await?; // on disk, and confirmed to the source
+///     receipts.extend(batch.updates.iter().filter_map(|u| u.receipt().cloned()));
+/// }
+/// assert_eq!(spool.stats().spooled, 3);
+/// spool.ack(Ack { below: None, receipts: &receipts, failed: &[] }).await?; // handled: deleted
+/// spool.close().await;
+/// assert_eq!((handle.stats().entries, handle.stats().deleted), (0, 3));
+/// # std::fs::remove_dir_all(&dir)?;
+/// # Ok(()) }
+/// ```
 pub struct SpoolTransport<T> {
     shared: Arc<Shared>,
     source: Arc<T>,
@@ -210,6 +290,13 @@ impl<T> SpoolTransport<T> {
     /// again in this process once this returns (dropping the transport closes it a moment
     /// later, when the filler task has ended). Entries stay in the spool; nothing is
     /// confirmed that was not already.
+    ///
+    /// # Cancel safety
+    ///
+    /// Dropping the future drops the transport: the filler is aborted, and the file is
+    /// closed once the transactions already queued have run, a moment later. Nothing is
+    /// lost (what the filler was committing is delivered at the next open), but the file
+    /// may still be open for a moment after the drop.
     pub async fn close(self) {
         self.stop_filler().await;
         // The queue is first in, first out: once this no-op ran, every job before it has
@@ -499,8 +586,12 @@ impl<T: Transport> Transport for SpoolTransport<T> {
     ///
     /// # Cancel safety
     ///
-    /// Cancel safe in effect: a dropped call's transaction still completes (it runs on the
-    /// spool's transaction thread); only its error is lost.
+    /// Once its transaction is queued on the spool's transaction thread, a dropped call's
+    /// transaction and bookkeeping still complete; only the error is lost. Dropped before
+    /// that (while it waits for room in the thread's queue of eight jobs), it does
+    /// nothing: the entries stay leased, delivered neither again nor deleted until they
+    /// are acknowledged again (the runtime does, in its final acknowledgement) or the
+    /// spool is opened again (they are still in the file).
     async fn ack(&self, ack: Ack<'_>) -> Result<(), SpoolError> {
         let failed: Vec<(i64, u32, String)> = ack
             .failed
@@ -545,6 +636,16 @@ impl<T: Transport> Transport for SpoolTransport<T> {
 
     /// Stops the filler and flushes the source (Telegram: confirms the last committed
     /// batch's offset). Entries still in the spool stay there for the next start.
+    ///
+    /// # Cancel safety
+    ///
+    /// The filler is stopped at the first poll, whatever follows. Dropped while the filler
+    /// winds down, the filler is aborted: a batch it was committing stays in the file and
+    /// is delivered at the next start. Dropped before the source's flush completed, the
+    /// source's offset may stay behind what the spool committed: the next start fetches
+    /// that batch again and skips what the spool still holds (and, with
+    /// [`SpoolBuilder::source`], everything up to its recorded highest id); without
+    /// `source`, updates of it that were handled meanwhile are spooled and handled again.
     async fn flush(&self) -> Result<(), SpoolError> {
         self.stop_filler().await;
         let confirm = self.shared.state.lock().high.map(|h| h + 1);
@@ -686,7 +787,67 @@ impl<T> SpoolTransport<T> {
     ///
     /// # Cancel safety
     ///
-    /// Once started, the replay completes even if this future is dropped.
+    /// Once its transaction is queued on the spool's transaction thread, the replay
+    /// completes even if this future is dropped; dropped before (while the thread's queue
+    /// is full), nothing moves.
+    ///
+    /// # Examples
+    ///
+    /// An update whose handler failed every attempt becomes a dead letter; once the bug
+    /// is fixed, a replay delivers it again:
+    ///
+    /// ```
+    /// use std::time::Duration;
+    /// use pollgate_core::{Ack, FetchRequest, HandlerFailure, Transport};
+    /// use pollgate_spool::{SpoolTransport, Which};
+    ///
+    /// # use std::convert::Infallible;
+    /// # use std::sync::Mutex;
+    /// # use pollgate_core::{AckModel, Batch, Update};
+    /// # /// Updates served like `getUpdates`, then long polls that find nothing.
+    /// # struct Backlog(Mutex<(Vec<Update>, i64)>);
+    /// # impl Backlog {
+    /// #     fn new(ids: std::ops::RangeInclusive<i64>) -> Backlog {
+    /// #         let json = |id| format!(r#"{{"update_id":{id},"message":{{"chat":{{"id":7}}}}}}"#);
+    /// #         Backlog(Mutex::new((ids.map(|id| Update::from_json(&json(id)).unwrap()).collect(), 0)))
+    /// #     }
+    /// # }
+    /// # impl Transport for Backlog {
+    /// #     type Error = Infallible;
+    /// #     fn ack_model(&self) -> AckModel { AckModel::Cumulative { window: 100 } }
+    /// #     async fn fetch(&self, request: FetchRequest) -> Result<Batch, Infallible> {
+    /// #         let updates: Vec<Update> = {
+    /// #             let state = self.0.lock().unwrap();
+    /// #             state.0.iter().filter(|u| u.id() >= state.1).take(request.limit).cloned().collect()
+    /// #         };
+    /// #         if updates.is_empty() { tokio::time::sleep(request.timeout).await }
+    /// #         Ok(Batch { updates, ..Batch::default() })
+    /// #     }
+    /// #     async fn ack(&self, ack: Ack<'_>) -> Result<(), Infallible> {
+    /// #         let mut state = self.0.lock().unwrap();
+    /// #         state.1 = state.1.max(ack.below.unwrap_or(0));
+    /// #         Ok(())
+    /// #     }
+    /// #     async fn flush(&self) -> Result<(), Infallible> { Ok(()) }
+    /// # }
+    /// # #[tokio::main(flavor = "current_thread")]
+    /// # async fn main() -> Result<(), Box<dyn std::error::Error>> {
+    /// # let telegram = Backlog::new(1..=1);
+    /// let dir = std::env::temp_dir().join(format!("pollgate-spool-dead-doc-{}", std::process::id()));
+    /// let spool = SpoolTransport::builder(&dir).open(telegram)?;
+    /// let request = FetchRequest { limit: 10, timeout: Duration::from_secs(10) };
+    /// let update = spool.fetch(request).await?.updates.remove(0);
+    /// let receipt = update.receipt().unwrap().clone();
+    /// let failed = [HandlerFailure::new(update.id(), receipt.clone(), 3, "the database is down")];
+    /// spool.ack(Ack { below: None, receipts: &[receipt], failed: &failed }).await?;
+    /// assert_eq!(spool.dead_letters()?[0].error, "the database is down");
+    ///
+    /// assert_eq!(spool.replay_dead_letters(Which::All).await?, 1);
+    /// assert_eq!(spool.fetch(request).await?.updates[0].id(), update.id());
+    /// # spool.close().await;
+    /// # std::fs::remove_dir_all(&dir)?;
+    /// # Ok(()) }
+    /// ```
     pub async fn replay_dead_letters(&self, which: Which<'_>) -> Result<usize, SpoolError> {
         self.take_dead(which, true).await
     }
@@ -701,7 +862,8 @@ impl<T> SpoolTransport<T> {
     ///
     /// # Cancel safety
     ///
-    /// Once started, the purge completes even if this future is dropped.
+    /// As for [`replay_dead_letters`](Self::replay_dead_letters): once queued, the purge
+    /// completes even if this future is dropped; dropped before, nothing is deleted.
     pub async fn purge_dead_letters(&self, which: Which<'_>) -> Result<usize, SpoolError> {
         self.take_dead(which, false).await
     }

@@ -19,6 +19,43 @@ use crate::error::TeloxideError;
 /// Runs a teloxide handler tree for each update pollgate admits.
 ///
 /// Cheap to clone; the tree and the dependencies are shared.
+///
+/// # Examples
+///
+/// The runtime calls it with each admitted update; typed, it reaches the tree's branches
+/// with their dependencies:
+///
+/// ```
+/// use std::sync::Arc;
+/// use std::sync::atomic::{AtomicU64, Ordering};
+///
+/// use pollgate_runtime::Handler;
+/// use pollgate_teloxide::{TeloxideError, TeloxideHandler};
+/// use teloxide::dispatching::UpdateHandler;
+/// use teloxide::prelude::*;
+///
+/// # #[tokio::main(flavor = "current_thread")]
+/// # async fn main() {
+/// let tree: UpdateHandler<teloxide::RequestError> =
+///     Update::filter_message().endpoint(|msg: Message, seen: Arc<AtomicU64>| async move {
+///         seen.store(msg.chat.id.0 as u64, Ordering::Relaxed);
+///         Ok(())
+///     });
+/// let seen = Arc::new(AtomicU64::new(0));
+/// let handler = TeloxideHandler::with_dependencies(tree, dptree::deps![seen.clone()]);
+///
+/// let json = r#"{"update_id":1,"message":{"message_id":5,"date":1700000000,
+///     "chat":{"id":42,"type":"private","first_name":"Ada"},"text":"hi"}}"#;
+/// handler.handle(pollgate_core::Update::from_json(json).unwrap()).await.unwrap();
+/// assert_eq!(seen.load(Ordering::Relaxed), 42);
+///
+/// // An id past teloxide's `u32` is valid for pollgate, not for teloxide: an error, not
+/// // a panic.
+/// let odd = pollgate_core::Update::from_json(r#"{"update_id":4294967296,"poll":{}}"#).unwrap();
+/// let error = handler.handle(odd).await.unwrap_err();
+/// assert!(matches!(error, TeloxideError::Undecodable { update_id: 4294967296, .. }));
+/// # }
+/// ```
 pub struct TeloxideHandler<E> {
     tree: Arc<UpdateHandler<E>>,
     deps: Arc<DependencyMap>,
@@ -50,6 +87,25 @@ where
     /// # Errors
     ///
     /// When `getMe` fails (a bad token, Telegram unreachable).
+    ///
+    /// # Cancel safety
+    ///
+    /// Cancel safe: dropped, it has sent at most a `getMe`, which changes nothing.
+    ///
+    /// # Examples
+    ///
+    /// ```no_run
+    /// use pollgate_teloxide::TeloxideHandler;
+    /// use teloxide::dispatching::UpdateHandler;
+    /// use teloxide::prelude::*;
+    ///
+    /// # async fn demo(tree: UpdateHandler<teloxide::RequestError>) -> Result<(), teloxide::RequestError> {
+    /// let bot = Bot::from_env(); // TELOXIDE_TOKEN
+    /// // The tree's branches may ask for `Bot` and `Me`, as under teloxide's Dispatcher.
+    /// let handler = TeloxideHandler::new(bot, tree, dptree::deps![]).await?;
+    /// # let _ = handler;
+    /// # Ok(()) }
+    /// ```
     pub async fn new<B>(bot: B, tree: UpdateHandler<E>, mut deps: DependencyMap) -> Result<Self, B::Err>
     where
         B: Requester + Clone + Send + Sync + 'static,

@@ -100,6 +100,23 @@ impl SendLimiter {
     ///
     /// # Panics
     /// When a limit is 0.
+    ///
+    /// # Examples
+    ///
+    /// ```
+    /// use std::time::Duration;
+    /// use pollgate_teloxide::SendLimiter;
+    ///
+    /// # #[tokio::main(flavor = "current_thread", start_paused = true)]
+    /// # async fn main() {
+    /// let limits = SendLimiter::new(100, 2, 20); // two a second into each private chat
+    /// limits.acquire(42).await;
+    /// limits.acquire(42).await; // 10 ms later: 100 a second are spread evenly
+    /// tokio::time::sleep(Duration::from_millis(50)).await;
+    /// assert!(limits.next_slot(42) > Duration::from_millis(900), "a third must wait");
+    /// assert_eq!(limits.next_slot(43), Duration::ZERO, "another chat need not");
+    /// # }
+    /// ```
     #[track_caller]
     pub fn new(global_per_second: usize, per_chat_per_second: usize, per_group_per_minute: usize) -> SendLimiter {
         assert!(
@@ -160,6 +177,25 @@ impl SendLimiter {
     /// Books the next slot for a message into `chat` and returns when it is: the slot
     /// counts as taken from then. For [`pacer`](Self::pacer)s; a handler calls
     /// [`acquire`](Self::acquire), which takes the booking when it is due.
+    ///
+    /// # Examples
+    ///
+    /// ```
+    /// use std::time::Duration;
+    /// use pollgate_teloxide::SendLimiter;
+    ///
+    /// # #[tokio::main(flavor = "current_thread", start_paused = true)]
+    /// # async fn main() {
+    /// let limits = SendLimiter::telegram();
+    /// let first = limits.book(42);
+    /// let second = limits.book(42); // a private chat: a second (and a margin) later
+    /// assert!(second - first >= Duration::from_secs(1));
+    /// tokio::time::sleep_until(second).await;
+    /// let start = tokio::time::Instant::now();
+    /// limits.acquire(42).await; // takes the booking that is due: no wait
+    /// assert_eq!(start.elapsed(), Duration::ZERO);
+    /// # }
+    /// ```
     pub fn book(&self, chat: i64) -> Instant {
         let mut state = self.state.lock();
         let now = Instant::now();

@@ -27,6 +27,31 @@ pub const DEFAULT_MAX_BODY_BYTES: usize = 1 << 20;
 pub const DEFAULT_RETRY_AFTER: Duration = Duration::from_secs(1);
 
 /// Configures a [`WebhookTransport`]. Made by [`WebhookTransport::builder`].
+///
+/// # Examples
+///
+/// ```
+/// use std::time::Duration;
+/// use pollgate_webhook::WebhookTransport;
+///
+/// # #[tokio::main(flavor = "current_thread")]
+/// # async fn main() -> Result<(), Box<dyn std::error::Error>> {
+/// let builder = WebhookTransport::builder()
+///     .path("/telegram")
+///     .secret("s3cr3t-token") // the `secret_token` given to setWebhook
+///     .max_waiting(40) // Telegram's default max_connections
+///     .max_wait(Duration::from_secs(20))
+///     .max_body_bytes(256 << 10)
+///     .retry_after(Duration::from_secs(2));
+/// assert!(!format!("{builder:?}").contains("s3cr3t"));
+///
+/// // Telegram's rule for secrets is checked before anything is bound.
+/// let refused = builder.clone().secret("no spaces allowed").bind("127.0.0.1:0".parse()?).await;
+/// assert_eq!(refused.unwrap_err().kind(), std::io::ErrorKind::InvalidInput);
+/// let transport = builder.bind("127.0.0.1:0".parse()?).await?;
+/// assert_ne!(transport.local_addr().port(), 0);
+/// # Ok(()) }
+/// ```
 #[must_use = "a builder does nothing until bound"]
 #[derive(Clone)]
 pub struct WebhookBuilder {
@@ -110,6 +135,11 @@ impl WebhookBuilder {
     /// When the address cannot be bound, or the configuration is invalid
     /// ([`io::ErrorKind::InvalidInput`]: a bad secret, a path not starting with `/`, a
     /// zero `max_waiting`).
+    ///
+    /// # Cancel safety
+    ///
+    /// Cancel safe: dropped before it returns, it leaves nothing bound and nothing
+    /// serving (the listener, if bound yet, is closed with the future).
     pub async fn bind(self, addr: SocketAddr) -> io::Result<WebhookTransport> {
         self.validate()?;
         let listener = TcpListener::bind(addr).await?;
@@ -122,6 +152,25 @@ impl WebhookBuilder {
     /// # Errors
     ///
     /// As [`bind`](Self::bind), except binding.
+    ///
+    /// # Panics
+    ///
+    /// Outside a tokio runtime (it spawns the server task).
+    ///
+    /// # Examples
+    ///
+    /// ```
+    /// use pollgate_webhook::WebhookTransport;
+    ///
+    /// # #[tokio::main(flavor = "current_thread")]
+    /// # async fn main() -> std::io::Result<()> {
+    /// // Bound elsewhere: here, by the test; in production, by systemd or a supervisor.
+    /// let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await?;
+    /// let addr = listener.local_addr()?;
+    /// let transport = WebhookTransport::builder().path("/hook").listen(listener)?;
+    /// assert_eq!(transport.local_addr(), addr);
+    /// # Ok(()) }
+    /// ```
     pub fn listen(self, listener: TcpListener) -> io::Result<WebhookTransport> {
         self.validate()?;
         WebhookTransport::serve(self, listener)

@@ -3,6 +3,24 @@
 use std::sync::atomic::{AtomicU64, Ordering::Relaxed};
 
 /// Counters of the webhook listener (a snapshot from [`WebhookHandle::stats`](crate::WebhookHandle::stats)).
+///
+/// # Examples
+///
+/// A request without the secret is refused before its body is read, and counted:
+///
+/// ```
+/// use pollgate_webhook::WebhookTransport;
+///
+/// # #[tokio::main(flavor = "current_thread")]
+/// # async fn main() -> Result<(), Box<dyn std::error::Error>> {
+/// let transport = WebhookTransport::builder().secret("s3cr3t-token").bind("127.0.0.1:0".parse()?).await?;
+/// let url = format!("http://{}/", transport.local_addr());
+/// let answer = reqwest::Client::new().post(url).body(r#"{"update_id":1}"#).send().await?;
+/// assert_eq!(answer.status().as_u16(), 401);
+/// let stats = transport.handle().stats();
+/// assert_eq!((stats.requests, stats.rejected_secret, stats.taken), (1, 1, 0));
+/// # Ok(()) }
+/// ```
 #[non_exhaustive]
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
 pub struct WebhookStats {

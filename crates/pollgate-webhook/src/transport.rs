@@ -36,6 +36,8 @@ use crate::stats::WebhookStats;
 ///
 /// # Examples
 ///
+/// ## Listen where Telegram posts
+///
 /// ```no_run
 /// use pollgate_webhook::WebhookTransport;
 ///
@@ -46,6 +48,35 @@ use crate::stats::WebhookStats;
 ///     .await?;
 /// let handle = transport.handle(); // stats after the runtime took the transport
 /// # let _ = (transport, handle);
+/// # Ok(()) }
+/// ```
+///
+/// ## One request, from Telegram's side and the runtime's
+///
+/// Telegram's POST is answered only once the runtime has taken its update and
+/// acknowledged it:
+///
+/// ```
+/// use std::time::Duration;
+/// use pollgate_core::{Ack, FetchRequest, Transport};
+/// use pollgate_webhook::{SECRET_HEADER, WebhookTransport};
+///
+/// # #[tokio::main(flavor = "current_thread")]
+/// # async fn main() -> Result<(), Box<dyn std::error::Error>> {
+/// let transport = WebhookTransport::builder().secret("s3cr3t-token").bind("127.0.0.1:0".parse()?).await?;
+/// let url = format!("http://{}/", transport.local_addr());
+/// let telegram = tokio::spawn(async move {
+///     let post = reqwest::Client::new().post(url).header(SECRET_HEADER, "s3cr3t-token");
+///     let answer = post.body(r#"{"update_id":1,"message":{"chat":{"id":7}}}"#).send().await;
+///     answer.map(|answer| answer.status().as_u16())
+/// });
+/// let request = FetchRequest { limit: 10, timeout: Duration::from_secs(5) };
+/// let batch = transport.fetch(request).await?; // the runtime admits it
+/// assert_eq!(batch.updates[0].id(), 1);
+/// let receipts: Vec<_> = batch.updates.iter().filter_map(|u| u.receipt().cloned()).collect();
+/// transport.ack(Ack { below: None, receipts: &receipts, failed: &[] }).await?;
+/// assert_eq!(telegram.await??, 200);
+/// assert_eq!(transport.handle().stats().answered, 1);
 /// # Ok(()) }
 /// ```
 pub struct WebhookTransport {
@@ -60,6 +91,34 @@ const CLOSE_GRACE: Duration = Duration::from_secs(2);
 
 /// A handle on a [`WebhookTransport`]'s listener that outlives the runtime's ownership of
 /// the transport: its address, its counters, and a way to close it.
+///
+/// # Examples
+///
+/// Closing answers the requests still waiting 503 with `Retry-After`: Telegram delivers
+/// their updates again later, to whichever instance listens then.
+///
+/// ```
+/// use std::time::Duration;
+/// use pollgate_webhook::WebhookTransport;
+///
+/// # #[tokio::main(flavor = "current_thread")]
+/// # async fn main() -> Result<(), Box<dyn std::error::Error>> {
+/// let transport = WebhookTransport::builder().bind("127.0.0.1:0".parse()?).await?;
+/// let handle = transport.handle();
+/// let url = format!("http://{}/", handle.local_addr());
+/// let post = reqwest::Client::new().post(url).body(r#"{"update_id":1}"#).send();
+/// let telegram = tokio::spawn(post);
+/// while handle.waiting() == 0 {
+///     tokio::time::sleep(Duration::from_millis(1)).await; // until the update waits
+/// }
+/// handle.close(); // the runtime stopped without taking it
+/// let answer = telegram.await??;
+/// assert_eq!(answer.status().as_u16(), 503);
+/// assert!(answer.headers().contains_key("retry-after"));
+/// assert_eq!((handle.stats().closed, handle.waiting()), (1, 0));
+/// # drop(transport);
+/// # Ok(()) }
+/// ```
 #[derive(Clone)]
 pub struct WebhookHandle {
     shared: Arc<Shared>,
@@ -124,9 +183,10 @@ impl WebhookHandle {
         self.shared.waiting()
     }
 
-    /// Answers every open request 503 with `Retry-After`, refuses new ones the same way,
-    /// and stops the listener once they are answered. Idempotent; dropping the transport
-    /// does the same.
+    /// Answers every open request 503 with `Retry-After` and stops the listener: it
+    /// accepts no new connection, a request that still reaches it on an open one is
+    /// answered 503 the same way, and its task ends once the open requests are answered.
+    /// Idempotent; dropping the transport does the same.
     pub fn close(&self) {
         self.shared.close();
         self.stop.notify_one();

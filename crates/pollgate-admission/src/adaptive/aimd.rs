@@ -20,7 +20,7 @@ use super::{LimitAlgorithm, Sample};
 /// // as an overload; and never more than 128 MiB of declared working sets.
 /// let aimd = Aimd::new(20).bounds(4, 200).timeout(Duration::from_secs(2));
 /// let policy = all_of(Adaptive::new(aimd), ByteBudget::new(128 << 20));
-/// # drop(policy);
+/// assert_eq!(policy.first().current(), 20);
 /// ```
 #[derive(Clone, Debug, PartialEq)]
 pub struct Aimd {
@@ -62,6 +62,17 @@ impl Aimd {
     ///
     /// # Panics
     /// Unless `0 < backoff < 1`.
+    ///
+    /// # Examples
+    ///
+    /// ```
+    /// use std::time::Duration;
+    /// use pollgate_admission::{Aimd, LimitAlgorithm, Sample};
+    ///
+    /// let mut aimd = Aimd::new(40).backoff(0.5);
+    /// let overload = Sample::new(Duration::from_millis(5), 40, true);
+    /// assert_eq!(aimd.update(overload), 20);
+    /// ```
     #[track_caller]
     pub fn backoff(mut self, backoff: f64) -> Aimd {
         assert!(backoff > 0.0 && backoff < 1.0, "Aimd::backoff must be within (0, 1)");
@@ -70,6 +81,17 @@ impl Aimd {
     }
 
     /// A handler slower than this counts as an overload (default 5 s).
+    ///
+    /// # Examples
+    ///
+    /// ```
+    /// use std::time::Duration;
+    /// use pollgate_admission::{Aimd, LimitAlgorithm, Sample};
+    ///
+    /// let mut aimd = Aimd::new(10).timeout(Duration::from_secs(1));
+    /// let slow = Sample::new(Duration::from_secs(2), 10, false); // no overload reported
+    /// assert_eq!(aimd.update(slow), 9);
+    /// ```
     pub fn timeout(mut self, timeout: Duration) -> Aimd {
         self.timeout = timeout;
         self

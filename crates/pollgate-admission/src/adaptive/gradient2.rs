@@ -37,7 +37,19 @@ use super::{LimitAlgorithm, Sample};
 ///
 /// let g = Gradient2::new(20).bounds(4, 500).smoothing(0.2);
 /// let policy = all_of(Adaptive::new(g), ByteBudget::new(128 << 20));
-/// # drop(policy);
+/// assert_eq!(policy.first().current(), 20);
+/// ```
+///
+/// An overload in a window cuts the limit by the steepest gradient, whatever the latency:
+///
+/// ```
+/// use std::time::Duration;
+/// use pollgate_admission::{Gradient2, LimitAlgorithm, Sample};
+///
+/// let mut g = Gradient2::new(40).smoothing(1.0);
+/// let pushed_back = Sample::new(Duration::from_millis(10), 40, true);
+/// let limit = (0..40).map(|_| g.update(pushed_back)).last().unwrap();
+/// assert_eq!(limit, 24, "40 × 0.5 + the queue allowance of 4");
 /// ```
 #[derive(Clone, Debug, PartialEq)]
 pub struct Gradient2 {

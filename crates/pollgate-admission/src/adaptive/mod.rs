@@ -73,6 +73,20 @@ pub use gradient2::Gradient2;
 use crate::policy::{AdmissionPolicy, Completion, Limit, LimitSignal, LimitSignals, Load, Outcome};
 
 /// One finished update, as a limit algorithm sees it.
+///
+/// # Examples
+///
+/// ```
+/// use std::time::Duration;
+/// use pollgate_admission::{Gradient2, LimitAlgorithm, Sample};
+///
+/// let mut g = Gradient2::new(20);
+/// let used = Sample::new(Duration::from_millis(10), 20, false);
+/// assert!(!used.overloaded);
+/// // One window (20 samples, the limit) of flat latency grows the limit a little.
+/// let limit = (0..20).map(|_| g.update(used)).last().unwrap();
+/// assert_eq!(limit, 20, "20.8, reported as a whole number");
+/// ```
 #[non_exhaustive]
 #[derive(Clone, Copy, Debug, PartialEq)]
 pub struct Sample {
@@ -125,6 +139,34 @@ pub trait LimitAlgorithm: Send + fmt::Debug + 'static {
 }
 
 /// A concurrency limit driven by a [`LimitAlgorithm`]. See the [module docs](self).
+///
+/// # Examples
+///
+/// Any [`LimitAlgorithm`] drives it; here one that halves on overload and otherwise holds:
+///
+/// ```
+/// use std::time::Duration;
+/// use pollgate_admission::{Adaptive, Gate, LimitAlgorithm, Outcome, Sample};
+///
+/// #[derive(Debug)]
+/// struct Halve(usize);
+///
+/// impl LimitAlgorithm for Halve {
+///     fn initial_limit(&self) -> usize { self.0 }
+///     fn update(&mut self, sample: Sample) -> usize {
+///         if sample.overloaded {
+///             self.0 = (self.0 / 2).max(1);
+///         }
+///         self.0
+///     }
+/// }
+///
+/// let gate = Gate::new(Adaptive::new(Halve(8)));
+/// let permit = gate.try_acquire(0).unwrap();
+/// permit.finish(Outcome::Overload, Duration::from_millis(30));
+/// assert_eq!(gate.stats().limit.slots, Some(4));
+/// assert_eq!(gate.fetch_limit(), 4);
+/// ```
 pub struct Adaptive<A> {
     algorithm: Mutex<A>,
     limit: AtomicUsize,

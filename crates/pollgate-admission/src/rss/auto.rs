@@ -162,9 +162,10 @@ impl RssAdaptive {
     ///
     /// let builder = RssAdaptive::auto().expected_cost(256 << 10);
     /// // "memory limit 512 MiB from cgroup v2 /sys/fs/cgroup/…, target 460.8 MiB (90%), probe: cgroup working set"
-    /// println!("{}", builder.auto_target().unwrap());
+    /// let plan = builder.auto_target().unwrap().clone();
+    /// println!("{plan}");
     /// let gate = Gate::new(builder.build_manual());
-    /// # let _ = gate;
+    /// assert_eq!(gate.stats().memory_target, Some(plan.target));
     /// ```
     pub fn auto() -> RssAdaptiveBuilder {
         let cgroup = CgroupMemory::detect();

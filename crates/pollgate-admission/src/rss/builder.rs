@@ -8,6 +8,27 @@ use super::*;
 /// Unset budgets are derived from one probe reading at build time (the baseline RSS):
 /// `max_budget = target − baseline` (at least 1 MiB and at least `min_budget`),
 /// `min_budget = max_budget / 16`, at least 1 MiB (at most `max_budget`).
+///
+/// # Examples
+///
+/// ```
+/// use std::time::Duration;
+/// use pollgate_admission::{Gate, RssAdaptive};
+///
+/// const MIB: u64 = 1 << 20;
+/// let policy = RssAdaptive::builder(2048 * MIB) // stay under 2 GiB resident
+///     .min_budget(64 * MIB)
+///     .max_budget(1024 * MIB)
+///     .high_mark(0.90)
+///     .low_mark(0.75)
+///     .sample_every(Duration::from_millis(10))
+///     .expected_cost(512 << 10)
+///     .build(); // starts the `pollgate-rss` sampler thread
+/// assert!(policy.has_sampler());
+/// assert!((64 * MIB..=1024 * MIB).contains(&policy.budget()));
+/// let gate = Gate::new(policy);
+/// assert!(gate.fetch_limit() > 0);
+/// ```
 #[must_use = "a builder does nothing until built"]
 pub struct RssAdaptiveBuilder {
     target: u64,
@@ -124,6 +145,16 @@ impl RssAdaptiveBuilder {
 
     /// Removes the release hook (for example the default `malloc_trim` on glibc, in a
     /// program whose global allocator is not glibc's and gains nothing from it).
+    ///
+    /// # Examples
+    ///
+    /// ```
+    /// use pollgate_admission::RssAdaptive;
+    ///
+    /// // With jemalloc or mimalloc as the global allocator, glibc's trim frees nothing.
+    /// let policy = RssAdaptive::builder(1 << 30).without_release_hook().build_manual();
+    /// assert!(format!("{policy:?}").contains("release_hook: false"));
+    /// ```
     pub fn without_release_hook(mut self) -> Self {
         self.release = None;
         self

@@ -148,6 +148,21 @@ use crate::policy::{AdmissionPolicy, Completion, Limit, LimitSignal, LimitSignal
 const MIB: u64 = 1 << 20;
 
 /// A byte budget moved by resident-memory feedback. See the [module docs](self).
+///
+/// # Examples
+///
+/// What a built policy reports, for a start-up log or a dashboard:
+///
+/// ```
+/// use pollgate_admission::RssAdaptive;
+///
+/// const MIB: u64 = 1 << 20;
+/// let policy = RssAdaptive::builder(1000 * MIB).probe(|| Some(200 * MIB)).build_manual();
+/// assert_eq!(policy.target(), 1000 * MIB);
+/// assert_eq!(policy.budget(), 750 * MIB, "the high mark (950 MiB) minus the baseline");
+/// assert!(!policy.has_sampler(), "build_manual: samples come through on_memory");
+/// assert_eq!(policy.last_sample(), None);
+/// ```
 #[derive(Debug)]
 pub struct RssAdaptive {
     core: Arc<Core>,

@@ -14,6 +14,36 @@ use sysinfo::{Pid, ProcessRefreshKind, ProcessesToUpdate, System};
 ///
 /// Called from the sampler thread every few milliseconds, so keep it cheap (tens of
 /// microseconds at most). `None` means "no reading this time"; the sample is skipped.
+///
+/// # Examples
+///
+/// A closure is a probe; so is a type that reads whatever counter the program trusts:
+///
+/// ```
+/// use std::sync::Arc;
+/// use std::sync::atomic::{AtomicU64, Ordering};
+///
+/// use pollgate_admission::{MemoryProbe, RssAdaptive};
+///
+/// /// The bytes an instrumented allocator says are live.
+/// struct Allocated(Arc<AtomicU64>);
+///
+/// impl MemoryProbe for Allocated {
+///     fn sample(&mut self) -> Option<u64> {
+///         Some(self.0.load(Ordering::Relaxed))
+///     }
+/// }
+///
+/// const MIB: u64 = 1 << 20;
+/// let live = Arc::new(AtomicU64::new(300 * MIB));
+/// let policy = RssAdaptive::builder(1000 * MIB).probe(Allocated(live.clone())).build_manual();
+/// // The baseline was read once, at build: 950 MiB (the high mark) − 300 MiB.
+/// assert_eq!(policy.budget(), 650 * MIB);
+///
+/// let mut scripted = vec![Some(2), None, Some(1)].into_iter().flatten();
+/// let mut probe = move || scripted.next();
+/// assert_eq!(MemoryProbe::sample(&mut probe), Some(2));
+/// ```
 pub trait MemoryProbe: Send + 'static {
     /// The current resident set size in bytes, if it can be read.
     fn sample(&mut self) -> Option<u64>;
@@ -34,6 +64,18 @@ where
 /// `ProcessRefreshKind::nothing().with_memory().without_tasks()` — about 34 µs a read on
 /// the Linux VM of `docs/benchmarks.md` (the design notes measured 11 µs on another machine; [`ProcStatusProbe`]
 /// reads `/proc/self/statm` in about 3 µs), portable to the platforms sysinfo supports.
+///
+/// # Examples
+///
+/// ```
+/// use pollgate_admission::{MemoryProbe, SysinfoProbe};
+///
+/// let mut probe = SysinfoProbe::new();
+/// if cfg!(target_os = "linux") {
+///     let rss = probe.sample().expect("sysinfo reads this process on Linux");
+///     assert!(rss > 0);
+/// }
+/// ```
 pub struct SysinfoProbe {
     system: System,
     pid: Option<Pid>,
@@ -78,6 +120,23 @@ impl fmt::Debug for SysinfoProbe {
 /// Keeps the file open and re-reads it from the start; the resident page count is
 /// multiplied by the page size, which is calibrated once against `VmRSS` in
 /// `/proc/self/status` (rounded to a power of two; 4 KiB if that fails).
+///
+/// # Examples
+///
+/// ```
+/// use pollgate_admission::{MemoryProbe, ProcStatusProbe, RssAdaptive};
+///
+/// // Where there is no `/proc` (not Linux), fall back to the default probe.
+/// let builder = RssAdaptive::builder(1 << 30);
+/// let builder = match ProcStatusProbe::new() {
+///     Some(mut statm) => {
+///         assert!(statm.sample().is_some_and(|rss| rss > 0));
+///         builder.probe(statm)
+///     }
+///     None => builder,
+/// };
+/// let _policy = builder.build_manual();
+/// ```
 #[derive(Debug)]
 pub struct ProcStatusProbe {
     file: File,

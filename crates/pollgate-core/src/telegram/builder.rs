@@ -14,6 +14,28 @@ use crate::error::TelegramError;
 use crate::token::BotToken;
 
 /// Builds a [`TelegramTransport`]; see [`TelegramTransport::builder`].
+///
+/// # Examples
+///
+/// A transport for a local Bot API server, taking only what the bot handles, and giving
+/// up on a network outage after about a minute instead of retrying forever:
+///
+/// ```
+/// use std::time::Duration;
+/// use pollgate_core::{Backoff, TelegramTransport};
+///
+/// let transport = TelegramTransport::builder("123456:AAEhBOweik6ad9r_QXMENQjcrGbqCr4K-ha")
+///     .api_url("http://127.0.0.1:8081/")
+///     .allowed_updates(["message", "callback_query"])
+///     .http_timeout_margin(Duration::from_secs(5))
+///     .connect_timeout(Duration::from_secs(3))
+///     .max_body_bytes(16 << 20)
+///     .backoff(Backoff { max_retries: Some(10), ..Backoff::default() })
+///     .build()?; // no request yet: the first fetch sends the first
+/// let debug = format!("{transport:?}");
+/// assert!(debug.contains("http://127.0.0.1:8081") && !debug.contains("AAEhBOweik"));
+/// # Ok::<(), pollgate_core::TelegramError>(())
+/// ```
 #[must_use]
 pub struct TelegramTransportBuilder {
     token: BotToken,

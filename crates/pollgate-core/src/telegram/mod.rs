@@ -121,6 +121,25 @@ struct GetUpdatesParams<'a> {
 
 impl TelegramTransport {
     /// The offset the next `getUpdates` call will send (`None` before the first ack).
+    ///
+    /// # Examples
+    ///
+    /// An acknowledgement only records the offset; it goes to Telegram with the next
+    /// `getUpdates` (or the final one of [`flush`](Transport::flush)):
+    ///
+    /// ```
+    /// use pollgate_core::{Ack, TelegramTransport, Transport};
+    ///
+    /// # #[tokio::main(flavor = "current_thread")]
+    /// # async fn main() -> Result<(), pollgate_core::TelegramError> {
+    /// let transport = TelegramTransport::builder("123456:ABC-your-token").build()?;
+    /// assert_eq!(transport.offset(), None);
+    /// transport.ack(Ack { below: Some(43), receipts: &[], failed: &[] }).await?;
+    /// transport.ack(Ack { below: Some(40), receipts: &[], failed: &[] }).await?; // late
+    /// assert_eq!(transport.offset(), Some(43), "offsets only move forward");
+    /// assert_eq!(transport.stats().requests, 0, "nothing was sent");
+    /// # Ok(()) }
+    /// ```
     pub fn offset(&self) -> Option<i64> {
         match self.offset.load(Ordering::Acquire) {
             NO_OFFSET => None,
@@ -418,6 +437,11 @@ impl Transport for TelegramTransport {
             .await
     }
 
+    /// Records `ack.below` as the offset of the next `getUpdates`; receipts mean nothing to
+    /// Telegram. Sends nothing.
+    ///
+    /// # Cancel safety
+    /// Cancel safe: it completes at its first poll.
     async fn ack(&self, ack: Ack<'_>) -> Result<(), TelegramError> {
         if let Some(below) = ack.below {
             // Offsets only move forward: a late ack must not re-open confirmed updates.
@@ -426,6 +450,15 @@ impl Transport for TelegramTransport {
         Ok(())
     }
 
+    /// Sends the recorded offset with one final `getUpdates(offset, limit=1, timeout=0)`
+    /// (at most 3 retries), so that Telegram forgets what was acknowledged. Sends nothing
+    /// when nothing was acknowledged.
+    ///
+    /// # Cancel safety
+    /// Dropping it may leave the recorded offset unconfirmed (the request was not sent yet,
+    /// or was sent and not answered): the next start then gets again what Telegram was not
+    /// told about, from the offset of the last `getUpdates` it received. Nothing beyond
+    /// the recorded offset is ever confirmed, and calling it again sends the same offset.
     async fn flush(&self) -> Result<(), TelegramError> {
         if self.offset().is_none() {
             return Ok(());

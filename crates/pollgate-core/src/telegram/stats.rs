@@ -6,6 +6,28 @@ use std::time::Duration;
 use crate::error::TelegramError;
 
 /// A snapshot of a [`TelegramTransport`](super::TelegramTransport)'s counters.
+///
+/// # Examples
+///
+/// Against a port nothing listens on, with one retry allowed:
+///
+/// ```
+/// use std::time::Duration;
+/// use pollgate_core::{Backoff, FetchRequest, TelegramTransport, Transport};
+///
+/// # #[tokio::main(flavor = "current_thread")]
+/// # async fn main() -> Result<(), Box<dyn std::error::Error>> {
+/// let closed = std::net::TcpListener::bind("127.0.0.1:0")?.local_addr()?;
+/// let backoff = Backoff { initial: Duration::from_millis(1), max_retries: Some(1), ..Backoff::default() };
+/// let transport = TelegramTransport::builder("123456:ABC-your-token")
+///     .api_url(format!("http://{closed}"))
+///     .backoff(backoff)
+///     .build()?;
+/// assert!(transport.fetch(FetchRequest { limit: 1, timeout: Duration::ZERO }).await.is_err());
+/// let stats = transport.stats();
+/// assert_eq!((stats.requests, stats.retries_network, stats.updates), (2, 1, 0));
+/// # Ok(()) }
+/// ```
 #[derive(Clone, Debug, Default, PartialEq, Eq)]
 #[non_exhaustive]
 pub struct TelegramStats {

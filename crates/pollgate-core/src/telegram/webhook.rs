@@ -100,6 +100,18 @@ impl SetWebhook {
     }
 
     /// Sets [`secret_token`](Self::secret_token).
+    ///
+    /// # Examples
+    ///
+    /// The secret goes to Telegram, never to a log line:
+    ///
+    /// ```
+    /// use pollgate_core::SetWebhook;
+    ///
+    /// let params = SetWebhook::new("https://bot.example.com/telegram").secret_token("s3cr3t-token");
+    /// assert_eq!(params.secret_token.as_deref(), Some("s3cr3t-token"));
+    /// assert!(!format!("{params:?}").contains("s3cr3t"));
+    /// ```
     #[must_use]
     pub fn secret_token(mut self, secret: impl Into<String>) -> Self {
         self.secret_token = Some(secret.into());
@@ -147,6 +159,12 @@ impl TelegramTransport {
     /// # Errors
     /// The Bot API's answer (for example `BadRequest` for a URL that is not HTTPS), or the
     /// network error after the retries.
+    ///
+    /// # Cancel safety
+    /// Not cancel safe: a request already sent may still reach Telegram and take effect
+    /// after the future is dropped, so the webhook may be set or not. Calling it again
+    /// with the same parameters is harmless; [`delete_webhook`](Self::delete_webhook)
+    /// undoes it.
     pub async fn set_webhook(&self, params: &SetWebhook) -> Result<(), TelegramError> {
         let _: bool = self.call("setWebhook", &self.urls.set_webhook, params).await?;
         info!(
@@ -162,6 +180,23 @@ impl TelegramTransport {
     ///
     /// # Errors
     /// The Bot API's answer, or the network error after the retries.
+    ///
+    /// # Cancel safety
+    /// Not cancel safe: a request already sent may still reach Telegram, so after a drop
+    /// the webhook may be deleted or not (and, with `drop_pending_updates`, the pending
+    /// updates dropped or not). Calling it again is harmless.
+    ///
+    /// # Examples
+    ///
+    /// ```no_run
+    /// use pollgate_core::TelegramTransport;
+    ///
+    /// # async fn demo() -> Result<(), pollgate_core::TelegramError> {
+    /// let bot = TelegramTransport::builder(std::env::var("TELEGRAM_BOT_TOKEN").unwrap()).build()?;
+    /// // Back from webhooks to long polling; what Telegram holds waits for `getUpdates`.
+    /// bot.delete_webhook(false).await?;
+    /// # Ok(()) }
+    /// ```
     pub async fn delete_webhook(&self, drop_pending_updates: bool) -> Result<(), TelegramError> {
         let params = DeleteWebhookParams { drop_pending_updates };
         let _: bool = self.call("deleteWebhook", &self.urls.delete_webhook, &params).await?;

@@ -3,6 +3,28 @@
 use super::*;
 
 /// Configuration of a [`ShardedStreamTransport`]; see [`ShardedStreamTransport::builder`].
+///
+/// # Examples
+///
+/// Building connects nothing yet; the first fetch registers the worker and takes its
+/// share of the leases.
+///
+/// ```
+/// use std::time::Duration;
+/// use pollgate_redis::ShardedStreamTransport;
+///
+/// # #[tokio::main(flavor = "current_thread")]
+/// # async fn main() -> Result<(), pollgate_redis::RedisTransportError> {
+/// let transport = ShardedStreamTransport::builder("redis://127.0.0.1:6379", "bot:updates", "workers")
+///     .shards(4) // as the bridge's ShardedProducer
+///     .worker("worker-1")
+///     .lease_ttl(Duration::from_secs(5))
+///     .max_deliveries(3)
+///     .build()?;
+/// assert_eq!(transport.worker(), "worker-1");
+/// assert!(transport.shards_held().is_empty(), "no lease before the first fetch");
+/// # Ok(()) }
+/// ```
 #[derive(Clone)]
 pub struct ShardedStreamTransportBuilder {
     url: String,

@@ -260,7 +260,8 @@ impl Inner {
         let mut conn = self.reader.clone();
         let value = match cmd.query_async::<Value>(&mut conn).await {
             Ok(v) => {
-                guard.armed = false;
+                // The guard stays armed until every entry of the reply is handed over or
+                // dead-lettered: a fetch dropped in between recovers the shards.
                 let mut st = self.state.lock();
                 st.blocked = None;
                 st.read_failures = 0;
@@ -307,6 +308,7 @@ impl Inner {
             self.accept((shard, tenure), &token, entries, false, out).await?;
             debug!(shard, entries = out.len() - before, "read");
         }
+        guard.armed = false;
         Ok(())
     }
 

@@ -361,6 +361,16 @@ impl Transport for ShardedStreamTransport {
     /// then new entries of the held shards, blocking up to `min(timeout, max_block)` only
     /// when nothing else was found. Holding no shard, it waits for the lease task to take
     /// one (or the timeout).
+    ///
+    /// # Cancel safety
+    ///
+    /// Nothing is lost, but a drop can delay entries. Dropped while a read is waiting
+    /// for Redis, its shards recover their pending entries before reading again, so what
+    /// the read delivered comes first in the next fetch; dropped while recovering, the
+    /// recovery starts over from where it was (each re-claim counts a delivery). Dropped
+    /// after Redis answered a read, while the fetch moves an entry of the reply that is
+    /// not an update to the dead-letter stream, the shards of the read recover too: the
+    /// reply's other entries come first in the next fetch.
     async fn fetch(&self, request: FetchRequest) -> Result<Batch, RedisTransportError> {
         self.start().await?;
         let inner = &*self.inner;
@@ -456,6 +466,12 @@ impl Transport for ShardedStreamTransport {
 
     /// Acknowledges finished entries, shard by shard, through the lease check; a
     /// draining shard with nothing left in flight is released at once.
+    ///
+    /// # Cancel safety
+    ///
+    /// Dropped, it may have acknowledged the entries of some shards and not others; what
+    /// it did not stays in flight here. Acknowledging it again is harmless, and a
+    /// draining shard it did not get to release is released by the next lease round.
     async fn ack(&self, ack: Ack<'_>) -> Result<(), RedisTransportError> {
         if ack.receipts.is_empty() {
             return Ok(());
@@ -516,16 +532,30 @@ impl Transport for ShardedStreamTransport {
     /// Releases every lease held (the runtime calls this once every handler finished or
     /// was given up; what is still in flight is delivered again by the next owner), and
     /// leaves the workers set, so the others take the shards at once.
+    ///
+    /// # Cancel safety
+    ///
+    /// The lease task stops at the first poll, whatever follows. Dropped before it
+    /// completes, the leases it had not released yet expire after their TTL, and the
+    /// other workers take those shards then rather than at once. Dropped while it waits
+    /// out a read that may still be served (the first await), the transport keeps its
+    /// leases, unrenewed until the next fetch starts the lease task again (a later flush
+    /// waits the read out again).
     async fn flush(&self) -> Result<(), RedisTransportError> {
         if let Some(h) = self.leases.lock().take() {
             h.abort();
         }
         let inner = &*self.inner;
+        // From here the lease task is gone: a fetch after a flush that was dropped midway
+        // must start it again.
+        inner.started.store(false, Ordering::Release);
         // A read that may still be served delivers to the owner: wait it out, or the next
-        // owner could recover before it lands.
-        let blocked = inner.state.lock().blocked.take().map(|(until, _)| until);
+        // owner could recover before it lands. Cleared only once waited out, so that a
+        // flush dropped meanwhile leaves it for the next one.
+        let blocked = inner.state.lock().blocked.as_ref().map(|(until, _)| *until);
         if let Some(until) = blocked {
             tokio::time::sleep_until(until).await;
+            inner.state.lock().blocked = None;
         }
         let leases: Vec<(u32, String)> = {
             let mut st = inner.state.lock();
@@ -541,7 +571,6 @@ impl Transport for ShardedStreamTransport {
                 .map(|(k, h)| (k, h.token))
                 .collect()
         };
-        inner.started.store(false, Ordering::Release);
         inner.release(leases).await?;
         let mut cmd = redis::cmd("ZREM");
         cmd.arg(inner.settings.layout.workers()).arg(&inner.settings.worker);

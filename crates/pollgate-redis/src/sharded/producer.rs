@@ -39,6 +39,26 @@ impl fmt::Debug for ShardedProducer {
 }
 
 /// Configuration of a [`ShardedProducer`]; see [`ShardedProducer::builder`].
+///
+/// # Examples
+///
+/// Building connects nothing yet: the first [`add`](ShardedProducer::add) does, and
+/// checks the number of shards Redis records.
+///
+/// ```
+/// use std::time::Duration;
+/// use pollgate_redis::ShardedProducer;
+///
+/// # #[tokio::main(flavor = "current_thread")]
+/// # async fn main() -> Result<(), pollgate_redis::RedisTransportError> {
+/// let producer = ShardedProducer::builder("redis://127.0.0.1:6379", "bot:updates")
+///     .shards(4) // every bridge and worker of the prefix must agree
+///     .max_outage(Duration::from_secs(60))
+///     .build()?;
+/// assert_eq!(producer.streams()[3], "bot:updates:shard:3");
+/// assert_eq!(producer.streams().len(), 4);
+/// # Ok(()) }
+/// ```
 #[derive(Clone)]
 pub struct ShardedProducerBuilder {
     url: String,
@@ -140,6 +160,13 @@ impl ShardedProducer {
     /// # Errors
     /// [`RedisTransportError::ShardCount`] when Redis records another number of shards;
     /// otherwise as [`StreamProducer::add`](crate::StreamProducer::add).
+    ///
+    /// # Cancel safety
+    ///
+    /// As [`StreamProducer::add`](crate::StreamProducer::add): dropped after the `XADD`
+    /// was sent, the update may be in its shard without the caller knowing; append it
+    /// again, and do not confirm it upstream. Dropped during the first call's check of
+    /// the shard count, nothing was appended and the check runs again.
     pub async fn add(&self, update: &Update) -> Result<(u32, String), RedisTransportError> {
         if !self.checked.load(Ordering::Acquire) {
             check_shards(&self.conn, &self.layout, &self.backoff, &self.retries).await?;

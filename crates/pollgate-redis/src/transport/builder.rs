@@ -6,6 +6,22 @@ use super::*;
 pub const DEFAULT_FIELD: &str = "update";
 
 /// Where a new consumer group starts reading.
+///
+/// # Examples
+///
+/// ```
+/// use pollgate_redis::{RedisStreamTransport, StartFrom};
+///
+/// # #[tokio::main(flavor = "current_thread")]
+/// # async fn main() -> Result<(), pollgate_redis::RedisTransportError> {
+/// assert_eq!(StartFrom::default(), StartFrom::Beginning);
+/// // A new group for a live feed: what was added before it is someone else's.
+/// let transport = RedisStreamTransport::builder("redis://127.0.0.1:6379", "bot:updates", "analytics")
+///     .start_from(StartFrom::NewEntries)
+///     .build()?;
+/// # let _ = transport;
+/// # Ok(()) }
+/// ```
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Default)]
 #[non_exhaustive]
 pub enum StartFrom {
@@ -18,6 +34,29 @@ pub enum StartFrom {
 }
 
 /// Configuration of a [`RedisStreamTransport`]; see [`RedisStreamTransport::builder`].
+///
+/// # Examples
+///
+/// Building connects nothing yet (a worker started before Redis waits for it):
+///
+/// ```
+/// use std::time::Duration;
+/// use pollgate_redis::{RedisStats, RedisStreamTransport};
+///
+/// # #[tokio::main(flavor = "current_thread")]
+/// # async fn main() -> Result<(), pollgate_redis::RedisTransportError> {
+/// let transport = RedisStreamTransport::builder("redis://127.0.0.1:6379", "bot:updates", "workers")
+///     .consumer("worker-1") // stable: a restarted worker resumes its own pending entries
+///     .dead_letter_stream("bot:poison")
+///     .claim_idle(Duration::from_secs(60))
+///     .max_deliveries(3)
+///     .window(256)
+///     .max_outage(Duration::from_secs(60))
+///     .build()?;
+/// assert_eq!((transport.consumer(), transport.dead_letter_stream()), ("worker-1", "bot:poison"));
+/// assert_eq!((transport.in_flight(), transport.stats()), (0, RedisStats::default()));
+/// # Ok(()) }
+/// ```
 #[derive(Clone)]
 pub struct RedisStreamTransportBuilder {
     url: String,

@@ -312,6 +312,13 @@ impl Transport for RedisStreamTransport {
     /// `min(timeout, max_block)` only when nothing else was found. The returned entries
     /// join the in-flight set (and the heartbeat) only when the fetch completes; a fetch
     /// that fails or is dropped marks the own pending list for re-reading instead.
+    ///
+    /// # Cancel safety
+    ///
+    /// Cancel safe: nothing is lost. Entries a dropped fetch had read or claimed stay
+    /// pending on this consumer, and the next fetch delivers them first, without counting
+    /// another delivery; a blocking read cut short may still be served by Redis, and what
+    /// it delivers is found the same way.
     async fn fetch(&self, request: FetchRequest) -> Result<Batch, RedisTransportError> {
         let inner = &*self.inner;
         inner.ensure_group().await?;
@@ -364,6 +371,14 @@ impl Transport for RedisStreamTransport {
 
     /// `XACK`s the receipts (entry ids) of finished updates; the cumulative part of the
     /// ack means nothing to a stream and is ignored.
+    ///
+    /// # Cancel safety
+    ///
+    /// Dropped, it may have acknowledged all, some or none of the receipts (they go in
+    /// chunks of 1000, each retried). What it did not stays pending and in flight here,
+    /// kept alive by the heartbeat: acknowledging it again is harmless (`XACK` of an
+    /// acknowledged entry does nothing), and [`flush`](Transport::flush) releases what
+    /// is left, to be delivered again.
     async fn ack(&self, ack: Ack<'_>) -> Result<(), RedisTransportError> {
         if ack.receipts.is_empty() {
             return Ok(());
@@ -386,6 +401,12 @@ impl Transport for RedisStreamTransport {
     /// grow with every restart (a default consumer name is new per process); if a
     /// cancelled blocking read may still be served, it first waits that out (at most
     /// `max_block`).
+    ///
+    /// # Cancel safety
+    ///
+    /// What is in flight is released at the first poll, whatever follows. Dropped before
+    /// it completes, the consumer may stay in the group: an empty consumer, or one whose
+    /// pending entries other workers claim after `claim_idle`.
     async fn flush(&self) -> Result<(), RedisTransportError> {
         let blocked_until = {
             let mut st = self.inner.state.lock();
