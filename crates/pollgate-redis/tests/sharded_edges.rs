@@ -735,7 +735,11 @@ async fn a_fetch_after_a_dropped_flush_keeps_the_leases() {
     while Instant::now() < until {
         let _ = t.fetch(req(10, 100)).await.unwrap();
     }
-    assert_eq!(t.shards_held().len(), 2, "the lease task runs again: both shards still held");
+    assert_eq!(
+        t.shards_held().len(),
+        2,
+        "the lease task runs again: both shards still held"
+    );
     let producer = ShardedProducer::builder(&url, &prefix).shards(2).build().unwrap();
     producer.add(&update(7, chat_on(1, 2))).await.unwrap();
     let mut got = Vec::new();

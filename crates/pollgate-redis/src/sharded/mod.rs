@@ -1,43 +1,9 @@
 //! Sharded streams with leases: several workers, and still one update per chat at a time,
 //! in order.
 //!
-//! # Why
-//!
-//! A consumer group hands the next entry to whichever worker asks, so two updates of one
-//! chat can run at once on two workers, and the second can finish first. A conversation
-//! (dialogue state, "reply to the previous message") needs each chat's updates one at a
-//! time and in order. Kafka's answer is partitions with one owner each; this is the same
-//! on Redis Streams:
-//!
-//! ```text
-//!                          ┌─ {prefix}:shard:0 ──▶ owner: worker A (lease {prefix}:lease:0)
-//!  bridge ─XADD by hash ───┼─ {prefix}:shard:1 ──▶ owner: worker B
-//!  of the chat id          ├─ …                      each worker: ~S / workers shards,
-//!                          └─ {prefix}:shard:S-1 ─▶   its own admission policy,
-//!                                                     `ordered(true)` within them
-//! ```
-//!
-//! - [`ShardedProducer`] appends each update to shard `hash(chat) mod S` ([`shard_of`]),
-//!   so a chat's updates are in one stream, in order.
-//! - [`ShardedStreamTransport`] reads only the shards it holds a lease on: a key set with
-//!   `SET NX PX` to a token of this worker's tenure, renewed every quarter of its TTL, and
-//!   checked by every acknowledgement (a script that `XACK`s only while the lease still
-//!   holds the token). A worker that lost a lease acknowledges nothing more on that
-//!   shard and reads nothing new from it: it reads a shard only while its last renewal
-//!   is younger than half the TTL, and a blocking read never outlasts that.
-//! - Workers register in a sorted set with a heartbeat; each takes about S / live workers
-//!   shards. One that holds more than its share (a worker joined) stops reading the
-//!   extra shards, finishes what it has in flight of them, and releases their leases; a
-//!   dead worker's leases expire after their TTL and the others take them.
-//! - Every owner of a shard reads it as the same consumer (`owner`) of one group, so a
-//!   new owner inherits the previous owner's pending entries: it delivers them first, in
-//!   stream order, then reads new ones. Within its shards the runtime's `ordered(true)`
-//!   runs one update per chat at a time.
-//! - The number of shards is recorded in Redis (`{prefix}:shards`) by the first bridge or
-//!   worker; one configured differently refuses to start ([`RedisTransportError::ShardCount`]):
-//!   changing S moves chats between shards, which would break their order.
-//!
-//! Needs Redis 7.0 or newer, one server or a primary (the scripts touch several keys).
+//! How it works is on [`ShardedStreamTransport`]; the pieces are split by idea: the
+//! builder, the layout (which shard a chat goes to), leases, delivery, the producer and the
+//! scripts.
 
 mod builder;
 mod deliver;
@@ -199,8 +165,46 @@ struct Inner {
     stats: Counters,
 }
 
-/// Reads the shard streams this worker holds leases on. How shards, leases and fencing work:
-/// `docs/scale-out.md`, "Per-chat order across workers".
+/// Reads the shard streams this worker holds leases on (`docs/scale-out.md`, "Per-chat
+/// order across workers", has the measurements).
+///
+/// # How it works, and why
+///
+/// A consumer group hands the next entry to whichever worker asks, so two updates of one
+/// chat can run at once on two workers, and the second can finish first. A conversation
+/// (dialogue state, "reply to the previous message") needs each chat's updates one at a
+/// time and in order. Kafka's answer is partitions with one owner each; this is the same
+/// on Redis Streams:
+///
+/// ```text
+///                          ┌─ {prefix}:shard:0 ──▶ owner: worker A (lease {prefix}:lease:0)
+///  bridge ─XADD by hash ───┼─ {prefix}:shard:1 ──▶ owner: worker B
+///  of the chat id          ├─ …                      each worker: ~S / workers shards,
+///                          └─ {prefix}:shard:S-1 ─▶   its own admission policy,
+///                                                     `ordered(true)` within them
+/// ```
+///
+/// - [`ShardedProducer`] appends each update to shard `hash(chat) mod S` ([`shard_of`]),
+///   so a chat's updates are in one stream, in order.
+/// - [`ShardedStreamTransport`] reads only the shards it holds a lease on: a key set with
+///   `SET NX PX` to a token of this worker's tenure, renewed every quarter of its TTL, and
+///   checked by every acknowledgement (a script that `XACK`s only while the lease still
+///   holds the token). A worker that lost a lease acknowledges nothing more on that
+///   shard and reads nothing new from it: it reads a shard only while its last renewal
+///   is younger than half the TTL, and a blocking read never outlasts that.
+/// - Workers register in a sorted set with a heartbeat; each takes about S / live workers
+///   shards. One that holds more than its share (a worker joined) stops reading the
+///   extra shards, finishes what it has in flight of them, and releases their leases; a
+///   dead worker's leases expire after their TTL and the others take them.
+/// - Every owner of a shard reads it as the same consumer (`owner`) of one group, so a
+///   new owner inherits the previous owner's pending entries: it delivers them first, in
+///   stream order, then reads new ones. Within its shards the runtime's `ordered(true)`
+///   runs one update per chat at a time.
+/// - The number of shards is recorded in Redis (`{prefix}:shards`) by the first bridge or
+///   worker; one configured differently refuses to start ([`RedisTransportError::ShardCount`]):
+///   changing S moves chats between shards, which would break their order.
+///
+/// Needs Redis 7.0 or newer, one server or a primary (the scripts touch several keys).
 ///
 /// One runtime at a time; the runtime's final [`flush`](Transport::flush) releases the
 /// leases (after which another worker takes them at once rather than after their TTL).

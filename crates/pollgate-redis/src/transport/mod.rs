@@ -1,36 +1,8 @@
 //! [`RedisStreamTransport`]: a consumer-group reader that fits pollgate's [`Transport`]
 //! trait with per-entry acknowledgements.
 //!
-//! Why each piece exists:
-//! - **`XREADGROUP … COUNT limit`**: the runtime's fetch limit becomes `COUNT`, so a worker
-//!   takes from the stream only what its admission policy can admit; the rest stays in
-//!   Redis for the other workers.
-//! - **`XACK` after the handler**: the runtime hands over receipts (entry ids) only once a
-//!   handler finished, so a worker that dies leaves its unfinished entries pending.
-//! - **`XAUTOCLAIM`**: entries pending longer than `claim_idle` belong to a consumer that
-//!   died (or hangs); a worker with room claims them, so nothing waits for a restart.
-//! - **Heartbeat**: a handler slower than `claim_idle` is not a dead consumer. Every
-//!   `claim_idle / 4` a background task re-claims this worker's in-flight entries that it
-//!   still owns (`XCLAIM … JUSTID` in a script that checks the owner first: it resets
-//!   their idle time without counting a delivery, and never takes an entry back from a
-//!   worker that claimed it), so only a consumer that stopped heart-beating (dead, or cut
-//!   off from Redis) loses its entries to the others.
-//! - **Dead-letter stream**: an entry delivered more than `max_deliveries` times (its
-//!   handler keeps killing workers) or one that is not an update at all is moved to the
-//!   dead-letter stream with the reason, by a script that adds it there before
-//!   acknowledging it (if the add fails, the entry stays pending): never dropped, never
-//!   retried forever.
-//! - **Own pending entries first**: on start, and after any fetch that did not complete
-//!   (an error, a lost reply, a cancelled fetch), the worker re-reads its own pending list
-//!   (`XPENDING … consumer`), so an entry delivered into a lost reply is not stuck until
-//!   another worker claims it. At start (a restart with a stable consumer name) each such
-//!   entry counts as a delivery; after a lost reply it does not.
-//! - **One delivery per entry at a time**: an entry is handed to the runtime only if it is
-//!   still pending on this consumer and not in flight here, checked after the in-flight
-//!   set (so an acknowledgement racing a re-read or a claim cannot deliver it twice).
-//!
-//! Two connections: the blocking read has its own, so acknowledgements never wait behind
-//! a `BLOCK` (the runtime acknowledges while a fetch is in flight).
+//! How it works is on [`RedisStreamTransport`]; the pieces are split by idea: the builder,
+//! the consumer group kept in existence, the heartbeat, re-delivery, and the scripts.
 
 mod builder;
 mod group;
@@ -156,8 +128,40 @@ struct Inner {
     stats: Counters,
 }
 
-/// Reads a Redis stream through a consumer group, one consumer per worker process; see
-/// the module docs for what each mechanism is for.
+/// Reads a Redis stream through a consumer group, one consumer per worker process.
+///
+/// # How it works
+///
+/// Why each piece exists:
+/// - **`XREADGROUP … COUNT limit`**: the runtime's fetch limit becomes `COUNT`, so a worker
+///   takes from the stream only what its admission policy can admit; the rest stays in
+///   Redis for the other workers.
+/// - **`XACK` after the handler**: the runtime hands over receipts (entry ids) only once a
+///   handler finished, so a worker that dies leaves its unfinished entries pending.
+/// - **`XAUTOCLAIM`**: entries pending longer than `claim_idle` belong to a consumer that
+///   died (or hangs); a worker with room claims them, so nothing waits for a restart.
+/// - **Heartbeat**: a handler slower than `claim_idle` is not a dead consumer. Every
+///   `claim_idle / 4` a background task re-claims this worker's in-flight entries that it
+///   still owns (`XCLAIM … JUSTID` in a script that checks the owner first: it resets
+///   their idle time without counting a delivery, and never takes an entry back from a
+///   worker that claimed it), so only a consumer that stopped heart-beating (dead, or cut
+///   off from Redis) loses its entries to the others.
+/// - **Dead-letter stream**: an entry delivered more than `max_deliveries` times (its
+///   handler keeps killing workers) or one that is not an update at all is moved to the
+///   dead-letter stream with the reason, by a script that adds it there before
+///   acknowledging it (if the add fails, the entry stays pending): never dropped, never
+///   retried forever.
+/// - **Own pending entries first**: on start, and after any fetch that did not complete
+///   (an error, a lost reply, a cancelled fetch), the worker re-reads its own pending list
+///   (`XPENDING … consumer`), so an entry delivered into a lost reply is not stuck until
+///   another worker claims it. At start (a restart with a stable consumer name) each such
+///   entry counts as a delivery; after a lost reply it does not.
+/// - **One delivery per entry at a time**: an entry is handed to the runtime only if it is
+///   still pending on this consumer and not in flight here, checked after the in-flight
+///   set (so an acknowledgement racing a re-read or a claim cannot deliver it twice).
+///
+/// Two connections: the blocking read has its own, so acknowledgements never wait behind
+/// a `BLOCK` (the runtime acknowledges while a fetch is in flight).
 ///
 /// One runtime at a time: the runtime calls [`Transport::flush`] when it ends, which
 /// releases whatever was still in flight. After a run that ended in an error (no flush),
