@@ -355,7 +355,7 @@ mod webhook {
         telegram
             .set_webhook(&params)
             .await
-            .map_err(|e| format!("setWebhook failed: {e}"))?;
+            .map_err(|e| format!("setWebhook failed: {}", pollgate::transport::ErrorChain(&e)))?;
         Ok(Listener {
             transport,
             registered: true,
@@ -367,7 +367,7 @@ mod webhook {
         if let (Some(telegram), true) = (telegram, registered)
             && let Err(e) = telegram.delete_webhook(false).await
         {
-            tracing::warn!(error = %e, "deleteWebhook failed");
+            tracing::warn!(error = %pollgate::transport::ErrorChain(&e), "deleteWebhook failed");
         }
     }
 }

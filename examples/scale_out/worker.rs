@@ -173,7 +173,10 @@ async fn serve<T: Transport>(
             }
         }
     });
-    let summary = runtime.run().await.map_err(|e| format!("the worker stopped: {}", pollgate::transport::ErrorChain(&e)))?;
+    let summary = runtime
+        .run()
+        .await
+        .map_err(|e| format!("the worker stopped: {}", pollgate::transport::ErrorChain(&e)))?;
     progress.abort();
     let (_, peak) = rss_and_peak();
     let record = recorder.summary();

@@ -103,7 +103,11 @@ pub(crate) async fn run_bridge(
             if let Some(n) = args.max_len {
                 producer = producer.max_len_approx(n);
             }
-            Appender::One(producer.build().map_err(|e| format!("bridge: {}", pollgate::transport::ErrorChain(&e)))?)
+            Appender::One(
+                producer
+                    .build()
+                    .map_err(|e| format!("bridge: {}", pollgate::transport::ErrorChain(&e)))?,
+            )
         }
     };
     let producer = Arc::new(producer);
@@ -117,7 +121,7 @@ pub(crate) async fn run_bridge(
                     // Never let the runtime count this update as finished: it would
                     // confirm the offset past an update Redis does not have. Stop, and
                     // stay unfinished until the drain deadline gives up on it.
-                    tracing::error!(update_id = update.id(), error = %e, "append failed; stopping the bridge");
+                    tracing::error!(update_id = update.id(), error = %pollgate::transport::ErrorChain(&e), "append failed; stopping the bridge");
                     failed.store(true, Ordering::Release);
                     stop.cancel();
                     std::future::pending::<()>().await;
@@ -143,7 +147,10 @@ pub(crate) async fn run_bridge(
             stop.cancel();
         });
     }
-    let summary = runtime.run().await.map_err(|e| format!("bridge: {}", pollgate::transport::ErrorChain(&e)))?;
+    let summary = runtime
+        .run()
+        .await
+        .map_err(|e| format!("bridge: {}", pollgate::transport::ErrorChain(&e)))?;
     if failed.load(Ordering::Acquire) {
         return Err(format!(
             "bridge: an append failed; {} update(s) left unconfirmed on the Bot API server",
@@ -151,7 +158,10 @@ pub(crate) async fn run_bridge(
         ));
     }
     if let Some(e) = summary.flush_error {
-        return Err(format!("bridge: could not confirm the final offset: {e}"));
+        return Err(format!(
+            "bridge: could not confirm the final offset: {}",
+            pollgate::transport::ErrorChain(&e)
+        ));
     }
     Ok(BridgeReport {
         appended: producer.added(),

@@ -43,6 +43,8 @@
 //! # Ok(()) }
 //! ```
 
+use std::future::Future;
+use std::pin::Pin;
 use std::time::Duration;
 
 use metrics::{Counter, Gauge, Histogram, Unit};
@@ -135,33 +137,41 @@ impl Histograms {
     }
 }
 
-/// The gauges and counters, set from one [`Stats`] snapshot per interval.
+/// The gauges and counters, moved by one [`Stats`] snapshot per interval.
+///
+/// Counters are incremented by what changed since the last snapshot, never set: two
+/// runtimes in one process (a bot that builds a new one after a transport failure, or two
+/// bots side by side) add up, and a count read a moment early (`completed` is derived
+/// from the gate's releases and may lag a failure by a moment) never goes backwards. The
+/// gauges of what a runtime holds (in flight, reserved, waiting, declared bytes, limits)
+/// move by differences too, so they sum over the process's runtimes and fall back when a
+/// run ends; the process's memory and the server's backlog are set.
 struct Exported {
-    in_flight: Gauge,
-    reserved: Gauge,
-    waiting: Gauge,
-    declared_bytes: Gauge,
+    in_flight: Additive,
+    reserved: Additive,
+    waiting: Additive,
+    declared_bytes: Additive,
     /// Registered when first known: a policy that sets no such limit (or reads no memory)
     /// exports no series, rather than a misleading 0.
-    limit_slots: Lazy,
-    limit_bytes: Lazy,
-    resident: Lazy,
-    target: Lazy,
-    backlog: Lazy,
-    fetches: Counter,
-    fetched: Counter,
-    admitted: Counter,
-    handled: Counter,
-    errors: Counter,
-    panics: Counter,
-    timeouts: Counter,
-    retries: Counter,
-    exhausted: Counter,
-    undecodable: Counter,
-    paced: Counter,
-    revoked: Counter,
-    aborted: Counter,
-    redelivered: Counter,
+    limit_slots: Lazy<Additive>,
+    limit_bytes: Lazy<Additive>,
+    resident: Lazy<Gauge>,
+    target: Lazy<Gauge>,
+    backlog: Lazy<Gauge>,
+    fetches: Delta,
+    fetched: Delta,
+    admitted: Delta,
+    handled: Delta,
+    errors: Delta,
+    panics: Delta,
+    timeouts: Delta,
+    retries: Delta,
+    exhausted: Delta,
+    undecodable: Delta,
+    paced: Delta,
+    revoked: Delta,
+    aborted: Delta,
+    redelivered: Delta,
 }
 
 impl Exported {
@@ -187,7 +197,7 @@ impl Exported {
             Unit::Bytes,
             "The resident memory the policy steers toward."
         );
-        describe_gauge!(BACKLOG_UPDATES, "Updates waiting on the server, not yet fetched.");
+        describe_gauge!(BACKLOG_UPDATES, "Updates waiting on the server.");
         describe_counter!(FETCHES, "Fetch requests sent.");
         describe_counter!(FETCHED, "Updates fetched (first deliveries).");
         describe_counter!(ADMITTED, "Updates admitted to run.");
@@ -208,29 +218,29 @@ impl Exported {
             "The transport's retries after transient failures, by kind."
         );
         Exported {
-            in_flight: metrics::gauge!(IN_FLIGHT),
-            reserved: metrics::gauge!(RESERVED),
-            waiting: metrics::gauge!(WAITING),
-            declared_bytes: metrics::gauge!(DECLARED_BYTES),
-            limit_slots: Lazy::new(LIMIT_SLOTS),
-            limit_bytes: Lazy::new(LIMIT_BYTES),
-            resident: Lazy::new(RESIDENT_MEMORY_BYTES),
-            target: Lazy::new(MEMORY_TARGET_BYTES),
-            backlog: Lazy::new(BACKLOG_UPDATES),
-            fetches: metrics::counter!(FETCHES),
-            fetched: metrics::counter!(FETCHED),
-            admitted: metrics::counter!(ADMITTED),
-            handled: metrics::counter!(HANDLED),
-            errors: metrics::counter!(HANDLER_FAILURES, "kind" => "error"),
-            panics: metrics::counter!(HANDLER_FAILURES, "kind" => "panic"),
-            timeouts: metrics::counter!(HANDLER_FAILURES, "kind" => "timeout"),
-            retries: metrics::counter!(HANDLER_RETRIES),
-            exhausted: metrics::counter!(EXHAUSTED),
-            undecodable: metrics::counter!(UNDECODABLE),
-            paced: metrics::counter!(PACED),
-            revoked: metrics::counter!(REVOKED),
-            aborted: metrics::counter!(ABORTED),
-            redelivered: metrics::counter!(REDELIVERED),
+            in_flight: Additive::new(metrics::gauge!(IN_FLIGHT)),
+            reserved: Additive::new(metrics::gauge!(RESERVED)),
+            waiting: Additive::new(metrics::gauge!(WAITING)),
+            declared_bytes: Additive::new(metrics::gauge!(DECLARED_BYTES)),
+            limit_slots: Lazy::new(|| Additive::new(metrics::gauge!(LIMIT_SLOTS))),
+            limit_bytes: Lazy::new(|| Additive::new(metrics::gauge!(LIMIT_BYTES))),
+            resident: Lazy::new(|| metrics::gauge!(RESIDENT_MEMORY_BYTES)),
+            target: Lazy::new(|| metrics::gauge!(MEMORY_TARGET_BYTES)),
+            backlog: Lazy::new(|| metrics::gauge!(BACKLOG_UPDATES)),
+            fetches: Delta::new(metrics::counter!(FETCHES)),
+            fetched: Delta::new(metrics::counter!(FETCHED)),
+            admitted: Delta::new(metrics::counter!(ADMITTED)),
+            handled: Delta::new(metrics::counter!(HANDLED)),
+            errors: Delta::new(metrics::counter!(HANDLER_FAILURES, "kind" => "error")),
+            panics: Delta::new(metrics::counter!(HANDLER_FAILURES, "kind" => "panic")),
+            timeouts: Delta::new(metrics::counter!(HANDLER_FAILURES, "kind" => "timeout")),
+            retries: Delta::new(metrics::counter!(HANDLER_RETRIES)),
+            exhausted: Delta::new(metrics::counter!(EXHAUSTED)),
+            undecodable: Delta::new(metrics::counter!(UNDECODABLE)),
+            paced: Delta::new(metrics::counter!(PACED)),
+            revoked: Delta::new(metrics::counter!(REVOKED)),
+            aborted: Delta::new(metrics::counter!(ABORTED)),
+            redelivered: Delta::new(metrics::counter!(REDELIVERED)),
         }
     }
 
@@ -238,48 +248,109 @@ impl Exported {
         self.in_flight.set(s.in_flight as f64);
         self.reserved.set(s.reserved as f64);
         self.waiting.set(s.waiting as f64);
-        self.limit_slots.set(s.limit.slots.map(|n| n as f64));
-        self.limit_bytes.set(s.limit.bytes.map(|n| n as f64));
         self.declared_bytes.set(s.bytes as f64);
-        self.resident.set(s.memory.map(|m| m.rss_bytes as f64));
-        self.target.set(s.memory_target.map(|n| n as f64));
-        self.fetches.absolute(s.fetches);
-        self.fetched.absolute(s.fetched);
-        self.admitted.absolute(s.admitted);
-        self.handled.absolute(s.completed);
-        self.errors.absolute(s.failed);
-        self.panics.absolute(s.panicked);
-        self.timeouts.absolute(s.timed_out);
-        self.retries.absolute(s.retried);
-        self.exhausted.absolute(s.exhausted);
-        self.undecodable.absolute(s.undecodable);
-        self.paced.absolute(s.paced);
-        self.revoked.absolute(s.revoked);
-        self.aborted.absolute(s.aborted);
-        self.redelivered.absolute(s.redelivered);
-    }
-}
-
-/// A gauge registered the first time it has a value.
-struct Lazy {
-    name: &'static str,
-    gauge: Option<Gauge>,
-}
-
-impl Lazy {
-    fn new(name: &'static str) -> Lazy {
-        Lazy { name, gauge: None }
+        if let Some(n) = s.limit.slots {
+            self.limit_slots.get().set(n as f64);
+        }
+        if let Some(n) = s.limit.bytes {
+            self.limit_bytes.get().set(n as f64);
+        }
+        if let Some(m) = s.memory {
+            self.resident.get().set(m.rss_bytes as f64);
+        }
+        if let Some(n) = s.memory_target {
+            self.target.get().set(n as f64);
+        }
+        self.fetches.to(s.fetches);
+        self.fetched.to(s.fetched);
+        self.admitted.to(s.admitted);
+        self.handled.to(s.completed);
+        self.errors.to(s.failed);
+        self.panics.to(s.panicked);
+        self.timeouts.to(s.timed_out);
+        self.retries.to(s.retried);
+        self.exhausted.to(s.exhausted);
+        self.undecodable.to(s.undecodable);
+        self.paced.to(s.paced);
+        self.revoked.to(s.revoked);
+        self.aborted.to(s.aborted);
+        self.redelivered.to(s.redelivered);
     }
 
-    fn set(&mut self, value: Option<f64>) {
-        if let Some(v) = value {
-            self.gauge.get_or_insert_with(|| metrics::gauge!(self.name)).set(v);
+    /// Takes back what this runtime added to the gauges that sum over runtimes.
+    fn retire(&mut self) {
+        for g in [
+            &mut self.in_flight,
+            &mut self.reserved,
+            &mut self.waiting,
+            &mut self.declared_bytes,
+        ] {
+            g.set(0.0);
+        }
+        for g in [&mut self.limit_slots, &mut self.limit_bytes] {
+            if let Some(g) = g.0.as_mut() {
+                g.set(0.0);
+            }
         }
     }
 }
 
-/// Exports the runtime's counts every `every` and the transport's backlog every
-/// `backlog_every` until `done`, then once more (the final counts).
+/// A counter moved to a cumulative count by increments: never backwards.
+struct Delta {
+    counter: Counter,
+    last: u64,
+}
+
+impl Delta {
+    fn new(counter: Counter) -> Delta {
+        Delta { counter, last: 0 }
+    }
+
+    fn to(&mut self, now: u64) {
+        if now > self.last {
+            self.counter.increment(now - self.last);
+            self.last = now;
+        }
+    }
+}
+
+/// This runtime's share of a gauge that sums over the process's runtimes.
+struct Additive {
+    gauge: Gauge,
+    last: f64,
+}
+
+impl Additive {
+    fn new(gauge: Gauge) -> Additive {
+        Additive { gauge, last: 0.0 }
+    }
+
+    fn set(&mut self, now: f64) {
+        if now != self.last {
+            self.gauge.increment(now - self.last);
+            self.last = now;
+        }
+    }
+}
+
+/// A series registered the first time it has a value.
+struct Lazy<G>(Option<G>, fn() -> G);
+
+impl<G> Lazy<G> {
+    fn new(make: fn() -> G) -> Lazy<G> {
+        Lazy(None, make)
+    }
+
+    fn get(&mut self) -> &mut G {
+        let make = self.1;
+        self.0.get_or_insert_with(make)
+    }
+}
+
+/// Exports the runtime's counts every `every` and asks the transport for its backlog
+/// every `backlog_every` until `done`, then once more (the final counts), and takes back
+/// its share of the summed gauges. A backlog request runs beside the ticks, one at a time,
+/// for at most `backlog_every`: a slow server delays no other metric.
 pub(crate) async fn export_loop<T: Transport, H>(
     transport: &T,
     ctx: &Ctx<H>,
@@ -288,38 +359,51 @@ pub(crate) async fn export_loop<T: Transport, H>(
     done: &CancellationToken,
 ) {
     let mut exported = Exported::register();
-    let mut transport_retries: Vec<(&'static str, Counter)> = Vec::new();
+    let mut transport_retries: Vec<(&'static str, Delta)> = Vec::new();
     let mut export = |exported: &mut Exported| {
         exported.set(&ctx.stats_handle().snapshot());
         for (kind, n) in transport.retries() {
-            let counter = match transport_retries.iter().find(|(k, _)| *k == kind) {
-                Some((_, c)) => c,
+            let i = match transport_retries.iter().position(|(k, _)| *k == kind) {
+                Some(i) => i,
                 None => {
-                    transport_retries.push((kind, metrics::counter!(TRANSPORT_RETRIES, "kind" => kind)));
-                    &transport_retries.last().expect("just pushed").1
+                    let counter = metrics::counter!(TRANSPORT_RETRIES, "kind" => kind);
+                    transport_retries.push((kind, Delta::new(counter)));
+                    transport_retries.len() - 1
                 }
             };
-            counter.absolute(n);
+            transport_retries[i].1.to(n);
         }
     };
     let mut tick = tokio::time::interval(every);
     tick.set_missed_tick_behavior(MissedTickBehavior::Delay);
     let mut next_backlog = Instant::now();
+    let mut backlog: Option<Pin<Box<dyn Future<Output = Option<u64>> + Send + '_>>> = None;
     loop {
         tokio::select! {
-            _ = tick.tick() => {}
+            _ = tick.tick() => {
+                export(&mut exported);
+                let now = Instant::now();
+                if backlog.is_none() && now >= next_backlog {
+                    // Far enough to mean never, for an interval too large to add.
+                    next_backlog = now.checked_add(backlog_every).unwrap_or(now + FAR);
+                    let limit = backlog_every.min(FAR);
+                    backlog = Some(Box::pin(async move {
+                        tokio::time::timeout(limit, transport.backlog()).await.ok().flatten()
+                    }));
+                }
+            }
+            n = async { backlog.as_mut().expect("polled only when set").await }, if backlog.is_some() => {
+                backlog = None;
+                if let Some(n) = n {
+                    exported.backlog.get().set(n as f64);
+                }
+            }
             () = done.cancelled() => break,
-        }
-        export(&mut exported);
-        if Instant::now() >= next_backlog {
-            next_backlog = Instant::now() + backlog_every;
-            // A slow answer must not hold back the other metrics: it gets one interval.
-            let backlog = tokio::select! {
-                b = tokio::time::timeout(every.max(Duration::from_secs(1)), transport.backlog()) => b.ok().flatten(),
-                () = done.cancelled() => break,
-            };
-            exported.backlog.set(backlog.map(|n| n as f64));
         }
     }
     export(&mut exported);
+    exported.retire();
 }
+
+/// What "never" is here: about thirty years.
+const FAR: Duration = Duration::from_secs(86_400 * 365 * 30);

@@ -101,6 +101,8 @@ pub(crate) struct Counters {
     pub(crate) fetches: AtomicU64,
     pub(crate) fetched: AtomicU64,
     acked_offset: AtomicI64,
+    /// The highest `completed` a snapshot returned: snapshots never go backwards.
+    completed_seen: AtomicU64,
 }
 
 impl Default for Counters {
@@ -120,6 +122,7 @@ impl Default for Counters {
             fetches: AtomicU64::new(0),
             fetched: AtomicU64::new(0),
             acked_offset: AtomicI64::new(NO_OFFSET),
+            completed_seen: AtomicU64::new(0),
         }
     }
 }
@@ -186,10 +189,16 @@ impl StatsHandle {
             bytes: g.bytes,
             admitted: g.admitted,
             // Successes are not counted on the update path: they are the permits released,
-            // less the other outcomes (bumped before their permits are released).
-            completed: g.completed.saturating_sub(
-                r(&c.failed) + r(&c.panicked) + r(&c.timed_out) + r(&c.aborted_running) + r(&c.revoked),
-            ),
+            // less the other outcomes. Those are bumped before their permits are released
+            // and read after the gate, so this never counts too many; it can count one too
+            // few for a moment (an outcome bumped, its permit not yet released), and the
+            // highest value returned so far is kept, so it never goes backwards.
+            completed: {
+                let now = g.completed.saturating_sub(
+                    r(&c.failed) + r(&c.panicked) + r(&c.timed_out) + r(&c.aborted_running) + r(&c.revoked),
+                );
+                c.completed_seen.fetch_max(now, Ordering::Relaxed).max(now)
+            },
             failed: r(&c.failed),
             panicked: r(&c.panicked),
             timed_out: r(&c.timed_out),

@@ -80,7 +80,7 @@ pub(crate) async fn receive(State(shared): State<Arc<Shared>>, headers: HeaderMa
         }
         Ok(Err(e)) => {
             Counters::bump(&counters.bad_request);
-            warn!(error = %e, "webhook request without an update; answered 400");
+            warn!(error = %pollgate_core::ErrorChain(&e), "webhook request without an update; answered 400");
             return StatusCode::BAD_REQUEST.into_response();
         }
         Err(_) => {
