@@ -149,6 +149,37 @@ pub(crate) fn auto_claim(v: Value) -> Result<(String, Vec<Entry>, Vec<String>), 
     Ok((cursor, claimed, deleted))
 }
 
+/// The `lag` of `group` in an `XINFO GROUPS` reply: entries of the stream not yet
+/// delivered to the group. `None` when the group is not listed or Redis cannot tell
+/// (`lag` is nil after some deletions, and absent before Redis 7).
+pub(crate) fn group_lag(v: Value, group: &str) -> Option<u64> {
+    let groups = array("XINFO GROUPS", v).ok()?;
+    groups.into_iter().find_map(|g| {
+        // RESP2: a flat `[key, value, ...]` array; RESP3: a map.
+        let pairs: Vec<(Value, Value)> = match g {
+            Value::Map(pairs) => pairs,
+            Value::Array(flat) => {
+                let mut it = flat.into_iter();
+                std::iter::from_fn(|| Some((it.next()?, it.next()?))).collect()
+            }
+            _ => return None,
+        };
+        let field = |name: &str| {
+            pairs
+                .iter()
+                .find(|(k, _)| bytes(k.clone()) == name.as_bytes())
+                .map(|(_, v)| v.clone())
+        };
+        if field("name").map(bytes)? != group.as_bytes() {
+            return None;
+        }
+        match field("lag")? {
+            Value::Int(n) => Some(n.max(0) as u64),
+            _ => None,
+        }
+    })
+}
+
 /// The extended `XPENDING` reply: `[[id, consumer, idle_ms, deliveries], ...]`, as
 /// `(id, deliveries)`.
 pub(crate) fn pending(v: Value) -> Result<Vec<(String, u64)>, RedisTransportError> {
@@ -219,6 +250,30 @@ mod tests {
         assert_eq!(got[0].field("update"), Some(&b"{}"[..]));
         assert_eq!(got[1].fields, None);
         assert!(read_group(Value::Nil).unwrap().is_empty());
+    }
+
+    #[test]
+    fn group_lag_reads_resp2_and_resp3_and_unknown_lag_is_none() {
+        let s = |x: &str| Value::BulkString(x.as_bytes().to_vec());
+        let flat =
+            |name: &str, lag: Value| Value::Array(vec![s("name"), s(name), s("pending"), Value::Int(2), s("lag"), lag]);
+        let reply = Value::Array(vec![flat("others", Value::Int(9)), flat("workers", Value::Int(4))]);
+        assert_eq!(group_lag(reply, "workers"), Some(4));
+        let map = Value::Array(vec![Value::Map(vec![
+            (s("name"), s("workers")),
+            (s("lag"), Value::Int(7)),
+        ])]);
+        assert_eq!(group_lag(map, "workers"), Some(7));
+        assert_eq!(
+            group_lag(Value::Array(vec![flat("workers", Value::Nil)]), "workers"),
+            None,
+            "lag unknown"
+        );
+        assert_eq!(
+            group_lag(Value::Array(vec![flat("others", Value::Int(1))]), "workers"),
+            None
+        );
+        assert_eq!(group_lag(Value::Nil, "workers"), None);
     }
 
     #[test]

@@ -390,3 +390,32 @@ async fn idle_workers_cost_a_bounded_number_of_commands() {
     // thousands.
     assert!(per_second < 100.0, "{per_second} commands a second while idle");
 }
+
+/// A worker's backlog is the lag of the group on the shards it holds: summed over the
+/// workers, the whole backlog. Nothing held, nothing to tell.
+#[tokio::test]
+async fn the_backlog_is_the_lag_of_the_shards_held() {
+    let server = server();
+    let url = server.url().to_string();
+    let prefix = unique("backlog");
+    fill(&url, &prefix, 2, 8, 4).await;
+    let t = transport(&url, &prefix, 2, "a", 2000);
+    assert_eq!(t.backlog().await, None, "no shard held before the first fetch");
+    let mut got = 0;
+    let until = Instant::now() + Duration::from_secs(5);
+    while got < 3 && Instant::now() < until {
+        got += t
+            .fetch(FetchRequest {
+                limit: 3 - got,
+                timeout: Duration::from_millis(100),
+            })
+            .await
+            .unwrap()
+            .updates
+            .len();
+    }
+    assert_eq!(got, 3);
+    assert_eq!(t.shards_held().len(), 2);
+    assert_eq!(t.backlog().await, Some(5), "8 added over both shards, 3 delivered");
+    t.flush().await.unwrap();
+}

@@ -594,3 +594,44 @@ async fn heartbeats_never_take_an_entry_back_from_the_worker_that_claimed_it() {
         "the entry went back to `a`"
     );
 }
+
+/// The backlog the runtime exports (`pollgate_backlog_updates`) is the group's lag: entries
+/// not yet delivered to any worker. Delivered-but-unacknowledged entries are not counted,
+/// and an acknowledgement does not change it.
+#[tokio::test]
+async fn the_backlog_is_what_the_group_has_not_delivered() {
+    let server = server();
+    let url = server.url().to_string();
+    let stream = unique("backlog");
+    fill(&url, &stream, 1..6).await;
+    let t = RedisStreamTransport::builder(&url, &stream, "workers")
+        .consumer("a")
+        .build()
+        .unwrap();
+    let req = |limit| FetchRequest {
+        limit,
+        timeout: Duration::ZERO,
+    };
+    let first = t.fetch(req(2)).await.unwrap();
+    assert_eq!(first.updates.len(), 2);
+    assert_eq!(t.backlog().await, Some(3), "5 added, 2 delivered");
+    let receipts: Vec<std::sync::Arc<str>> = first.updates.iter().filter_map(|u| u.receipt().cloned()).collect();
+    t.ack(pollgate_core::Ack {
+        below: None,
+        receipts: &receipts,
+        failed: &[],
+    })
+    .await
+    .unwrap();
+    assert_eq!(
+        t.backlog().await,
+        Some(3),
+        "acknowledging moves nothing out of the backlog"
+    );
+    assert_eq!(t.fetch(req(10)).await.unwrap().updates.len(), 3);
+    assert_eq!(t.backlog().await, Some(0));
+    // Another group on the same stream has its own backlog.
+    let other = RedisStreamTransport::builder(&url, &stream, "others").build().unwrap();
+    assert!(other.fetch(req(1)).await.unwrap().updates.len() == 1);
+    assert_eq!(other.backlog().await, Some(4));
+}

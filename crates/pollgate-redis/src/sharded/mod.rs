@@ -355,6 +355,28 @@ impl Transport for ShardedStreamTransport {
         vec![("redis", self.stats().retries)]
     }
 
+    /// The `lag` of the group on the shards this worker holds (`XINFO GROUPS`, one
+    /// pipeline): entries not yet delivered. Summed over the workers, it is the whole
+    /// backlog. One round trip, no retries; `None` when it fails, when no shard is held,
+    /// or when Redis cannot tell for a shard.
+    async fn backlog(&self) -> Option<u64> {
+        let inner = &*self.inner;
+        let shards: Vec<u32> = inner.state.lock().held.keys().copied().collect();
+        if shards.is_empty() {
+            return None;
+        }
+        let mut pipe = redis::pipe();
+        for &shard in &shards {
+            pipe.cmd("XINFO").arg("GROUPS").arg(inner.settings.layout.stream(shard));
+        }
+        let mut conn = inner.writer.clone();
+        let replies: Vec<Value> = pipe.query_async(&mut conn).await.ok()?;
+        replies
+            .into_iter()
+            .map(|r| reply::group_lag(r, &inner.settings.group))
+            .sum()
+    }
+
     fn ack_model(&self) -> AckModel {
         AckModel::Individual {
             window: self.inner.settings.window,

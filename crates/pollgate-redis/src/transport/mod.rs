@@ -305,6 +305,19 @@ impl Transport for RedisStreamTransport {
         vec![("redis", self.stats().retries)]
     }
 
+    /// The group's `lag` (`XINFO GROUPS`): entries not yet delivered to any worker of the
+    /// group (what is delivered and not acknowledged is not counted). One command, no
+    /// retries; `None` when it fails or Redis cannot tell (before 7.0, or after some
+    /// deletions).
+    async fn backlog(&self) -> Option<u64> {
+        let s = &self.inner.settings;
+        let mut cmd = redis::cmd("XINFO");
+        cmd.arg("GROUPS").arg(&s.stream);
+        let mut conn = self.inner.writer.clone();
+        let reply = cmd.query_async::<Value>(&mut conn).await.ok()?;
+        reply::group_lag(reply, &s.group)
+    }
+
     fn ack_model(&self) -> AckModel {
         AckModel::Individual {
             window: self.inner.settings.window,
