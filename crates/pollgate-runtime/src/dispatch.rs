@@ -8,7 +8,6 @@
 
 use std::sync::Arc;
 
-use pollgate_admission::TryAcquireError;
 use pollgate_core::{Ack, FetchRequest, Transport, Update};
 use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
@@ -354,23 +353,7 @@ async fn pace_or_acquire<H: Handler>(ctx: &Arc<Ctx<H>>, update: Update, cost: u6
 async fn acquire_and_spawn<H: Handler>(ctx: &Arc<Ctx<H>>, update: Update, cost: u64) {
     // The common case needs no waiting: take the synchronous path first. At the drain
     // deadline the gate is closed, and a waiting acquire then fails.
-    let permit = match ctx.gate.try_acquire(cost) {
-        Ok(permit) => {
-            if let Some(h) = &ctx.histograms {
-                h.admission_wait.record(std::time::Duration::ZERO);
-            }
-            Some(permit)
-        }
-        Err(TryAcquireError::Closed) => None,
-        Err(_) => {
-            let asked = Instant::now();
-            let permit = ctx.gate.acquire(cost).await.ok();
-            if let (Some(h), Some(_)) = (&ctx.histograms, &permit) {
-                h.admission_wait.record(asked.elapsed());
-            }
-            permit
-        }
-    };
+    let permit = ctx.acquire(cost).await;
     match permit {
         Some(permit) => {
             if ctx.keys.is_some() && update.ordering_key().is_some() {

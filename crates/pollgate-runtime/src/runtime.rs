@@ -121,6 +121,29 @@ pub(crate) struct Ctx<H> {
 }
 
 impl<H> Ctx<H> {
+    /// A permit for `cost` (`None`: the gate closed): at once when the policy admits it
+    /// and nobody waits, else in FIFO order. The wait is recorded in the admission-wait
+    /// histogram when metrics are exported.
+    pub(crate) async fn acquire(&self, cost: u64) -> Option<pollgate_admission::Permit> {
+        match self.gate.try_acquire(cost) {
+            Ok(permit) => {
+                if let Some(h) = &self.histograms {
+                    h.admission_wait.record(Duration::ZERO);
+                }
+                Some(permit)
+            }
+            Err(pollgate_admission::TryAcquireError::Closed) => None,
+            Err(_) => {
+                let asked = self.histograms.as_ref().map(|_| Instant::now());
+                let permit = self.gate.acquire(cost).await.ok();
+                if let (Some(h), Some(asked), Some(_)) = (&self.histograms, asked, &permit) {
+                    h.admission_wait.record(asked.elapsed());
+                }
+                permit
+            }
+        }
+    }
+
     /// Turns a reservation into a permit (`None`: the gate closed), recording the wait in
     /// the admission-wait histogram when metrics are exported.
     pub(crate) async fn acquire_reserved(

@@ -322,7 +322,7 @@ fn report<H: Handler>(
             Counters::bump(&ctx.counters.failed);
             let retry = retrying(retry, retry_after);
             release(permit, outcome, retry_after);
-            let error = error_chain(&*e);
+            let error = pollgate_core::ErrorChain(&*e).to_string();
             warn!(update_id = id, outcome = ?outcome, error = %error, latency_ms, retry = retry.is_some(), "handler failed");
             Verdict::Failed { error, retry }
         }
@@ -515,18 +515,6 @@ async fn retry_after<H: Handler>(
             }
         }
     }
-}
-
-/// The error's message followed by its sources', as one line.
-fn error_chain(error: &(dyn std::error::Error + 'static)) -> String {
-    let mut text = error.to_string();
-    let mut source = error.source();
-    while let Some(cause) = source {
-        text.push_str(": ");
-        text.push_str(&cause.to_string());
-        source = cause.source();
-    }
-    text
 }
 
 fn panic_message(panic: &(dyn Any + Send)) -> &str {

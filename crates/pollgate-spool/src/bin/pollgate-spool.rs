@@ -69,12 +69,7 @@ fn main() -> ExitCode {
         Ok(()) => ExitCode::SUCCESS,
         Err(e) => {
             // The whole chain: the store's own reason is the part that helps.
-            let mut message = format!("pollgate-spool: {e}");
-            let mut source = std::error::Error::source(&e);
-            while let Some(cause) = source {
-                message.push_str(&format!(": {cause}"));
-                source = cause.source();
-            }
+            let mut message = format!("pollgate-spool: {}", pollgate_core::ErrorChain(&e));
             if e.is_locked() {
                 message.push_str(" (a running bot holds it: stop it first)");
             }
