@@ -178,6 +178,7 @@ pub(crate) async fn ack_loop<T: Transport, H>(
     ctx: &Ctx<H>,
     done: &CancellationToken,
     stop: &CancellationToken,
+    confirm_by: &std::sync::OnceLock<tokio::time::Instant>,
 ) -> Option<T::Error> {
     if !ctx.individual {
         return None;
@@ -199,16 +200,17 @@ pub(crate) async fn ack_loop<T: Transport, H>(
             })
             .instrument(info_span!("ack", receipts = receipts.receipts.len()));
         // Once every handler finished, an acknowledgement still retrying (the server is
-        // unreachable) gets the drain deadline, then is given up: its entries stay
-        // pending and are delivered again.
+        // unreachable) gets until the stop's confirmation deadline, then is given up: its
+        // entries stay pending and are delivered again.
         let gave_up = async {
             done.cancelled().await;
-            tokio::time::sleep(ctx.config.drain_deadline).await;
+            let by = confirm_by.get().copied().unwrap_or_else(tokio::time::Instant::now);
+            crate::shutdown::confirmation_over(ctx, by).await
         };
         let acked = tokio::select! {
             r = ack => r,
-            _ = gave_up => {
-                warn!(receipts = receipts.receipts.len(), "acknowledgement still failing at shutdown; given up (the entries will be delivered again)");
+            cut = gave_up => {
+                warn!(?cut, receipts = receipts.receipts.len(), "acknowledgement still failing at shutdown; given up (the entries will be delivered again)");
                 return None;
             }
         };

@@ -291,7 +291,14 @@ impl<T: Transport, H: Handler> RuntimeBuilder<T, H> {
     }
 
     /// How long a shutdown waits for running handlers before aborting them
-    /// (default 30 s).
+    /// (default 30 s), counted from the shutdown token's cancellation.
+    ///
+    /// The final confirmation (an acknowledgement still in flight, the last
+    /// acknowledgement and [`Transport::flush`](pollgate_core::Transport::flush)) gets
+    /// what remains of the deadline once the handlers ended, but at least 2 s, and only
+    /// 2 s once the run was aborted: the whole stop takes at most the deadline plus 2 s,
+    /// so a supervisor's grace period above that never cuts a stop short. A confirmation
+    /// cut short is reported in [`Summary::flush_error`](crate::Summary::flush_error).
     pub fn drain_deadline(mut self, deadline: Duration) -> Self {
         self.config.drain_deadline = deadline;
         self

@@ -342,7 +342,7 @@ pub enum RunError<E> {
 /// use pollgate_runtime::FlushError;
 ///
 /// let e = FlushError::TimedOut(Duration::from_secs(20));
-/// assert_eq!(e.to_string(), "the final acknowledgement did not finish within 20s (the drain deadline)");
+/// assert_eq!(e.to_string(), "the final acknowledgement did not finish within the 20s left of the drain deadline");
 /// ```
 #[derive(Clone, Debug, thiserror::Error)]
 #[non_exhaustive]
@@ -350,8 +350,9 @@ pub enum FlushError {
     /// The transport's final acknowledgement or flush returned an error.
     #[error("the final acknowledgement failed")]
     Failed(#[source] Arc<dyn std::error::Error + Send + Sync>),
-    /// It did not finish within the drain deadline (the server is down or hangs).
-    #[error("the final acknowledgement did not finish within {0:?} (the drain deadline)")]
+    /// It did not finish within what remained of the drain deadline once the handlers
+    /// ended (at least 2 s; the server is down or hangs).
+    #[error("the final acknowledgement did not finish within the {0:?} left of the drain deadline")]
     TimedOut(Duration),
     /// It was given up this long after the run was aborted (a second signal, or the
     /// drain deadline passed).
@@ -451,7 +452,6 @@ impl<T: Transport, H: Handler> Runtime<T, H> {
         // (the run ended normally); the helpers below are aborted on drop too.
         let mut on_drop = shutdown::AbortOnDrop(Some((ctx.abort.clone(), ctx.gate.clone())));
         let stop = shutdown.child_token();
-        let watchdog = shutdown::drain_watchdog(stop.clone(), &ctx);
         let reporter = ctx
             .config
             .summary_every
@@ -468,11 +468,16 @@ impl<T: Transport, H: Handler> Runtime<T, H> {
         });
 
         let done = CancellationToken::new();
+        // When the stop began (set by the watchdog), and when its confirmation must be over
+        // (set once every handler ended, before `done`): one deadline for the whole stop.
+        let stopped_at = std::sync::OnceLock::new();
+        let confirm_by = std::sync::OnceLock::new();
         let work = async {
             let failure = dispatch_loop(&transport, &ctx, &stop).await.err();
             stop.cancel();
             ctx.tracker.close();
             ctx.tracker.wait().await;
+            confirm_by.get_or_init(|| shutdown::confirm_by(&ctx, stopped_at.get().copied()));
             done.cancel();
             failure
         };
@@ -481,13 +486,18 @@ impl<T: Transport, H: Handler> Runtime<T, H> {
                 crate::metrics::export_loop(&transport, &ctx, every, ctx.config.backlog_every, &done).await;
             }
         };
-        let (failure, ack_failure, ()) = tokio::join!(work, ack_loop(&transport, &ctx, &done, &stop), exporting);
+        let (failure, ack_failure, (), ()) = tokio::join!(
+            work,
+            ack_loop(&transport, &ctx, &done, &stop, &confirm_by),
+            exporting,
+            shutdown::drain_watchdog(&ctx, &stop, &done, &stopped_at),
+        );
         let failure = failure.or(ack_failure);
-        drop(watchdog);
         drop(reporter);
         // Every handler task has ended: nothing left to abort on drop.
         on_drop.0 = None;
-        shutdown::finish(&transport, &ctx, failure).await
+        let confirm_by = *confirm_by.get_or_init(|| shutdown::confirm_by(&ctx, stopped_at.get().copied()));
+        shutdown::finish(&transport, &ctx, failure, confirm_by).await
     }
 }
 

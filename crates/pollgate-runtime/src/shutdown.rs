@@ -1,25 +1,29 @@
 //! The end of a run, and what ends it early.
 //!
-//! A run ends in three steps, each bounded so that a dead server cannot keep a process
-//! from exiting: fetching stops when the shutdown token is cancelled; admitted handlers get
-//! the drain deadline (the watchdog aborts them after it); the final acknowledgement and
-//! flush get the drain deadline too, or [`ABORTED_FLUSH_LIMIT`] once the run was aborted.
-//! What was fetched and did not finish is reported in [`Summary::unfinished`].
+//! A run ends in three steps, and one deadline bounds them all, so that a supervisor's
+//! grace period can be set once and a dead server cannot keep a process from exiting:
+//! fetching stops when the shutdown token is cancelled; admitted handlers run until the
+//! drain deadline, counted from then (the watchdog aborts them after it); the last
+//! acknowledgements and the flush get what remains of that deadline, but at least
+//! [`CONFIRM_GRACE`], and only `CONFIRM_GRACE` once the run was aborted. So a stop takes at
+//! most the drain deadline plus `CONFIRM_GRACE`, whichever step waits. What was fetched and
+//! did not finish is reported in [`Summary::unfinished`].
 
+use std::sync::{Arc, OnceLock};
 use std::time::Duration;
 
 use pollgate_admission::Gate;
-use std::sync::Arc;
-
 use pollgate_core::{Ack, ErrorChain, Transport};
+use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
-use tokio_util::task::AbortOnDropHandle;
 use tracing::{Instrument, error, info, info_span, warn};
 
 use crate::runtime::{Ctx, FlushError, RunError, Summary};
 
-/// How long the final acknowledgement may take once the run was aborted.
-pub(crate) const ABORTED_FLUSH_LIMIT: Duration = Duration::from_secs(2);
+/// The final confirmation's share of a stop: all it gets once the run was aborted (a second
+/// signal, or the drain deadline itself), and the least it gets when the handlers took
+/// nearly the whole deadline. Never more than the drain deadline itself.
+pub(crate) const CONFIRM_GRACE: Duration = Duration::from_secs(2);
 
 /// Aborts the run's handlers when `Runtime::run`'s future is dropped before its end:
 /// the drain-deadline token is cancelled (running handlers are dropped at their next
@@ -35,24 +39,91 @@ impl Drop for AbortOnDrop {
     }
 }
 
-/// Once `stop` is cancelled, waits out the drain deadline, then aborts the handlers still
-/// running and closes the gate. Aborted when the handle is dropped (the run ended).
-pub(crate) fn drain_watchdog<H>(stop: CancellationToken, ctx: &Ctx<H>) -> AbortOnDropHandle<()> {
-    let (abort, gate, deadline) = (ctx.abort.clone(), ctx.gate.clone(), ctx.config.drain_deadline);
-    AbortOnDropHandle::new(tokio::spawn(async move {
-        stop.cancelled().await;
-        tokio::time::sleep(deadline).await;
-        abort.cancel();
-        gate.close();
-    }))
+/// Once `stop` is cancelled, notes when (`stopped_at`), waits out the drain deadline, then
+/// aborts the handlers still running and closes the gate. Ends when `done` is cancelled
+/// (every handler ended): it is one of the futures `Runtime::run` joins, so dropping the
+/// run drops it too.
+pub(crate) async fn drain_watchdog<H>(
+    ctx: &Ctx<H>,
+    stop: &CancellationToken,
+    done: &CancellationToken,
+    stopped_at: &OnceLock<Instant>,
+) {
+    tokio::select! {
+        () = stop.cancelled() => {}
+        () = done.cancelled() => return,
+    }
+    let at = *stopped_at.get_or_init(Instant::now);
+    tokio::select! {
+        () = sleep_until_after(at, ctx.config.drain_deadline) => {
+            ctx.abort.cancel();
+            ctx.gate.close();
+        }
+        () = done.cancelled() => {}
+    }
+}
+
+/// Sleeps until `after` past `at`; a deadline beyond the clock's range never comes.
+async fn sleep_until_after(at: Instant, after: Duration) {
+    match at.checked_add(after) {
+        Some(deadline) => tokio::time::sleep_until(deadline).await,
+        None => std::future::pending().await,
+    }
+}
+
+/// When the final confirmation (the acknowledgement still in flight and the last
+/// acknowledgement and flush) must be over, computed once every handler ended: what remains
+/// of the drain deadline counted from `stopped_at`, but at least [`CONFIRM_GRACE`] (or the
+/// deadline, if shorter); only that grace once the run was aborted, since whoever aborted
+/// wants the process gone.
+pub(crate) fn confirm_by<H>(ctx: &Ctx<H>, stopped_at: Option<Instant>) -> Instant {
+    let now = Instant::now();
+    let deadline = ctx.config.drain_deadline;
+    // `now + grace` cannot overflow: the grace is at most 2 s.
+    let grace = now + deadline.min(CONFIRM_GRACE);
+    if ctx.abort.is_cancelled() {
+        return grace;
+    }
+    match stopped_at.unwrap_or(now).checked_add(deadline) {
+        Some(end) => end.max(grace),
+        // A deadline past the clock's range: the confirmation may take as long as it takes
+        // (one year stands for that, as tokio's own far future does).
+        None => now + Duration::from_secs(365 * 24 * 3600),
+    }
+}
+
+/// Why a confirmation step was cut short.
+#[derive(Clone, Copy, Debug)]
+pub(crate) enum CutShort {
+    /// `confirm_by` came.
+    TimedOut,
+    /// The run was aborted while it waited, and [`CONFIRM_GRACE`] passed since.
+    Aborted,
+}
+
+/// Completes at `confirm_by`, or [`CONFIRM_GRACE`] after an abort that comes while it
+/// waits, whichever is first.
+pub(crate) async fn confirmation_over<H>(ctx: &Ctx<H>, confirm_by: Instant) -> CutShort {
+    let aborted = async {
+        ctx.abort.cancelled().await;
+        tokio::time::sleep(CONFIRM_GRACE).await;
+    };
+    // An abort is the better account when both come at once (the deadline's own abort
+    // gives the confirmation exactly the grace).
+    tokio::select! {
+        biased;
+        () = aborted => CutShort::Aborted,
+        () = tokio::time::sleep_until(confirm_by) => CutShort::TimedOut,
+    }
 }
 
 /// After every handler ended: reports what did not finish, then confirms what did (the
-/// final acknowledgement and flush), within the drain deadline.
+/// final acknowledgement and flush), by `confirm_by` (see [`confirm_by`]).
 pub(crate) async fn finish<T: Transport, H>(
     transport: &T,
     ctx: &Ctx<H>,
     failure: Option<T::Error>,
+    confirm_by: Instant,
 ) -> Result<Summary, RunError<T::Error>> {
     let drained = !ctx.abort.is_cancelled();
     let (below, receipts, mut unfinished) = {
@@ -90,15 +161,8 @@ pub(crate) async fn finish<T: Transport, H>(
         confirmed_offset: None,
         flush_error: None,
     };
-    // The last acknowledgement and the flush get the drain deadline: a server that is
-    // down must not keep a shutdown from finishing. After an abort (a second signal,
-    // or the deadline itself) they get at most ABORTED_FLUSH_LIMIT: whoever aborted
-    // wants the process gone.
-    let limit = if ctx.abort.is_cancelled() {
-        ctx.config.drain_deadline.min(ABORTED_FLUSH_LIMIT)
-    } else {
-        ctx.config.drain_deadline
-    };
+    // What the confirmation was given, for the error that says it ran out.
+    let limit = confirm_by.saturating_duration_since(Instant::now());
     if let Some(source) = failure {
         // Still acknowledge what finished (per-update receipts) if the server answers:
         // otherwise it is delivered again.
@@ -108,18 +172,16 @@ pub(crate) async fn finish<T: Transport, H>(
                 receipts: &receipts.receipts,
                 failed: &receipts.failed,
             });
-            match tokio::time::timeout(limit, ack).await {
-                Ok(Ok(())) => {}
-                Ok(Err(e)) => {
+            tokio::select! {
+                acked = ack => if let Err(e) = acked {
                     warn!(error = %ErrorChain(&e), receipts = receipts.receipts.len(), "could not acknowledge finished updates after the failure");
-                }
-                Err(_) => {
-                    warn!(
-                        ?limit,
-                        receipts = receipts.receipts.len(),
-                        "acknowledging finished updates after the failure timed out"
-                    );
-                }
+                },
+                cut = confirmation_over(ctx, confirm_by) => warn!(
+                    ?limit,
+                    ?cut,
+                    receipts = receipts.receipts.len(),
+                    "acknowledging finished updates after the failure was cut short"
+                ),
             }
         }
         return Err(RunError::Transport {
@@ -140,15 +202,12 @@ pub(crate) async fn finish<T: Transport, H>(
     }
     .instrument(info_span!("flush", offset = below));
     // An abort that comes while the flush waits (a second signal) cuts it short too.
-    let aborted = async {
-        ctx.abort.cancelled().await;
-        tokio::time::sleep(ABORTED_FLUSH_LIMIT).await;
-    };
     let flushed = tokio::select! {
-        flushed = tokio::time::timeout(limit, flushed) => {
-            flushed.unwrap_or(Err(FlushError::TimedOut(limit)))
-        }
-        () = aborted => Err(FlushError::Aborted(ABORTED_FLUSH_LIMIT)),
+        flushed = flushed => flushed,
+        cut = confirmation_over(ctx, confirm_by) => Err(match cut {
+            CutShort::TimedOut => FlushError::TimedOut(limit),
+            CutShort::Aborted => FlushError::Aborted(CONFIRM_GRACE),
+        }),
     };
     match flushed {
         Ok(()) => {
