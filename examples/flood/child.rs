@@ -136,10 +136,12 @@ async fn run(args: Args) -> Result<RunResult, String> {
             (summary, drain, signalled, fetches, None)
         }
         TransportArg::Webhook => {
+            // Shared: it sets the webhook, reads the backlog gauge and removes the webhook.
+            let telegram = telegram.map(Arc::new);
             let webhook = webhook::start(&args, telegram.as_ref()).await?;
             let handle = webhook.transport.handle();
             let (summary, drain, signalled) = run.drive(webhook.transport).await?;
-            webhook::finish(telegram.as_ref(), webhook.registered).await;
+            webhook::finish(telegram.as_deref(), webhook.registered).await;
             let stats = handle.stats();
             (
                 summary,
@@ -312,6 +314,8 @@ impl Drive {
 
 /// `--transport webhook`: the listener, and the embedded server told to push to it.
 mod webhook {
+    use std::sync::Arc;
+
     use pollgate::transport::{SetWebhook, TelegramTransport};
     use pollgate_webhook::WebhookTransport;
 
@@ -324,8 +328,9 @@ mod webhook {
     }
 
     /// Binds the listener (`--webhook-listen`, else a free loopback port) and, with a Bot
-    /// API server to talk to, sets the webhook there: max_connections 100, a fresh secret.
-    pub(super) async fn start(args: &Args, telegram: Option<&TelegramTransport>) -> Result<Listener, String> {
+    /// API server to talk to, sets the webhook there: max_connections 100, a fresh secret,
+    /// and the backlog gauge read from its `getWebhookInfo`.
+    pub(super) async fn start(args: &Args, telegram: Option<&Arc<TelegramTransport>>) -> Result<Listener, String> {
         let addr = args
             .webhook_listen
             .unwrap_or_else(|| std::net::SocketAddr::from(([127, 0, 0, 1], 0)));
@@ -337,6 +342,9 @@ mod webhook {
         let mut builder = WebhookTransport::builder().path("/");
         if let Some(secret) = &secret {
             builder = builder.secret(secret.clone());
+        }
+        if let Some(telegram) = telegram {
+            builder = builder.backlog_from(Arc::clone(telegram));
         }
         let transport = builder
             .bind(addr)

@@ -1,10 +1,14 @@
 //! [`WebhookBuilder`]: where to listen, the secret, and the bounds on waiting requests.
 
 use std::fmt;
+use std::future::Future;
 use std::io;
 use std::net::SocketAddr;
+use std::pin::Pin;
+use std::sync::Arc;
 use std::time::Duration;
 
+use pollgate_core::Transport;
 use tokio::net::TcpListener;
 
 use crate::transport::WebhookTransport;
@@ -62,6 +66,20 @@ pub struct WebhookBuilder {
     pub(crate) max_body_bytes: usize,
     pub(crate) retry_after: Duration,
     pub(crate) window: usize,
+    pub(crate) backlog: Option<BacklogSource>,
+}
+
+/// One reading of a backlog source.
+type BacklogReading = Pin<Box<dyn Future<Output = Option<u64>> + Send>>;
+
+/// Reads the backlog of the server that pushes: [`WebhookBuilder::backlog_from`].
+#[derive(Clone)]
+pub(crate) struct BacklogSource(Arc<dyn Fn() -> BacklogReading + Send + Sync>);
+
+impl BacklogSource {
+    pub(crate) fn read(&self) -> BacklogReading {
+        (self.0)()
+    }
 }
 
 impl Default for WebhookBuilder {
@@ -74,6 +92,7 @@ impl Default for WebhookBuilder {
             max_body_bytes: DEFAULT_MAX_BODY_BYTES,
             retry_after: DEFAULT_RETRY_AFTER,
             window: 100,
+            backlog: None,
         }
     }
 }
@@ -125,6 +144,46 @@ impl WebhookBuilder {
     /// The most updates one fetch hands to the runtime (default 100).
     pub fn window(mut self, updates: usize) -> Self {
         self.window = updates.max(1);
+        self
+    }
+
+    /// Where [`Transport::backlog`] reads the updates still waiting on the server that
+    /// pushes (default: nowhere, and the runtime exports no backlog gauge). A listener
+    /// only sees what Telegram sends it; what Telegram still holds is `getWebhookInfo`'s
+    /// `pending_update_count`, which a [`TelegramTransport`] for the same bot reads.
+    ///
+    /// Only `source`'s [`backlog`](Transport::backlog) is ever called, each time the
+    /// runtime reads the backlog (every `backlog_interval`, with
+    /// `RuntimeBuilder::export_metrics`); never its `fetch`, so a `TelegramTransport` built
+    /// with `delete_webhook(true)` deletes nothing here. Pass an `Arc` to keep using the
+    /// transport elsewhere (`setWebhook`, `deleteWebhook`).
+    ///
+    /// [`TelegramTransport`]: pollgate_core::TelegramTransport
+    ///
+    /// # Examples
+    ///
+    /// ```no_run
+    /// use std::sync::Arc;
+    ///
+    /// use pollgate_core::{SetWebhook, TelegramTransport};
+    /// use pollgate_webhook::WebhookTransport;
+    ///
+    /// # async fn demo() -> Result<(), Box<dyn std::error::Error>> {
+    /// let bot = Arc::new(TelegramTransport::builder(std::env::var("TELEGRAM_BOT_TOKEN")?).build()?);
+    /// let listener = WebhookTransport::builder()
+    ///     .backlog_from(Arc::clone(&bot)) // pending_update_count, as the backlog gauge
+    ///     .bind("127.0.0.1:8080".parse()?)
+    ///     .await?;
+    /// bot.set_webhook(&SetWebhook::new("https://bot.example.com/")).await?;
+    /// # let _ = listener;
+    /// # Ok(()) }
+    /// ```
+    pub fn backlog_from<B: Transport>(mut self, source: B) -> Self {
+        let source = Arc::new(source);
+        self.backlog = Some(BacklogSource(Arc::new(move || {
+            let source = Arc::clone(&source);
+            Box::pin(async move { source.backlog().await })
+        })));
         self
     }
 
@@ -215,6 +274,7 @@ impl fmt::Debug for WebhookBuilder {
             .field("max_body_bytes", &self.max_body_bytes)
             .field("retry_after", &self.retry_after)
             .field("window", &self.window)
+            .field("backlog", &self.backlog.as_ref().map(|_| "<source>"))
             .finish()
     }
 }

@@ -235,6 +235,19 @@ impl Transport for WebhookTransport {
         }
     }
 
+    /// What the source given to [`WebhookBuilder::backlog_from`] reads (for Telegram,
+    /// `getWebhookInfo`'s `pending_update_count`); `None` without one.
+    ///
+    /// # Cancel safety
+    ///
+    /// As the source's `backlog`: the built-in transports' are cancel safe.
+    async fn backlog(&self) -> Option<u64> {
+        match &self.handle.shared.config.backlog {
+            Some(source) => source.read().await,
+            None => None,
+        }
+    }
+
     /// Answers the requests of `ack.receipts` with 200.
     ///
     /// # Cancel safety
