@@ -207,7 +207,9 @@ pub(crate) async fn ack_loop<T: Transport, H>(
             let by = confirm_by.get().copied().unwrap_or_else(tokio::time::Instant::now);
             crate::shutdown::confirmation_over(ctx, by).await
         };
+        // The acknowledgement first: one that answers as the budget runs out still counts.
         let acked = tokio::select! {
+            biased;
             r = ack => r,
             cut = gave_up => {
                 warn!(?cut, receipts = receipts.receipts.len(), "acknowledgement still failing at shutdown; given up (the entries will be delivered again)");

@@ -104,6 +104,9 @@ pub(crate) struct Ctx<H> {
     /// Fires at the drain deadline: running handlers are dropped; the gate is closed at
     /// the same moment, so updates waiting for a permit give up.
     pub(crate) abort: CancellationToken,
+    /// When the first confirmation step saw the abort: the grace after an abort counts
+    /// from here once, for every step (see `shutdown::confirmation_over`).
+    pub(crate) aborted_at: std::sync::OnceLock<Instant>,
     pub(crate) tracker: TaskTracker,
     /// Whether completions must be reported to the ack tracker (at-least-once, or
     /// per-update receipts); eager cumulative acks need nothing per completion.
@@ -283,7 +286,8 @@ impl<H> Ctx<H> {
 pub struct Summary {
     /// The final counters.
     pub stats: Stats,
-    /// Whether every admitted handler finished before the drain deadline.
+    /// Whether every fetched update was handled: none was dropped at the drain deadline or
+    /// by a second signal, none given up ([`unfinished`](Self::unfinished) is empty).
     pub drained: bool,
     /// Updates fetched but not finished when the run ended (aborted at the deadline, or
     /// never admitted). In at-least-once mode they are delivered again after a restart;
@@ -389,6 +393,7 @@ impl<T: Transport, H: Handler> Runtime<T, H> {
             individual: !cumulative,
             receipts_ready: Notify::new(),
             abort: CancellationToken::new(),
+            aborted_at: std::sync::OnceLock::new(),
             tracker: TaskTracker::new(),
             track_completions,
             policy_times,
@@ -470,14 +475,15 @@ impl<T: Transport, H: Handler> Runtime<T, H> {
         let done = CancellationToken::new();
         // When the stop began (set by the watchdog), and when its confirmation must be over
         // (set once every handler ended, before `done`): one deadline for the whole stop.
-        let stopped_at = std::sync::OnceLock::new();
+        let stopped_at = Arc::new(std::sync::OnceLock::new());
         let confirm_by = std::sync::OnceLock::new();
+        let watchdog = shutdown::drain_watchdog(&ctx, stop.clone(), done.clone(), Arc::clone(&stopped_at));
         let work = async {
             let failure = dispatch_loop(&transport, &ctx, &stop).await.err();
             stop.cancel();
             ctx.tracker.close();
             ctx.tracker.wait().await;
-            confirm_by.get_or_init(|| shutdown::confirm_by(&ctx, stopped_at.get().copied()));
+            confirm_by.get_or_init(|| shutdown::confirm_by(&ctx, *stopped_at.get_or_init(Instant::now)));
             done.cancel();
             failure
         };
@@ -486,17 +492,14 @@ impl<T: Transport, H: Handler> Runtime<T, H> {
                 crate::metrics::export_loop(&transport, &ctx, every, ctx.config.backlog_every, &done).await;
             }
         };
-        let (failure, ack_failure, (), ()) = tokio::join!(
-            work,
-            ack_loop(&transport, &ctx, &done, &stop, &confirm_by),
-            exporting,
-            shutdown::drain_watchdog(&ctx, &stop, &done, &stopped_at),
-        );
+        let (failure, ack_failure, ()) =
+            tokio::join!(work, ack_loop(&transport, &ctx, &done, &stop, &confirm_by), exporting);
         let failure = failure.or(ack_failure);
+        drop(watchdog);
         drop(reporter);
         // Every handler task has ended: nothing left to abort on drop.
         on_drop.0 = None;
-        let confirm_by = *confirm_by.get_or_init(|| shutdown::confirm_by(&ctx, stopped_at.get().copied()));
+        let confirm_by = *confirm_by.get_or_init(|| shutdown::confirm_by(&ctx, *stopped_at.get_or_init(Instant::now)));
         shutdown::finish(&transport, &ctx, failure, confirm_by).await
     }
 }

@@ -5,7 +5,7 @@
 //! fetching stops when the shutdown token is cancelled; admitted handlers run until the
 //! drain deadline, counted from then (the watchdog aborts them after it); the last
 //! acknowledgements and the flush get what remains of that deadline, but at least
-//! [`CONFIRM_GRACE`], and only `CONFIRM_GRACE` once the run was aborted. So a stop takes at
+//! [`CONFIRM_GRACE`], and only `CONFIRM_GRACE` from the abort once the run was aborted. So a stop takes at
 //! most the drain deadline plus `CONFIRM_GRACE`, whichever step waits. What was fetched and
 //! did not finish is reported in [`Summary::unfinished`].
 
@@ -16,13 +16,14 @@ use pollgate_admission::Gate;
 use pollgate_core::{Ack, ErrorChain, Transport};
 use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
+use tokio_util::task::AbortOnDropHandle;
 use tracing::{Instrument, error, info, info_span, warn};
 
 use crate::runtime::{Ctx, FlushError, RunError, Summary};
 
 /// The final confirmation's share of a stop: all it gets once the run was aborted (a second
 /// signal, or the drain deadline itself), and the least it gets when the handlers took
-/// nearly the whole deadline. Never more than the drain deadline itself.
+/// nearly the whole deadline (or the deadline is 0).
 pub(crate) const CONFIRM_GRACE: Duration = Duration::from_secs(2);
 
 /// Aborts the run's handlers when `Runtime::run`'s future is dropped before its end:
@@ -40,27 +41,35 @@ impl Drop for AbortOnDrop {
 }
 
 /// Once `stop` is cancelled, notes when (`stopped_at`), waits out the drain deadline, then
-/// aborts the handlers still running and closes the gate. Ends when `done` is cancelled
-/// (every handler ended): it is one of the futures `Runtime::run` joins, so dropping the
-/// run drops it too.
-pub(crate) async fn drain_watchdog<H>(
+/// aborts the handlers still running and closes the gate; ends at `done` (every handler
+/// ended). A task of its own, so the deadline counts from the cancellation even while the
+/// run's future is not polled (its caller busy with its own clean-up); aborted when the
+/// handle is dropped.
+pub(crate) fn drain_watchdog<H>(
     ctx: &Ctx<H>,
-    stop: &CancellationToken,
-    done: &CancellationToken,
-    stopped_at: &OnceLock<Instant>,
-) {
-    tokio::select! {
-        () = stop.cancelled() => {}
-        () = done.cancelled() => return,
-    }
-    let at = *stopped_at.get_or_init(Instant::now);
-    tokio::select! {
-        () = sleep_until_after(at, ctx.config.drain_deadline) => {
-            ctx.abort.cancel();
-            ctx.gate.close();
+    stop: CancellationToken,
+    done: CancellationToken,
+    stopped_at: Arc<OnceLock<Instant>>,
+) -> AbortOnDropHandle<()> {
+    let (abort, gate, deadline) = (ctx.abort.clone(), ctx.gate.clone(), ctx.config.drain_deadline);
+    AbortOnDropHandle::new(tokio::spawn(async move {
+        tokio::select! {
+            biased;
+            () = done.cancelled() => return,
+            () = stop.cancelled() => {}
         }
-        () = done.cancelled() => {}
-    }
+        let at = *stopped_at.get_or_init(Instant::now);
+        // `done` first: a run whose last handler ended at the deadline's very tick is
+        // drained, not aborted.
+        tokio::select! {
+            biased;
+            () = done.cancelled() => {}
+            () = sleep_until_after(at, deadline) => {
+                abort.cancel();
+                gate.close();
+            }
+        }
+    }))
 }
 
 /// Sleeps until `after` past `at`; a deadline beyond the clock's range never comes.
@@ -73,18 +82,15 @@ async fn sleep_until_after(at: Instant, after: Duration) {
 
 /// When the final confirmation (the acknowledgement still in flight and the last
 /// acknowledgement and flush) must be over, computed once every handler ended: what remains
-/// of the drain deadline counted from `stopped_at`, but at least [`CONFIRM_GRACE`] (or the
-/// deadline, if shorter); only that grace once the run was aborted, since whoever aborted
-/// wants the process gone.
-pub(crate) fn confirm_by<H>(ctx: &Ctx<H>, stopped_at: Option<Instant>) -> Instant {
+/// of the drain deadline counted from `stopped_at`, but at least [`CONFIRM_GRACE`]; only
+/// that grace once the run was aborted, since whoever aborted wants the process gone.
+pub(crate) fn confirm_by<H>(ctx: &Ctx<H>, stopped_at: Instant) -> Instant {
     let now = Instant::now();
-    let deadline = ctx.config.drain_deadline;
-    // `now + grace` cannot overflow: the grace is at most 2 s.
-    let grace = now + deadline.min(CONFIRM_GRACE);
+    let grace = now + CONFIRM_GRACE;
     if ctx.abort.is_cancelled() {
         return grace;
     }
-    match stopped_at.unwrap_or(now).checked_add(deadline) {
+    match stopped_at.checked_add(ctx.config.drain_deadline) {
         Some(end) => end.max(grace),
         // A deadline past the clock's range: the confirmation may take as long as it takes
         // (one year stands for that, as tokio's own far future does).
@@ -97,16 +103,18 @@ pub(crate) fn confirm_by<H>(ctx: &Ctx<H>, stopped_at: Option<Instant>) -> Instan
 pub(crate) enum CutShort {
     /// `confirm_by` came.
     TimedOut,
-    /// The run was aborted while it waited, and [`CONFIRM_GRACE`] passed since.
+    /// The run was aborted, and [`CONFIRM_GRACE`] passed since.
     Aborted,
 }
 
-/// Completes at `confirm_by`, or [`CONFIRM_GRACE`] after an abort that comes while it
-/// waits, whichever is first.
+/// Completes at `confirm_by`, or [`CONFIRM_GRACE`] after the run was aborted, whichever is
+/// first. The abort's instant is noted once (by the first step that sees it), so the
+/// in-flight acknowledgement and the final flush share one grace rather than get one each.
 pub(crate) async fn confirmation_over<H>(ctx: &Ctx<H>, confirm_by: Instant) -> CutShort {
     let aborted = async {
         ctx.abort.cancelled().await;
-        tokio::time::sleep(CONFIRM_GRACE).await;
+        let at = *ctx.aborted_at.get_or_init(Instant::now);
+        tokio::time::sleep_until(at + CONFIRM_GRACE).await;
     };
     // An abort is the better account when both come at once (the deadline's own abort
     // gives the confirmation exactly the grace).
@@ -125,7 +133,6 @@ pub(crate) async fn finish<T: Transport, H>(
     failure: Option<T::Error>,
     confirm_by: Instant,
 ) -> Result<Summary, RunError<T::Error>> {
-    let drained = !ctx.abort.is_cancelled();
     let (below, receipts, mut unfinished) = {
         let mut acks = ctx.acks.lock();
         (
@@ -154,6 +161,9 @@ pub(crate) async fn finish<T: Transport, H>(
             ),
         }
     }
+    // Drained: nothing was dropped or given up (an abort may still have come at the tick
+    // the last handler ended).
+    let drained = unfinished.is_empty();
     let mut summary = Summary {
         stats: ctx.stats_handle().snapshot(),
         drained,
@@ -172,7 +182,10 @@ pub(crate) async fn finish<T: Transport, H>(
                 receipts: &receipts.receipts,
                 failed: &receipts.failed,
             });
+            // The acknowledgement first: one that is ready at once is not thrown away when
+            // the budget is already spent.
             tokio::select! {
+                biased;
                 acked = ack => if let Err(e) = acked {
                     warn!(error = %ErrorChain(&e), receipts = receipts.receipts.len(), "could not acknowledge finished updates after the failure");
                 },
@@ -202,7 +215,9 @@ pub(crate) async fn finish<T: Transport, H>(
     }
     .instrument(info_span!("flush", offset = below));
     // An abort that comes while the flush waits (a second signal) cuts it short too.
+    // The flush first, as above: ready at once, it counts even with nothing left.
     let flushed = tokio::select! {
+        biased;
         flushed = flushed => flushed,
         cut = confirmation_over(ctx, confirm_by) => Err(match cut {
             CutShort::TimedOut => FlushError::TimedOut(limit),
