@@ -210,11 +210,17 @@ pub(crate) async fn ack_loop<T: Transport, H>(
         // The acknowledgement first: one that answers as the budget runs out still counts.
         let acked = tokio::select! {
             biased;
-            r = ack => r,
+            r = ack => Some(r),
             cut = gave_up => {
                 warn!(?cut, receipts = receipts.receipts.len(), "acknowledgement still failing at shutdown; given up (the entries will be delivered again)");
-                return None;
+                None
             }
+        };
+        let Some(acked) = acked else {
+            // Back to the tracker: the final confirmation sends them once more (it gets
+            // one try when the budget is spent) and reports its outcome in the summary.
+            ctx.acks.lock().restore_receipts(receipts);
+            return None;
         };
         if let Err(e) = acked {
             error!(error = %ErrorChain(&e), receipts = receipts.receipts.len(), "acknowledgement failed; stopping (unacknowledged entries will be delivered again)");

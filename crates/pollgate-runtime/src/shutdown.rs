@@ -107,6 +107,16 @@ pub(crate) enum CutShort {
     Aborted,
 }
 
+impl CutShort {
+    /// The error of a final confirmation cut short, which had `limit` when it began.
+    fn into_error(self, limit: Duration) -> FlushError {
+        match self {
+            CutShort::TimedOut => FlushError::TimedOut(limit),
+            CutShort::Aborted => FlushError::Aborted(CONFIRM_GRACE),
+        }
+    }
+}
+
 /// Completes at `confirm_by`, or [`CONFIRM_GRACE`] after the run was aborted, whichever is
 /// first. The abort's instant is noted once (by the first step that sees it), so the
 /// in-flight acknowledgement and the final flush share one grace rather than get one each.
@@ -141,11 +151,14 @@ pub(crate) async fn finish<T: Transport, H>(
             acks.unfinished().collect::<Vec<_>>(),
         )
     };
-    if ctx.config.delivery == crate::Delivery::Eager {
-        // Eager acks keep no per-update state: what did not finish was given up.
-        unfinished = std::mem::take(&mut *ctx.given_up.lock());
-        unfinished.sort_unstable();
-    }
+    // Every abort and give-up is in `given_up`; the tracker adds what at-least-once
+    // fetched and never ran. Both are needed: eager acks keep no per-update state, and
+    // the tracker keeps one entry per id, so a second copy of an id (a webhook request
+    // Telegram sent again, a stream entry pushed twice) dropped at the deadline leaves
+    // no trace there once the first copy finished.
+    unfinished.append(&mut ctx.given_up.lock());
+    unfinished.sort_unstable();
+    unfinished.dedup();
     if !unfinished.is_empty() {
         let first: Vec<_> = unfinished.iter().take(20).collect();
         match ctx.config.delivery {
@@ -184,17 +197,15 @@ pub(crate) async fn finish<T: Transport, H>(
             });
             // The acknowledgement first: one that is ready at once is not thrown away when
             // the budget is already spent.
-            tokio::select! {
+            // The outcome is in the summary too: these finished updates are delivered again.
+            let acked = tokio::select! {
                 biased;
-                acked = ack => if let Err(e) = acked {
-                    warn!(error = %ErrorChain(&e), receipts = receipts.receipts.len(), "could not acknowledge finished updates after the failure");
-                },
-                cut = confirmation_over(ctx, confirm_by) => warn!(
-                    ?limit,
-                    ?cut,
-                    receipts = receipts.receipts.len(),
-                    "acknowledging finished updates after the failure was cut short"
-                ),
+                acked = ack => acked.map_err(|e| FlushError::Failed(Arc::new(e))),
+                cut = confirmation_over(ctx, confirm_by) => Err(cut.into_error(limit)),
+            };
+            if let Err(e) = acked {
+                warn!(error = %ErrorChain(&e), receipts = receipts.receipts.len(), "could not acknowledge finished updates after the failure");
+                summary.flush_error = Some(e);
             }
         }
         return Err(RunError::Transport {
@@ -219,10 +230,7 @@ pub(crate) async fn finish<T: Transport, H>(
     let flushed = tokio::select! {
         biased;
         flushed = flushed => flushed,
-        cut = confirmation_over(ctx, confirm_by) => Err(match cut {
-            CutShort::TimedOut => FlushError::TimedOut(limit),
-            CutShort::Aborted => FlushError::Aborted(CONFIRM_GRACE),
-        }),
+        cut = confirmation_over(ctx, confirm_by) => Err(cut.into_error(limit)),
     };
     match flushed {
         Ok(()) => {
