@@ -3,21 +3,19 @@
 //! (every event and span field at TRACE, hyper's included, against a fake API that echoes
 //! the request path in every kind of answer).
 
+mod common;
+
 use std::convert::Infallible;
-use std::fmt::{self, Write as _};
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 use std::time::Duration;
 
-use parking_lot::Mutex;
+use common::Capture;
 use pollgate_admission::Fixed;
 use pollgate_core::{Ack, AckModel, Batch, FetchRequest, TelegramTransport, Transport, Update};
 use pollgate_runtime::Runtime;
 use pollgate_webhook::WebhookTransport;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
-use tracing::field::{Field, Visit};
-use tracing::span;
-use tracing::{Event, Metadata, Subscriber};
 
 /// A backlog source whose readings never answer; counts the readings alive at once.
 #[derive(Debug, Default)]
@@ -100,43 +98,6 @@ async fn ok_a_hanging_source_never_piles_up_readings() {
     assert_eq!(during.1, 1, "readings piled up");
     assert!((150..=175).contains(&started), "{started}");
     assert_eq!(source.alive.load(Ordering::SeqCst), 0, "a reading outlived the run");
-}
-
-/// Every event and span field, as text.
-#[derive(Clone, Default)]
-struct Capture(Arc<Mutex<Vec<String>>>);
-
-struct Line(String);
-
-impl Visit for Line {
-    fn record_debug(&mut self, field: &Field, value: &dyn fmt::Debug) {
-        let _ = write!(self.0, "{}={:?} ", field.name(), value);
-    }
-}
-
-impl Subscriber for Capture {
-    fn enabled(&self, _: &Metadata<'_>) -> bool {
-        true
-    }
-    fn new_span(&self, attrs: &span::Attributes<'_>) -> span::Id {
-        let mut line = Line(format!("span {} ", attrs.metadata().name()));
-        attrs.record(&mut line);
-        self.0.lock().push(line.0);
-        span::Id::from_u64(1)
-    }
-    fn record(&self, _: &span::Id, values: &span::Record<'_>) {
-        let mut line = Line("record ".into());
-        values.record(&mut line);
-        self.0.lock().push(line.0);
-    }
-    fn record_follows_from(&self, _: &span::Id, _: &span::Id) {}
-    fn event(&self, event: &Event<'_>) {
-        let mut line = Line(format!("{} {} ", event.metadata().level(), event.metadata().target()));
-        event.record(&mut line);
-        self.0.lock().push(line.0);
-    }
-    fn enter(&self, _: &span::Id) {}
-    fn exit(&self, _: &span::Id) {}
 }
 
 const TOKEN: &str = "123456:AAE-secretSECRETsecret_0123456789";
@@ -250,7 +211,7 @@ async fn ok_the_backlog_source_never_shows_the_token() {
         readings.push((m, transport.backlog().await));
     }
     let debug = format!("{builder:?} {transport:?} {:?}", transport.handle());
-    let lines = capture.0.lock().clone();
+    let lines = capture.lines();
     println!("readings {readings:?}");
     println!("debug: {debug}");
     for l in &lines {

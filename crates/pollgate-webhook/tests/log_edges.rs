@@ -6,46 +6,13 @@
 //! Paused time, one thread: the server and the raw client run on the test's runtime, and
 //! the log is captured by a thread-local subscriber.
 
-use std::fmt::{self, Write as _};
-use std::sync::Arc;
+mod common;
+
 use std::time::Duration;
 
-use parking_lot::Mutex;
+use common::Capture;
 use pollgate_webhook::WebhookTransport;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
-use tracing::field::{Field, Visit};
-use tracing::span;
-use tracing::{Event, Metadata, Subscriber};
-
-/// Every event as `message field=value ...`.
-#[derive(Clone, Default)]
-struct Capture(Arc<Mutex<Vec<String>>>);
-
-struct Line(String);
-
-impl Visit for Line {
-    fn record_debug(&mut self, field: &Field, value: &dyn fmt::Debug) {
-        let _ = write!(self.0, "{}={:?} ", field.name(), value);
-    }
-}
-
-impl Subscriber for Capture {
-    fn enabled(&self, _: &Metadata<'_>) -> bool {
-        true
-    }
-    fn new_span(&self, _: &span::Attributes<'_>) -> span::Id {
-        span::Id::from_u64(1)
-    }
-    fn record(&self, _: &span::Id, _: &span::Record<'_>) {}
-    fn record_follows_from(&self, _: &span::Id, _: &span::Id) {}
-    fn event(&self, event: &Event<'_>) {
-        let mut line = Line(String::new());
-        event.record(&mut line);
-        self.0.lock().push(line.0);
-    }
-    fn enter(&self, _: &span::Id) {}
-    fn exit(&self, _: &span::Id) {}
-}
 
 /// Posts `body` over a raw connection (no client-side timers), returns the status line.
 async fn post_raw(addr: std::net::SocketAddr, body: &str) -> String {
@@ -83,7 +50,7 @@ async fn the_400_log_for_a_non_update_keeps_the_parsers_reason() {
         .await
         .expect("answered");
     assert!(status.contains("400"), "{status}");
-    let lines = capture.0.lock().clone();
+    let lines = capture.lines();
     let line = lines
         .iter()
         .find(|l| l.contains("webhook request without an update"))
@@ -110,7 +77,7 @@ async fn the_200_log_for_an_undecodable_update_keeps_the_chain() {
         .await
         .expect("answered");
     assert!(status.contains("200"), "{status}");
-    let lines = capture.0.lock().clone();
+    let lines = capture.lines();
     let line = lines
         .iter()
         .find(|l| l.contains("undecodable update from the webhook"))
