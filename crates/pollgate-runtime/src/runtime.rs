@@ -477,13 +477,15 @@ impl<T: Transport, H: Handler> Runtime<T, H> {
         // (set once every handler ended, before `done`): one deadline for the whole stop.
         let stopped_at = Arc::new(std::sync::OnceLock::new());
         let confirm_by = std::sync::OnceLock::new();
+        let confirm_by_now =
+            || *confirm_by.get_or_init(|| shutdown::confirm_by(&ctx, *stopped_at.get_or_init(Instant::now)));
         let watchdog = shutdown::drain_watchdog(&ctx, stop.clone(), done.clone(), Arc::clone(&stopped_at));
         let work = async {
             let failure = dispatch_loop(&transport, &ctx, &stop).await.err();
             stop.cancel();
             ctx.tracker.close();
             ctx.tracker.wait().await;
-            confirm_by.get_or_init(|| shutdown::confirm_by(&ctx, *stopped_at.get_or_init(Instant::now)));
+            confirm_by_now();
             done.cancel();
             failure
         };
@@ -499,8 +501,7 @@ impl<T: Transport, H: Handler> Runtime<T, H> {
         drop(reporter);
         // Every handler task has ended: nothing left to abort on drop.
         on_drop.0 = None;
-        let confirm_by = *confirm_by.get_or_init(|| shutdown::confirm_by(&ctx, *stopped_at.get_or_init(Instant::now)));
-        shutdown::finish(&transport, &ctx, failure, confirm_by).await
+        shutdown::finish(&transport, &ctx, failure, confirm_by_now()).await
     }
 }
 

@@ -5,9 +5,9 @@
 //! fetching stops when the shutdown token is cancelled; admitted handlers run until the
 //! drain deadline, counted from then (the watchdog aborts them after it); the last
 //! acknowledgements and the flush get what remains of that deadline, but at least
-//! [`CONFIRM_GRACE`], and only `CONFIRM_GRACE` from the abort once the run was aborted. So a stop takes at
-//! most the drain deadline plus `CONFIRM_GRACE`, whichever step waits. What was fetched and
-//! did not finish is reported in [`Summary::unfinished`].
+//! [`CONFIRM_GRACE`], and only `CONFIRM_GRACE` from the abort once the run was aborted. So
+//! a stop takes at most the drain deadline plus `CONFIRM_GRACE`, whichever step waits.
+//! What was fetched and did not finish is reported in [`Summary::unfinished`].
 
 use std::sync::{Arc, OnceLock};
 use std::time::Duration;
